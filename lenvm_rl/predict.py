@@ -1,0 +1,161 @@
+"""Length prediction: expected remaining tokens at the prompt boundary, and per-token traces.
+
+>>> predictor = LengthPredictor.from_pretrained("path/to/lenvm")          # doctest: +SKIP
+>>> predictor.predict(["Natalia sold clips to 48 of her friends..."])    # doctest: +SKIP
+[LengthPrediction(value=-0.47, length=212.3)]
+
+A prediction reads the value at ``s_0``, the last prompt token (after the chat template and its
+generation prompt), and inverts it: ``length = ln(1 + V) / ln(gamma)`` (LENVM.md §1). This is the
+return-consistent length: on a predicted *mean* value it sits below the mean sampled length
+(Jensen), so compare it with :func:`lenvm_rl.core.return_consistent_length` of sampled lengths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+from lenvm_rl.core import logits_to_length
+from lenvm_rl.modeling import EMBEDDED_MODELS, LenVM
+
+__all__ = ["LengthPrediction", "LengthPredictor", "LengthTrace", "Prompt"]
+
+logger = logging.getLogger(__name__)
+
+Prompt = Union[str, list[dict]]
+"""A plain user message, or chat messages ``[{"role": ..., "content": ...}, ...]``."""
+
+
+@dataclass(frozen=True)
+class LengthPrediction:
+    """``value`` is ``V(s_0)`` in (-1, 0); ``length`` the predicted remaining tokens, EOS included."""
+
+    value: float
+    length: float
+
+
+@dataclass(frozen=True)
+class LengthTrace:
+    """Values along a completion: entry 0 is ``s_0`` (last prompt token), entry ``t`` follows token ``t``.
+
+    ``tokens`` (each decoded alone) and ``token_ids`` hold the ``L`` completion tokens; ``values`` and ``lengths`` are
+    float32 tensors of shape (L + 1,).
+    """
+
+    tokens: list[str]
+    token_ids: list[int]
+    values: torch.Tensor
+    lengths: torch.Tensor
+
+
+class LengthPredictor:
+    """Batched length prediction with a :class:`~lenvm_rl.modeling.LenVM` and its tokenizer.
+
+    Args:
+        model: the LenVM.
+        tokenizer: the backbone's tokenizer.
+        batch_size: sequences per forward pass; inputs are length-sorted so padding stays small.
+        untrained: set when the head is freshly initialised; every output then says so.
+    """
+
+    def __init__(self, model: LenVM, tokenizer, *, batch_size: int = 16, untrained: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.untrained = untrained
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        gamma: float | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        trust_remote_code: bool = False,
+        batch_size: int = 16,
+    ) -> "LengthPredictor":
+        """Load a LenVM checkpoint and its tokenizer.
+
+        A short name of an embedded backbone (e.g. ``smollm2-135m``) has no trained head: it gets a
+        fresh head seeded with 0, ``untrained=True``, and a warning. Any other path must hold a
+        value head (see :meth:`LenVM.from_pretrained`).
+        """
+        from transformers import AutoTokenizer
+
+        untrained = str(name_or_path) in EMBEDDED_MODELS
+        if untrained:
+            logger.warning(
+                "%s is a bare backbone: its value head is freshly initialised (seed 0) and UNTRAINED, so its "
+                "predictions are not meaningful. Pretrain a LenVM for real predictions.",
+                name_or_path,
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = LenVM.from_backbone(
+                    name_or_path, gamma=gamma or 0.997, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+                )
+        else:
+            model = LenVM.from_pretrained(
+                name_or_path, gamma=gamma, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+            )
+        tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path, trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, batch_size=batch_size, untrained=untrained)
+
+    @property
+    def gamma(self) -> float:
+        return self.model.gamma
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of the state ``s_0``: the chat template with its generation prompt when the
+        tokenizer has one, else the raw text with the tokenizer's special tokens."""
+        if isinstance(prompt, str):
+            if not self.tokenizer.chat_template:
+                return self.tokenizer(prompt)["input_ids"]
+            prompt = [{"role": "user", "content": prompt}]
+        if not (isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)):
+            raise TypeError(
+                f"a prompt must be a string or a list of chat messages with 'role' and 'content', got {prompt!r:.80}"
+            )
+        if not self.tokenizer.chat_template:
+            raise ValueError("chat messages need a tokenizer with a chat template; pass a plain string instead")
+        text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def predict(self, prompts: list[Prompt], *, progress: bool = False) -> list[LengthPrediction]:
+        """Predicted remaining tokens at the prompt boundary, one per prompt, in input order."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list; wrap a single prompt as [prompt]")
+        encoded = [self.encode_prompt(p) for p in prompts]
+        scored = self.model.score(encoded, batch_size=self.batch_size, progress=progress)
+        last_logits = torch.stack([s.logits[-1] for s in scored]) if scored else torch.zeros(0)
+        lengths = logits_to_length(last_logits, self.gamma)
+        values = -torch.sigmoid(last_logits)
+        return [LengthPrediction(value=v, length=l) for v, l in zip(values.tolist(), lengths.tolist())]
+
+    def trace(self, prompt: Prompt, completion: str | list[int]) -> LengthTrace:
+        """Per-token values and predicted remaining lengths along ``completion``.
+
+        ``completion`` is text (tokenized without special tokens, so append the EOS token yourself
+        to score a finished completion) or token ids.
+        """
+        prompt_ids = self.encode_prompt(prompt)
+        completion_ids = (
+            self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+            if isinstance(completion, str)
+            else [int(t) for t in completion]
+        )
+        (scored,) = self.model.score([prompt_ids + completion_ids], batch_size=1)
+        states = slice(len(prompt_ids) - 1, None)  # s_0 (last prompt token) .. s_L
+        return LengthTrace(
+            tokens=[self.tokenizer.decode([t]) for t in completion_ids],
+            token_ids=completion_ids,
+            values=scored.values[states],
+            lengths=logits_to_length(scored.logits[states], self.gamma),
+        )

@@ -1,0 +1,76 @@
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from lenvm_rl.cli import main
+
+
+def run_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "lenvm_rl", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_predict_table_from_prompt_arguments(tiny_checkpoint, capsys):
+    assert main(["predict", "--model", str(tiny_checkpoint), "--prompt", "What is 2 + 2?", "--prompt", "Hi"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:2] == ["#", "pred."] and len(lines) == 3
+    assert "What is 2 + 2?" in lines[1] and float(lines[1].split()[1]) > 0
+
+
+def test_predict_jsonl_file_to_jsonl(tiny_checkpoint, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "What is 2 + 2?"}) + "\n\n"
+        + json.dumps({"messages": [{"role": "user", "content": "Hi"}]}) + "\n"
+    )
+    assert main(["predict", "--model", str(tiny_checkpoint), "--input", str(prompts), "--format", "jsonl"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["index"] for r in records] == [0, 1]
+    assert records[1]["prompt"] == [{"role": "user", "content": "Hi"}]
+    assert all(-1 < r["value"] < 0 and r["length"] > 0 and r["gamma"] == 0.99 and not r["untrained"] for r in records)
+
+
+def test_trace_jsonl(tiny_checkpoint, capsys):
+    assert main(["trace", "--model", str(tiny_checkpoint), "--prompt", "Hi", "--completion", "Hello!", "--format", "jsonl"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[0]["t"] == 0 and records[0]["token"] == "<s0>" and len(records) >= 2
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d, t: ["--input", str(t / "missing.jsonl")], "--input: no such file: .*missing.jsonl"),
+        (lambda d, t: ["--input", str(t / "bad.jsonl")], r"bad.jsonl line 3: not valid JSON"),
+        (lambda d, t: ["--input", str(t / "norole.jsonl")], r"norole.jsonl line 1: expected an object with a 'prompt'"),
+        (lambda d, t: [], "give at least one --prompt or an --input JSONL file"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(tiny_checkpoint, tmp_path, capsys, make_args, message):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": oops}\n')
+    (tmp_path / "norole.jsonl").write_text('{"text": "a"}\n')
+    assert main(["predict", "--model", str(tiny_checkpoint), *make_args(tiny_checkpoint, tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lenvm-rl predict: error: ")
+    assert re.search(message, err), err
+
+
+def test_unknown_model_path_exits_2(tmp_path):
+    result = run_cli("predict", "--model", str(tmp_path / "nope"), "--prompt", "hi")
+    assert result.returncode == 2
+    assert f"--model {tmp_path / 'nope'}: model" in result.stderr and "not a local directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_on_the_embedded_smollm2_prints_a_predicted_length():
+    # The acceptance command, end to end on the real backbone, in a fresh process.
+    result = run_cli("predict", "--model", "smollm2-135m", "--prompt", "What is 15 + 27?")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("NOTE: untrained value head")
+    row = lines[-1].split()
+    assert row[0] == "0" and float(row[1]) > 0 and -1 < float(row[2]) < 0
