@@ -139,6 +139,44 @@ def cmd_demo(args) -> None:
     _print_trace(predictor.trace(DEMO_PROMPTS[0], completion), predictor, "table", out)
 
 
+def cmd_rollout(args) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lenvm_rl.data import load_prompts
+    from lenvm_rl.data.rollouts import RolloutConfig, resolve_backend, sample_rollouts
+    from lenvm_rl.modeling import resolve_model_path
+
+    try:
+        config = RolloutConfig(
+            num_completions=args.num_completions, temperature=args.temperature, top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, backend=args.backend,
+        )
+        prompts = load_prompts(args.prompts, prompt_column=args.prompt_column, split=args.split,
+                               limit=args.limit, offset=args.offset)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    path = resolve_model_path(args.model)
+    if resolve_backend(config.backend) == "vllm":
+        model = path
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=args.dtype, use_safetensors=True, trust_remote_code=args.trust_remote_code
+            )
+        except OSError as err:
+            raise CLIError(f"--model {args.model}: {err}") from None
+        model = model.to(args.device or "cpu").eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+    try:
+        records = sample_rollouts(model, tokenizer, prompts, args.output, config, model_name=args.model)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    ended = sum(r["finish_reason"] == "eos" for r in records)
+    mean = sum(r["completion_length"] for r in records) / len(records)
+    print(f"{args.output}: {len(records)} completions, {ended} ended with EOS, "
+          f"{len(records) - ended} cut at {config.max_new_tokens} tokens, mean length {mean:.1f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lenvm-rl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -172,6 +210,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the completion text (append the EOS token to score a finished completion)")
     p.add_argument("--format", choices=["table", "jsonl"], default="table", help="output format (default: table)")
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("rollout", help="sample n completions per prompt from a policy (resumable)",
+                       description="Sample completions for value pretraining; re-running resumes with no duplicates.")
+    p.add_argument("--model", required=True, help="policy: model directory, Hub id or short name")
+    p.add_argument("--prompts", required=True, help="JSONL file or Hub dataset id (repo or repo:config)")
+    p.add_argument("--prompt-column", default=None,
+                   help="column with the prompt text or chat messages (default: messages, else prompt)")
+    p.add_argument("--split", default="train", help="split of a Hub dataset (default: train)")
+    p.add_argument("--offset", type=int, default=0, help="first prompt row to use (default: 0)")
+    p.add_argument("--limit", type=int, default=None, help="number of prompt rows to use (default: all)")
+    p.add_argument("--output", required=True, help="JSONL file the records are appended to")
+    p.add_argument("--num-completions", "-n", type=int, default=8, help="completions per prompt (default: 8)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature (default: 1.0); use the one RL or decoding will use")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus threshold (default: 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=512,
+                   help="length limit; longer completions are recorded as cut (censored) (default: 512)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per generate call (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
+                   help="generation backend; auto uses vLLM when installed (default: auto)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="policy dtype")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code (off by default)")
+    p.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("demo", help="offline demo on the embedded backbone",
                        description="Length prediction and a per-token trace on the embedded default backbone.")

@@ -20,6 +20,7 @@ from typing import Union
 import torch
 
 from lenvm_rl.core import logits_to_length
+from lenvm_rl.data.prompts import encode_prompt
 from lenvm_rl.modeling import EMBEDDED_MODELS, LenVM
 
 __all__ = ["LengthPrediction", "LengthPredictor", "LengthTrace", "Prompt"]
@@ -113,20 +114,8 @@ class LengthPredictor:
         return self.model.gamma
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids of the state ``s_0``: the chat template with its generation prompt when the
-        tokenizer has one, else the raw text with the tokenizer's special tokens."""
-        if isinstance(prompt, str):
-            if not self.tokenizer.chat_template:
-                return self.tokenizer(prompt)["input_ids"]
-            prompt = [{"role": "user", "content": prompt}]
-        if not (isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)):
-            raise TypeError(
-                f"a prompt must be a string or a list of chat messages with 'role' and 'content', got {prompt!r:.80}"
-            )
-        if not self.tokenizer.chat_template:
-            raise ValueError("chat messages need a tokenizer with a chat template; pass a plain string instead")
-        text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of the state ``s_0``; see :func:`lenvm_rl.data.encode_prompt`."""
+        return encode_prompt(self.tokenizer, prompt)
 
     def predict(self, prompts: list[Prompt], *, progress: bool = False) -> list[LengthPrediction]:
         """Predicted remaining tokens at the prompt boundary, one per prompt, in input order."""

@@ -1,0 +1,246 @@
+"""Policy rollouts for value pretraining: ``n`` completions per prompt, written as they finish.
+
+Each record (one JSON line per completion) holds::
+
+    prompt_index, sample_index      which prompt, which of its n samples
+    prompt                          chat messages
+    prompt_ids, completion_ids      token ids; completion_ids ends with EOS when finish_reason == "eos"
+    completion_length               len(completion_ids): L, EOS included
+    finish_reason                   "eos" or "length" (cut at max_new_tokens: censored, L unknown)
+    sampler                         model, temperature, top_p, max_new_tokens, seed, backend
+
+EOS and lengths come from the generated tokens themselves, never from ``ids != pad``: some
+tokenizers (SmolLM2) use the EOS token as padding. Records are appended one prompt group at a
+time, so a re-run skips every finished prompt and writes no duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from lenvm_rl.data.prompts import encode_prompt
+
+__all__ = ["RolloutConfig", "finish_reasons", "read_rollouts", "resolve_backend", "sample_rollouts"]
+
+
+@dataclass
+class RolloutConfig:
+    """Sampler settings; they are stored in every record and must match when resuming."""
+
+    num_completions: int = field(default=8, metadata={"help": "Completions sampled per prompt (n; paper: up to 16)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature. Use the one RL or decoding will use."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Length limit; longer completions are censored."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences per generate call (prompts x n)."})
+    seed: int = field(default=0, metadata={"help": "Base seed; each prompt group is seeded from it."})
+    backend: str = field(default="auto", metadata={"help": "'hf' (transformers generate), 'vllm', or 'auto' (vllm if installed)."})
+
+    def __post_init__(self):
+        if self.num_completions < 1:
+            raise ValueError(f"num_completions (n) must be >= 1, got {self.num_completions}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.backend not in ("auto", "hf", "vllm"):
+            raise ValueError(f"backend must be 'auto', 'hf' or 'vllm', got {self.backend!r}")
+
+
+def finish_reasons(generated: torch.Tensor, eos_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Completion lengths and EOS flags from generated tokens alone.
+
+    Args:
+        generated: (B, T) tokens produced after the prompt (anything may follow the first EOS).
+        eos_token_ids: the ids that end a completion.
+    Returns:
+        ``(lengths, ended)``: (B,) long, ``L`` = index of the first EOS + 1 (EOS counted), or ``T``
+        when no EOS was produced; (B,) bool, True when the completion ended with EOS.
+    """
+    is_eos = torch.isin(generated, torch.tensor(eos_token_ids, device=generated.device))
+    ended = is_eos.any(dim=1)
+    first_eos = is_eos.int().argmax(dim=1)
+    lengths = torch.where(ended, first_eos + 1, generated.shape[1])
+    return lengths, ended
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``vllm`` when vLLM is installed, else ``hf``."""
+    import importlib.util
+
+    if backend == "auto":
+        return "vllm" if importlib.util.find_spec("vllm") else "hf"
+    return backend
+
+
+def read_rollouts(path: str | os.PathLike) -> list[dict]:
+    """All records of a rollout file; a torn last line (interrupted write) is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"rollout file not found: {path}")
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if lineno == len(lines):
+                break  # torn write at the end; that prompt group is re-sampled
+            raise ValueError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
+    return records
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id if model is not None else None
+    ids = ids if ids is not None else tokenizer.eos_token_id
+    if ids is None:
+        raise ValueError("the tokenizer and generation config name no EOS token; completions could never end")
+    return [ids] if isinstance(ids, int) else list(ids)
+
+
+def _resume(path: Path, n: int, sampler: dict) -> set[int]:
+    """Finished prompt indices in ``path``; drops a partial prompt group left by an interruption."""
+    if not path.is_file():
+        return set()
+    records = read_rollouts(path)
+    for rec in records:
+        stored = {k: rec["sampler"].get(k) for k in sampler}
+        if stored != sampler:
+            raise ValueError(
+                f"{path} was written with sampler settings {stored}, not {sampler}; use another output file"
+            )
+    counts: dict[int, int] = {}
+    for rec in records:
+        counts[rec["prompt_index"]] = counts.get(rec["prompt_index"], 0) + 1
+    done = {i for i, c in counts.items() if c == n}
+    kept = [rec for rec in records if rec["prompt_index"] in done]
+    torn = not path.read_bytes().endswith(b"\n") and path.stat().st_size > 0
+    if len(kept) != len(records) or torn:
+        _write_records(path, kept, mode="w")
+    return done
+
+
+def _write_records(path: Path, records: list[dict], mode: str = "a") -> None:
+    with path.open(mode, encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def sample_rollouts(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    output_file: str | os.PathLike,
+    config: RolloutConfig | None = None,
+    *,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Sample ``config.num_completions`` completions for every prompt, appending to ``output_file``.
+
+    Resumable: prompts whose records are all in ``output_file`` are skipped (settings must match).
+    ``model`` is a transformers causal LM for the ``hf`` backend, or a model name/path string for
+    ``vllm``. Returns every record in the file, in prompt order.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or RolloutConfig()
+    if not prompts:
+        raise ValueError("prompts is empty: nothing to sample")
+    backend = resolve_backend(config.backend)
+    if backend == "vllm" and not isinstance(model, str):
+        raise ValueError("the vllm backend takes the model as a name or path string, not a loaded model")
+    sampler = {
+        "model": model_name or (model if isinstance(model, str) else model.config.name_or_path),
+        "temperature": config.temperature, "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens, "seed": config.seed, "backend": backend,
+    }
+    path = Path(output_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = _resume(path, config.num_completions, sampler)
+    todo = [i for i in range(len(prompts)) if i not in done]
+    encoded = {i: encode_prompt(tokenizer, prompts[i]) for i in todo}
+    generate = _vllm_generate if backend == "vllm" else _hf_generate
+    eos_ids = _eos_ids(None if isinstance(model, str) else model, tokenizer)
+
+    per_call = max(1, config.batch_size // config.num_completions)
+    bar = tqdm(total=len(prompts), initial=len(done), desc="rollouts", unit="prompt", disable=not progress)
+    tokens, start = 0, time.perf_counter()
+    for first in range(0, len(todo), per_call):
+        group = todo[first : first + per_call]
+        completions = generate(model, tokenizer, [encoded[i] for i in group], config, eos_ids, seed=config.seed + group[0])
+        records = []
+        for j, prompt_index in enumerate(group):
+            for k in range(config.num_completions):
+                ids, ended = completions[j * config.num_completions + k]
+                records.append({
+                    "prompt_index": prompt_index, "sample_index": k, "prompt": prompts[prompt_index],
+                    "prompt_ids": encoded[prompt_index], "completion_ids": ids, "completion_length": len(ids),
+                    "finish_reason": "eos" if ended else "length", "sampler": sampler,
+                })
+                tokens += len(ids)
+        _write_records(path, records)
+        bar.update(len(group))
+        bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+    bar.close()
+    return sorted(read_rollouts(path), key=lambda r: (r["prompt_index"], r["sample_index"]))
+
+
+def _hf_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int):
+    """Batched, left-padded ``generate``; returns ``(completion_ids, ended)`` per sample, prompt-major."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompt_ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+            do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0,
+            max_new_tokens=config.max_new_tokens, num_return_sequences=config.num_completions,
+            eos_token_id=eos_ids, pad_token_id=pad_id,
+        )
+    generated = out[:, width:].cpu()
+    lengths, ended = finish_reasons(generated, eos_ids)
+    return [(generated[b, : lengths[b]].tolist(), bool(ended[b])) for b in range(generated.shape[0])]
+
+
+def _vllm_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int):
+    """The same contract as :func:`_hf_generate` on vLLM (optional extra ``lenvm-rl[vllm]``)."""
+    from vllm import LLM, SamplingParams, TokensPrompt
+
+    llm = _VLLM_ENGINES.get(model) or _VLLM_ENGINES.setdefault(model, LLM(model=model, seed=seed))
+    params = SamplingParams(
+        n=config.num_completions, temperature=config.temperature, top_p=config.top_p,
+        max_tokens=config.max_new_tokens, stop_token_ids=eos_ids, seed=seed, skip_special_tokens=False,
+    )
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+    results = []
+    for request in outputs:
+        for completion in request.outputs:
+            ids = list(completion.token_ids)
+            ended = completion.finish_reason == "stop"
+            if ended and (not ids or ids[-1] not in eos_ids):
+                ids.append(eos_ids[0])  # vLLM may drop the stop token; L counts the EOS
+            results.append((ids, ended))
+    return results
+
+
+_VLLM_ENGINES: dict[str, object] = {}

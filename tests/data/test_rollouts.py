@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import torch
+from conftest import tiny_backbone
+
+from lenvm_rl.data import load_prompts
+from lenvm_rl.data.rollouts import RolloutConfig, finish_reasons, read_rollouts, sample_rollouts
+
+EOS = 2
+
+
+def test_finish_reasons_read_eos_from_the_tokens_even_when_pad_is_eos():
+    generated = torch.tensor([
+        [5, 6, EOS, EOS, EOS],  # ended at step 3, then padded with the pad token, which is EOS
+        [5, 6, 7, 8, 9],        # cut at the limit: L = T, censored
+        [5, 6, 7, 8, EOS],      # EOS exactly at the limit: ended
+        [EOS, EOS, EOS, EOS, EOS],  # empty answer: L = 1 (just EOS)
+    ])
+    lengths, ended = finish_reasons(generated, [EOS])
+    assert lengths.tolist() == [3, 5, 5, 1]
+    assert ended.tolist() == [True, False, True, True]
+    lengths, ended = finish_reasons(torch.tensor([[5, 9, 6]]), [EOS, 9])  # several EOS ids
+    assert lengths.tolist() == [2] and ended.tolist() == [True]
+
+
+@pytest.fixture
+def policy(smollm2_tokenizer):
+    model = tiny_backbone("llama", vocab_size=len(smollm2_tokenizer))
+    # Make EOS likely so both finish reasons occur within a few tokens.
+    with torch.no_grad():
+        model.get_input_embeddings().weight[EOS] *= 40
+    return model
+
+
+PROMPTS = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(4)]
+
+
+def test_records_hold_everything_and_lengths_are_exact(policy, smollm2_tokenizer, tmp_path):
+    config = RolloutConfig(num_completions=3, temperature=1.0, max_new_tokens=6, batch_size=6, backend="hf")
+    records = sample_rollouts(policy, smollm2_tokenizer, PROMPTS[:2], tmp_path / "r.jsonl", config,
+                              model_name="tiny", progress=False)
+    assert [(r["prompt_index"], r["sample_index"]) for r in records] == [(i, k) for i in range(2) for k in range(3)]
+    for r in records:
+        assert r["prompt"] == PROMPTS[r["prompt_index"]]
+        assert smollm2_tokenizer.decode(r["prompt_ids"]).endswith("<|im_start|>assistant\n")
+        assert r["completion_length"] == len(r["completion_ids"]) <= 6
+        eos_at = [i for i, t in enumerate(r["completion_ids"]) if t == EOS]
+        if r["finish_reason"] == "eos":
+            assert eos_at == [r["completion_length"] - 1]
+        else:
+            assert r["finish_reason"] == "length" and not eos_at and r["completion_length"] == 6
+        assert r["sampler"] == {"model": "tiny", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 6,
+                                "seed": 0, "backend": "hf"}
+    assert {r["finish_reason"] for r in records} == {"eos", "length"}
+
+
+def test_resume_skips_finished_prompts_and_writes_no_duplicates(policy, smollm2_tokenizer, tmp_path):
+    out = tmp_path / "r.jsonl"
+    config = RolloutConfig(num_completions=2, max_new_tokens=4, batch_size=2, backend="hf")
+    first = sample_rollouts(policy, smollm2_tokenizer, PROMPTS[:2], out, config, model_name="tiny", progress=False)
+    # An interrupted run: a partial prompt group and a torn last line.
+    with out.open("a") as f:
+        f.write(json.dumps({**first[0], "prompt_index": 2}) + "\n" + '{"prompt_index": 3, "samp')
+    records = sample_rollouts(policy, smollm2_tokenizer, PROMPTS, out, config, model_name="tiny", progress=False)
+    keys = [(r["prompt_index"], r["sample_index"]) for r in records]
+    assert keys == [(i, k) for i in range(4) for k in range(2)]
+    assert len(read_rollouts(out)) == 8
+    assert records[:4] == first  # finished prompts were not re-sampled
+    with pytest.raises(ValueError, match="was written with sampler settings"):
+        sample_rollouts(policy, smollm2_tokenizer, PROMPTS, out, RolloutConfig(num_completions=2, max_new_tokens=4,
+                        temperature=0.7, backend="hf"), model_name="tiny", progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_completions": 0}, r"num_completions \(n\) must be >= 1"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+        ({"backend": "tgi"}, "backend must be"),
+    ],
+)
+def test_bad_sampler_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RolloutConfig(**kwargs)
+
+
+def test_prompt_sources_and_their_errors(tmp_path):
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"question": ["a?", "b?", "c?"]})
+    assert load_prompts(ds, prompt_column="question", offset=1, limit=1) == [[{"role": "user", "content": "b?"}]]
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    assert load_prompts(path) == [[{"role": "user", "content": "hi"}]]
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"prompt": "x"}\n')
+    with pytest.raises(ValueError, match=r"p.jsonl row 1 \(0-based\) has no column 'messages'"):
+        load_prompts(path)  # rows must agree on the column
+    with pytest.raises(ValueError, match=r"has no column 'prompt' \(columns: \['question'\]\); pass prompt_column="):
+        load_prompts(ds)
+    with pytest.raises(ValueError, match="is empty: no prompts"):
+        load_prompts(Dataset.from_dict({"prompt": []}))
+    with pytest.raises(FileNotFoundError, match="prompt file not found"):
+        load_prompts(tmp_path / "missing.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl line 2: not valid JSON"):
+        load_prompts(tmp_path / "bad.jsonl")
