@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from lenvm_rl.modeling import EMBEDDED_MODELS
 
@@ -32,31 +31,6 @@ DEMO_COMPLETION = "Tom starts with 3 * 12 = 36 pencils. After giving away 9 he h
 
 class CLIError(Exception):
     """Bad input: printed as ``lenvm-rl <command>: error: <message>``, exit status 2."""
-
-
-def read_prompts_jsonl(path: str) -> list:
-    """Prompts from a JSONL file: each line an object with ``prompt`` (text) or ``messages`` (chat)."""
-    file = Path(path)
-    if not file.is_file():
-        raise CLIError(f"--input: no such file: {path}")
-    prompts = []
-    with file.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CLIError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
-            if isinstance(record, dict) and isinstance(record.get("prompt"), str):
-                prompts.append(record["prompt"])
-            elif isinstance(record, dict) and isinstance(record.get("messages"), list):
-                prompts.append(record["messages"])
-            else:
-                raise CLIError(f"{path} line {lineno}: expected an object with a 'prompt' string or a 'messages' list")
-    if not prompts:
-        raise CLIError(f"{path} holds no prompts")
-    return prompts
 
 
 def _load_predictor(args):
@@ -112,9 +86,14 @@ def _print_trace(trace, predictor, fmt: str, out) -> None:
 
 
 def cmd_predict(args) -> None:
+    from lenvm_rl.data import load_prompts
+
     prompts = list(args.prompt or [])
     if args.input:
-        prompts += read_prompts_jsonl(args.input)
+        try:
+            prompts += load_prompts(args.input, prompt_column=args.prompt_column)
+        except (FileNotFoundError, ValueError) as err:
+            raise CLIError(f"--input: {err}") from None
     if not prompts:
         raise CLIError("give at least one --prompt or an --input JSONL file")
     predictor = _load_predictor(args)
@@ -199,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--prompt", action="append", help="a prompt (user message); repeat for several")
     p.add_argument("--input", help="JSONL file, one object per line with 'prompt' (text) or 'messages' (chat)")
+    p.add_argument("--prompt-column", default=None,
+                   help="JSONL field holding the prompt (default: messages if present, else prompt)")
     p.add_argument("--format", choices=["table", "jsonl"], default="table", help="output format (default: table)")
     p.set_defaults(func=cmd_predict)
 

@@ -25,10 +25,10 @@ def test_predict_table_from_prompt_arguments(tiny_checkpoint, capsys):
 def test_predict_jsonl_file_to_jsonl(tiny_checkpoint, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
-        json.dumps({"prompt": "What is 2 + 2?"}) + "\n\n"
-        + json.dumps({"messages": [{"role": "user", "content": "Hi"}]}) + "\n"
+        json.dumps({"question": "What is 2 + 2?"}) + "\n\n" + json.dumps({"question": "Hi"}) + "\n"
     )
-    assert main(["predict", "--model", str(tiny_checkpoint), "--input", str(prompts), "--format", "jsonl"]) == 0
+    assert main(["predict", "--model", str(tiny_checkpoint), "--input", str(prompts), "--prompt-column", "question",
+                 "--format", "jsonl"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["index"] for r in records] == [0, 1]
     assert records[1]["prompt"] == [{"role": "user", "content": "Hi"}]
@@ -44,9 +44,9 @@ def test_trace_jsonl(tiny_checkpoint, capsys):
 @pytest.mark.parametrize(
     "make_args, message",
     [
-        (lambda d, t: ["--input", str(t / "missing.jsonl")], "--input: no such file: .*missing.jsonl"),
+        (lambda d, t: ["--input", str(t / "missing.jsonl")], "--input: prompt file not found: .*missing.jsonl"),
         (lambda d, t: ["--input", str(t / "bad.jsonl")], r"bad.jsonl line 3: not valid JSON"),
-        (lambda d, t: ["--input", str(t / "norole.jsonl")], r"norole.jsonl line 1: expected an object with a 'prompt'"),
+        (lambda d, t: ["--input", str(t / "norole.jsonl")], r"norole.jsonl has no column 'prompt' \(columns: \['text'\]\)"),
         (lambda d, t: [], "give at least one --prompt or an --input JSONL file"),
     ],
 )
