@@ -42,6 +42,8 @@ __all__ = [
     "logits_to_length",
     "length_to_logits",
     "monte_carlo_targets",
+    "lambda_return_targets",
+    "value_regression_loss",
     "length_rewards",
     "td_residuals",
     "gae",
@@ -259,6 +261,82 @@ def monte_carlo_targets(
     target_mask = in_trajectory & (terminated | (censored == "infinite"))
     returns = torch.where(terminated, torch.expm1((length - t).float() * lg), -1.0)
     return torch.where(target_mask, returns, 0.0), target_mask
+
+
+def lambda_return_targets(
+    values: Tensor, target_mask: Tensor, terminated: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """Lambda-return value targets in full-sequence space, bootstrapped from ``values``.
+
+    The target positions of a row (``target_mask``, as from :func:`monte_carlo_targets`) are the
+    states ``s_0 .. s_L``. The steps ``s_0 .. s_{L-1}`` get the lambda-return of the length reward,
+    ``G^lam_t = V(s_t) + A_t`` with ``A`` from :func:`gae` (``r_t = -(1 - gamma)``); the last
+    state ``s_L`` is terminal for an EOS row (target 0) and, for a censored row (``terminated``
+    False), the bootstrap ``V(s_L)`` itself, which gets no target. ``lam = 1`` on an EOS row gives
+    the Monte-Carlo targets exactly; on a censored row it bootstraps instead of assuming ``L``.
+
+    Args:
+        values: (B, S) current value estimates (detach them: targets carry no gradient).
+        target_mask: (B, S) bool, one contiguous run of states per row (possibly empty).
+        terminated: (B,) bool.
+    Returns:
+        ``(targets, mask)``: float32 (B, S) targets, 0 where the bool (B, S) ``mask`` is False.
+    """
+    _check_ndim("values", values, 2, "(B, S)")
+    _check_shape("target_mask", target_mask, values.shape, "values")
+    _check_shape("terminated", terminated, values.shape[:1], "values.shape[:1]")
+    states = target_mask.bool()
+    positions = torch.arange(states.shape[1], device=states.device)
+    last = torch.where(states, positions, -1).amax(dim=1)  # index of s_L, -1 for an empty row
+    is_last = states & (positions == last[:, None])
+    steps = states & ~is_last
+    values = values.float()
+    terminated = terminated.bool()
+    bootstrap = values.gather(1, last.clamp(min=0)[:, None]).squeeze(1)
+    final_values = torch.where(terminated, 0.0, bootstrap)
+    _, returns = gae(length_rewards(steps, gamma), values, steps, final_values, gamma, lam)
+    mask = steps | (is_last & terminated[:, None])
+    return torch.where(steps, returns, 0.0), mask
+
+
+def value_regression_loss(
+    values: Tensor,
+    logits: Tensor,
+    targets: Tensor,
+    target_mask: Tensor,
+    *,
+    loss_type: Literal["mse", "bce"] = "mse",
+    num_items: Tensor | int | None = None,
+) -> Tensor:
+    """Token-averaged value loss over every target position of the batch (LENVM.md section 3).
+
+    ``mse``: ``sum (V - G)^2 / N``; ``bce``: ``sum BCE(sigmoid(z), u) / N`` on the head logits
+    with ``u = -G = 1 - gamma**l``. ``N = num_items`` when given (the target positions of a whole
+    accumulated, multi-device batch), else ``target_mask.sum()``. Every position weighs the same:
+    no per-sequence mean first, which would weight by ``1/L`` and shift the target (paper App. E).
+
+    Args:
+        values, logits, targets: (B, S); target_mask: (B, S) bool. Masked positions never change
+            the loss or its gradient.
+    Returns:
+        0-dim float32 loss.
+    """
+    if loss_type not in ("mse", "bce"):
+        raise ValueError(f"loss_type must be 'mse' or 'bce', got {loss_type!r}")
+    _check_shape("targets", targets, values.shape, "values")
+    _check_shape("target_mask", target_mask, values.shape, "values")
+    mask = target_mask.bool()
+    targets = targets.float()
+    if loss_type == "mse":
+        per_token = (values.float() - targets) ** 2
+    else:
+        _check_shape("logits", logits, values.shape, "values")
+        per_token = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), -targets, reduction="none"
+        )
+    total = torch.where(mask, per_token, 0.0).sum()
+    count = mask.sum() if num_items is None else num_items
+    return total / torch.as_tensor(count, dtype=total.dtype, device=total.device).clamp(min=1)
 
 
 # ----------------------------------------------------------------------------- RL: TD, GAE, shaping

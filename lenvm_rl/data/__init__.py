@@ -1,5 +1,21 @@
 """Data: prompt sources, policy rollouts, and value-pretraining datasets."""
 
 from lenvm_rl.data.prompts import encode_prompt, load_prompts, to_messages
+from lenvm_rl.data.rollouts import RolloutConfig, read_rollouts, sample_rollouts
+from lenvm_rl.data.value_dataset import ValueDataCollator, build_value_dataset, gamma_from_records
+from lenvm_rl.data.word_problems import WordProblem, generate_word_problems, word_problem_dataset
 
-__all__ = ["encode_prompt", "load_prompts", "to_messages"]
+__all__ = [
+    "RolloutConfig",
+    "ValueDataCollator",
+    "WordProblem",
+    "build_value_dataset",
+    "encode_prompt",
+    "gamma_from_records",
+    "load_prompts",
+    "read_rollouts",
+    "sample_rollouts",
+    "to_messages",
+    "word_problem_dataset",
+    "generate_word_problems",
+]

@@ -1,0 +1,131 @@
+"""Rollout records -> value-pretraining examples, and the collator that pads them and adds targets.
+
+Every position from the last prompt token ``s_0`` through the EOS ``s_L`` gets the Monte-Carlo
+target ``G_t = -(1 - gamma**(L - t))`` (the EOS itself 0), computed per batch by
+:func:`lenvm_rl.core.monte_carlo_targets`, so any padding side gives the same targets.
+
+Censored completions (cut at the length limit, true ``L`` unknown) follow an explicit policy:
+
+- ``"infinite"`` (default, as the reference code): every state of a cut completion gets target
+  ``-1``, i.e. "at least as long as the cap". Its bias is long, and small where it matters: with
+  ``gamma`` from the 99th-percentile rule, ``gamma**cap`` is about 0.01, so ``-1`` is within ~0.01
+  of the true value at the start of the completion; near the cut the true value is less negative
+  than ``-1`` (the completion may have ended soon after the cap).
+- ``"drop"``: cut completions are left out. Every kept length is below the cap, so the model
+  learns lengths conditioned on finishing in time: biased short, the more so the more is cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from lenvm_rl.core import gamma_from_lengths, monte_carlo_targets
+
+__all__ = ["CensoredPolicy", "ValueDataCollator", "build_value_dataset", "gamma_from_records"]
+
+CensoredPolicy = Literal["infinite", "drop"]
+
+
+def _check_censored(censored: str) -> None:
+    if censored not in ("infinite", "drop"):
+        raise ValueError(f"censored must be 'infinite' or 'drop', got {censored!r}")
+
+
+def _check_record(record: dict, where: str) -> None:
+    for key in ("prompt_ids", "completion_ids", "completion_length", "finish_reason"):
+        if key not in record:
+            raise ValueError(f"{where} has no {key!r}; records come from lenvm_rl.data.rollouts.sample_rollouts")
+    if record["completion_length"] != len(record["completion_ids"]):
+        raise ValueError(f"{where}: completion_length {record['completion_length']} != len(completion_ids)")
+    if not record["prompt_ids"]:
+        raise ValueError(f"{where}: prompt_ids is empty; s_0 is the last prompt token")
+    if record["finish_reason"] not in ("eos", "length"):
+        raise ValueError(f"{where}: finish_reason must be 'eos' or 'length', got {record['finish_reason']!r}")
+
+
+def build_value_dataset(records: list[dict], *, censored: CensoredPolicy = "infinite"):
+    """Tokenized examples, one per completion.
+
+    Columns: ``input_ids`` (prompt then completion ids), ``prompt_length``, ``completion_length``
+    (``L``, EOS included), ``terminated`` (ended with EOS), ``prompt_index``, and ``length``
+    (``len(input_ids)``, for length-grouped batching).
+    """
+    import datasets
+
+    _check_censored(censored)
+    if not records:
+        raise ValueError("records is empty: sample rollouts first (lenvm-rl rollout)")
+    rows = {k: [] for k in ("input_ids", "prompt_length", "completion_length", "terminated", "prompt_index", "length")}
+    for i, record in enumerate(records):
+        _check_record(record, f"record {i} (prompt {record.get('prompt_index')}, sample {record.get('sample_index')})")
+        terminated = record["finish_reason"] == "eos"
+        if not terminated and censored == "drop":
+            continue
+        input_ids = list(record["prompt_ids"]) + list(record["completion_ids"])
+        rows["input_ids"].append(input_ids)
+        rows["prompt_length"].append(len(record["prompt_ids"]))
+        rows["completion_length"].append(record["completion_length"])
+        rows["terminated"].append(terminated)
+        rows["prompt_index"].append(record.get("prompt_index", i))
+        rows["length"].append(len(input_ids))
+    if not rows["input_ids"]:
+        raise ValueError("every completion was cut at the length limit and censored='drop' left none; "
+                         "use censored='infinite' or sample with a larger max_new_tokens")
+    return datasets.Dataset.from_dict(rows)
+
+
+def gamma_from_records(records: list[dict], *, quantile: float = 0.99) -> float:
+    """``gamma = 0.01 ** (1 / L_q)`` from completion lengths (LENVM.md section 1).
+
+    Cut completions count at their cut length, a lower bound of their true length, so a data set
+    with many cut completions gets a ``gamma`` that is too small; sample with a larger limit.
+    """
+    if not records:
+        raise ValueError("records is empty: cannot derive gamma")
+    return gamma_from_lengths(torch.tensor([r["completion_length"] for r in records]), quantile=quantile)
+
+
+@dataclass
+class ValueDataCollator:
+    """Pads examples and adds their value targets.
+
+    Returns ``input_ids`` and ``attention_mask`` (B, S), ``targets`` float32 and ``target_mask``
+    bool (B, S) from :func:`lenvm_rl.core.monte_carlo_targets`, and ``terminated`` (B,).
+    """
+
+    gamma: float
+    pad_token_id: int = 0
+    padding_side: Literal["right", "left"] = "right"
+    censored: CensoredPolicy = "infinite"
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        _check_censored(self.censored)
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(len(features), width, dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            cols = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
+            input_ids[row, cols] = torch.as_tensor(f["input_ids"])
+            attention_mask[row, cols] = 1
+        terminated = torch.tensor([bool(f["terminated"]) for f in features])
+        targets, target_mask = monte_carlo_targets(
+            attention_mask,
+            torch.tensor([f["prompt_length"] for f in features]),
+            torch.tensor([f["completion_length"] for f in features]),
+            terminated,
+            self.gamma,
+            censored=self.censored,
+        )
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "targets": targets,
+                "target_mask": target_mask, "terminated": terminated}

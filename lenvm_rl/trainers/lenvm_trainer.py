@@ -1,0 +1,158 @@
+"""Value pretraining: :class:`LenVMConfig` and :class:`LenVMTrainer` (a ``transformers.Trainer``).
+
+The trainer only coordinates; the targets and the loss are pure functions of
+:mod:`lenvm_rl.core` (``monte_carlo_targets`` in the collator, ``lambda_return_targets`` and
+``value_regression_loss`` here). The loss is token-averaged over every target position of the
+whole optimiser step: all gradient-accumulation micro-batches on all processes (LENVM.md §3).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from lenvm_rl.core import lambda_return_targets, value_regression_loss
+from lenvm_rl.data.value_dataset import ValueDataCollator
+from lenvm_rl.modeling import LenVM
+
+__all__ = ["LenVMConfig", "LenVMTrainer"]
+
+
+@dataclass
+class LenVMConfig(TrainingArguments):
+    """Training arguments for :class:`LenVMTrainer`.
+
+    Defaults differ from ``TrainingArguments`` where value pretraining wants it: the reference
+    learning rate 2e-5, length-grouped batches (``train_sampling_strategy="group_by_length"``:
+    shuffled across prompts, then grouped by length in mega-batches so padding stays small), and
+    ``remove_unused_columns=False`` (the collator needs the length columns).
+    """
+
+    loss_type: str = field(default="mse", metadata={
+        "help": "Value loss: 'mse' (token-mean squared error on V, the paper's default) or 'bce' "
+                "(binary cross-entropy on the head logits with target u = 1 - gamma**l)."})
+    lam: float = field(default=1.0, metadata={
+        "help": "Lambda of the lambda-return targets. 1.0 regresses the Monte-Carlo returns (best in the "
+                "paper); < 1 bootstraps from the model's own detached values."})
+    censored: str = field(default="infinite", metadata={
+        "help": "Completions cut at the length limit: 'infinite' (target -1, as the reference code; biased "
+                "long near the cut) or 'drop' (left out; biased short)."})
+    freeze_backbone: bool = field(default=False, metadata={
+        "help": "Train the value head only; the backbone stays bit-identical."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (reference: 2e-5)."})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={
+        "help": "'group_by_length' (default: shuffled, then length-grouped batches), 'random', 'sequential' "
+                "or 'batch_rebalance'."})
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "Keep dataset columns the model does not take; the collator needs them."})
+
+    def __post_init__(self):
+        if self.loss_type not in ("mse", "bce"):
+            raise ValueError(f"loss_type must be 'mse' or 'bce', got {self.loss_type!r}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+        if self.censored not in ("infinite", "drop"):
+            raise ValueError(f"censored must be 'infinite' or 'drop', got {self.censored!r}")
+        if self.lam < 1.0 and self.loss_type == "bce":
+            raise ValueError("lam < 1 bootstraps value targets; use it with loss_type='mse'")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns=True would drop the columns the value collator needs; "
+                             "leave it False")
+        super().__post_init__()
+
+
+class LenVMTrainer(Trainer):
+    """Pretrains a :class:`~lenvm_rl.modeling.LenVM` on rollout examples.
+
+    Args:
+        model: the LenVM (its ``gamma`` sets the targets).
+        args: a :class:`LenVMConfig`.
+        train_dataset / eval_dataset: from :func:`lenvm_rl.data.build_value_dataset`.
+        processing_class: the tokenizer; saved with checkpoints, and its pad id pads batches.
+        data_collator: defaults to :class:`~lenvm_rl.data.ValueDataCollator`.
+
+    Checkpoints are written in the reference layout (backbone + ``value_head.safetensors``) and
+    resume with ``trainer.train(resume_from_checkpoint=...)``. ``eval_loss`` is the value MSE.
+    """
+
+    def __init__(self, model: LenVM, args: LenVMConfig, train_dataset=None, eval_dataset=None,
+                 processing_class=None, data_collator=None, **kwargs):
+        if not isinstance(model, LenVM):
+            raise TypeError(f"model must be a lenvm_rl LenVM, got {type(model).__name__}")
+        if not isinstance(args, LenVMConfig):
+            raise TypeError(f"args must be a LenVMConfig, got {type(args).__name__}")
+        if args.freeze_backbone:
+            model.backbone.requires_grad_(False)
+        if data_collator is None:
+            pad_id = getattr(processing_class, "pad_token_id", None)
+            data_collator = ValueDataCollator(gamma=model.gamma, pad_token_id=pad_id or 0, censored=args.censored)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, data_collator=data_collator, **kwargs)
+        # compute_loss divides by the target positions of the whole step; the Trainer must not rescale.
+        self.model_accepts_loss_kwargs = True
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped batches from a seeded generator, so a resumed run sees the same order.
+
+        (``transformers``' own group-by-length sampler draws from the global RNG, which a resume
+        restores only after the order is drawn.)
+        """
+        train_dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or "length" not in train_dataset.column_names:
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=train_dataset["length"],
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """Target positions in all micro-batches of this step, summed over processes."""
+        count = sum(batch["target_mask"].sum() for batch in batch_samples).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(inputs["input_ids"], inputs["attention_mask"])
+        targets, target_mask = inputs["targets"], inputs["target_mask"]
+        if self.args.lam < 1.0:
+            targets, target_mask = lambda_return_targets(
+                outputs.values.detach(), target_mask, inputs["terminated"], self.model_gamma, self.args.lam
+            )
+        loss = value_regression_loss(outputs.values, outputs.logits, targets, target_mask,
+                                     loss_type=self.args.loss_type, num_items=num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        return (loss, outputs) if return_outputs else loss
+
+    @property
+    def model_gamma(self) -> float:
+        return self.accelerator.unwrap_model(self.model).gamma
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation: the token-mean value MSE of the batch, whatever the training loss."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            outputs = model(inputs["input_ids"], inputs["attention_mask"])
+            loss = value_regression_loss(outputs.values, outputs.logits, inputs["targets"], inputs["target_mask"])
+        return loss.detach(), None, None
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        with open(os.path.join(output_dir, "training_args.json"), "w") as f:
+            f.write(self.args.to_json_string())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = self.accelerator.unwrap_model(model or self.model)
+        saved = LenVM.from_pretrained(resume_from_checkpoint, dtype=next(model.backbone.parameters()).dtype)
+        model.load_state_dict(saved.state_dict())
