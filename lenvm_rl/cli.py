@@ -16,18 +16,11 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from lenvm_rl.modeling import EMBEDDED_MODELS
 
 __all__ = ["main"]
-
-DEMO_PROMPTS = [
-    "Tom has 3 boxes with 12 pencils in each box. He gives away 9 pencils. How many pencils does he have left?",
-    "A bakery sells muffins for $2 each. Sara buys 7 muffins and pays with a $20 bill. How much change does she get?",
-    "What is 15 + 27?",
-]
-DEMO_COMPLETION = "Tom starts with 3 * 12 = 36 pencils. After giving away 9 he has 36 - 9 = 27.\n#### 27"
-
 
 class CLIError(Exception):
     """Bad input: printed as ``lenvm-rl <command>: error: <message>``, exit status 2."""
@@ -107,15 +100,58 @@ def cmd_trace(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    out = sys.stdout
-    out.write(f"== lenvm-rl demo on the embedded backbone {args.model} ==\n")
-    out.write("The value head is freshly initialised (UNTRAINED): this shows the pipeline, not real lengths.\n\n")
-    predictor = _load_predictor(args)
-    out.write("-- length prediction at the prompt boundary --\n")
-    _print_predictions(DEMO_PROMPTS, predictor.predict(DEMO_PROMPTS), predictor, "table", out)
-    out.write("\n-- per-token trace along a completion --\n")
-    completion = DEMO_COMPLETION + (predictor.tokenizer.eos_token or "")
-    _print_trace(predictor.trace(DEMO_PROMPTS[0], completion), predictor, "table", out)
+    """The offline pipeline on the embedded backbone: rollouts -> value pretraining -> predictions."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lenvm_rl.core import return_consistent_length
+    from lenvm_rl.data import RolloutConfig, generate_word_problems, sample_rollouts, to_messages
+    from lenvm_rl.modeling import resolve_model_path
+    from lenvm_rl.predict import LengthPredictor
+    from lenvm_rl.scripts.pretrain import PretrainScriptArguments, main as pretrain
+    from lenvm_rl.trainers import LenVMConfig
+
+    out = Path(args.output_dir)
+    problems = generate_word_problems(args.train_prompts + args.eval_prompts, seed=args.seed)
+    prompts = [to_messages(p.question) for p in problems]
+    train_prompts, eval_prompts = prompts[: args.train_prompts], prompts[args.train_prompts :]
+    print(f"== lenvm-rl demo: {args.model}, {len(train_prompts)} + {len(eval_prompts)} generated word problems, "
+          f"n={args.num_completions}, temperature {args.temperature}, max {args.max_new_tokens} tokens ==")
+
+    print("\n[1/3] rollouts of the policy (resumable; written to", out, ")")
+    path = resolve_model_path(args.model)
+    policy = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    sampler = RolloutConfig(num_completions=args.num_completions, temperature=args.temperature,
+                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, backend="hf")
+    sample_rollouts(policy, tokenizer, train_prompts, out / "train_rollouts.jsonl", sampler, model_name=args.model)
+    eval_sampler = RolloutConfig(**{**vars(sampler), "num_completions": args.eval_completions})
+    eval_records = sample_rollouts(policy, tokenizer, eval_prompts, out / "eval_rollouts.jsonl", eval_sampler,
+                                   model_name=args.model)
+    del policy
+
+    print("\n[2/3] value pretraining of a LenVM initialised from the same model")
+    training_args = LenVMConfig(
+        output_dir=str(out / "lenvm"), use_cpu=True, num_train_epochs=args.epochs, learning_rate=args.learning_rate,
+        per_device_train_batch_size=8, per_device_eval_batch_size=8, freeze_backbone=True,
+        lr_scheduler_type="constant", logging_steps=5, save_strategy="no", report_to="none", seed=args.seed,
+    )
+    script_args = PretrainScriptArguments(train_rollouts=str(out / "train_rollouts.jsonl"),
+                                          eval_rollouts=str(out / "eval_rollouts.jsonl"))
+    from trl import ModelConfig
+
+    pretrain(script_args, training_args, ModelConfig(model_name_or_path=args.model))
+
+    print("\n[3/3] predicted length at the prompt boundary vs the sampled completions")
+    predictor = LengthPredictor.from_pretrained(out / "lenvm")
+    predictions = predictor.predict(eval_prompts)
+    by_prompt: dict[int, list[int]] = {}
+    for record in eval_records:
+        by_prompt.setdefault(record["prompt_index"], []).append(record["completion_length"])
+    print(f"{'#':>3}  {'predicted':>9}  {'sampled (return-consistent)':>27}  question")
+    for i, (prompt, pred) in enumerate(zip(eval_prompts, predictions)):
+        truth = return_consistent_length(torch.tensor([by_prompt[i]]), predictor.gamma).item()
+        print(f"{i:>3}  {pred.length:>9.1f}  {truth:>27.1f}  {_prompt_text(prompt)}")
 
 
 def cmd_rollout(args) -> None:
@@ -156,8 +192,31 @@ def cmd_rollout(args) -> None:
           f"{len(records) - ended} cut at {config.max_new_tokens} tokens, mean length {mean:.1f}")
 
 
+def cmd_evaluate(args) -> None:
+    from lenvm_rl.data import read_rollouts
+    from lenvm_rl.evaluation import constant_baseline_value, evaluate_constant, evaluate_lenvm, format_report
+    from lenvm_rl.modeling import LenVM
+
+    try:
+        records = read_rollouts(args.rollouts)
+        baseline_records = read_rollouts(args.baseline_rollouts) if args.baseline_rollouts else None
+        model = LenVM.from_pretrained(args.model, gamma=args.gamma, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    rows = {"LenVM": evaluate_lenvm(model, records, batch_size=args.batch_size, progress=True)}
+    if baseline_records:
+        baseline = constant_baseline_value(baseline_records, model.gamma)
+        rows["constant baseline"] = evaluate_constant(baseline, records, model.gamma)
+    if args.format == "json":
+        print(json.dumps({name: vars(row) for name, row in rows.items()}, indent=2, default=str))
+    else:
+        print(format_report(rows))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lenvm-rl", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lenvm-rl", description="Length Value Models: predict, trace, "
+                                     "sample rollouts, pretrain, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_args(p, default=None):
@@ -217,17 +276,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code (off by default)")
     p.set_defaults(func=cmd_rollout)
 
-    p = sub.add_parser("demo", help="offline demo on the embedded backbone",
-                       description="Length prediction and a per-token trace on the embedded default backbone.")
-    model_args(p, default="smollm2-135m")
+    sub.add_parser("pretrain", add_help=False,
+                   help="pretrain a LenVM on rollouts (all TrainingArguments; see lenvm-rl pretrain --help)")
+
+    p = sub.add_parser("evaluate", help="value MSE, prompt MRE and positionwise error on held-out rollouts",
+                       description="Evaluate a LenVM on rollouts, beside the constant baseline of training rollouts.")
+    model_args(p)
+    p.add_argument("--rollouts", required=True, help="held-out rollout JSONL (from lenvm-rl rollout)")
+    p.add_argument("--baseline-rollouts", default=None,
+                   help="training rollout JSONL; adds the constant baseline (their mean value) beside the LenVM")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="offline pipeline demo: rollouts, value pretraining, predictions",
+                       description="Offline demo on the embedded backbone: sample rollouts on generated "
+                                   "grade-school word problems, pretrain a LenVM on them, and compare its "
+                                   "predictions (MRE) with the constant baseline.")
+    p.add_argument("--model", default="smollm2-135m", help="policy and LenVM backbone (default: smollm2-135m)")
+    p.add_argument("--output-dir", default="lenvm-demo", help="rollouts and the trained LenVM go here")
+    p.add_argument("--train-prompts", type=int, default=20, help="training prompts (default: 20)")
+    p.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts (default: 8)")
+    p.add_argument("--num-completions", "-n", type=int, default=4, help="completions per training prompt")
+    p.add_argument("--eval-completions", type=int, default=8, help="completions per held-out prompt")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="length limit (default: 256)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per generate call (default: 16)")
+    p.add_argument("--epochs", type=float, default=3, help="training epochs (default: 3)")
+    p.add_argument("--learning-rate", type=float, default=1e-3,
+                   help="learning rate of the value head; the backbone stays frozen (default: 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of problems, sampling and training (default: 0)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pretrain"]:  # TRL-style dataclass parser: every TrainingArguments option
+        from lenvm_rl.scripts.pretrain import main as pretrain
+        from lenvm_rl.scripts.pretrain import make_parser
+
+        parser = make_parser()
+        parser.prog = "lenvm-rl pretrain"
+        pretrain(*parser.parse_args_and_config(argv[1:]))
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
+    if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be >= 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:

@@ -25,6 +25,7 @@ true length ``L* >= L``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,23 +71,29 @@ class LenVMEvaluation:
     num_censored: int
 
 
-def constant_baseline_value(train_records: Sequence[dict], gamma: float) -> float:
-    """The training set's mean in value space: ``mean_n -(1 - gamma**L_n)`` over EOS-terminated records.
+def constant_baseline_value(train_records: Sequence[dict], gamma: float, *, censored: str = "infinite") -> float:
+    """The training set's mean in value space: ``mean_n G_0`` with ``G_0 = -(1 - gamma**L_n)``.
 
     This is the constant that minimises the MSE to ``G_0`` on the training set, i.e. the best
-    prompt-blind prediction of ``V(s_0)``. Censored records are ignored (their ``G_0`` is unknown).
+    prompt-blind prediction of ``V(s_0)``, under the same censoring policy as training
+    (:mod:`lenvm_rl.data.value_dataset`): ``"infinite"`` counts a censored record as ``G_0 = -1``,
+    ``"drop"`` leaves it out.
 
     Raises:
-        ValueError: no record, a malformed record, or no record that ended with EOS.
+        ValueError: no record, a malformed record, or (``"drop"``) no record that ended with EOS.
     """
+    if censored not in ("infinite", "drop"):
+        raise ValueError(f"censored must be 'infinite' or 'drop', got {censored!r}")
     records = [rec for group in _group_by_prompt(train_records).values() for rec in group]
-    lengths = [rec["completion_length"] for rec in records if rec["finish_reason"] == "eos"]
-    if not lengths:
-        raise ValueError(
-            f"none of the {len(records)} training records ended with EOS (all censored); "
-            "the constant baseline needs terminated completions"
-        )
-    return length_to_value(torch.tensor(lengths), gamma).mean().item()
+    ended = [rec["finish_reason"] == "eos" for rec in records]
+    if censored == "drop":
+        records = [rec for rec, e in zip(records, ended) if e]
+        ended = [True] * len(records)
+        if not records:
+            raise ValueError("none of the training records ended with EOS (all censored) and censored='drop' "
+                             "leaves none for the constant baseline")
+    lengths = torch.tensor([rec["completion_length"] if e else math.inf for rec, e in zip(records, ended)])
+    return length_to_value(lengths, gamma).mean().item()
 
 
 def evaluate_lenvm(model: LenVM, records: Sequence[dict], *, batch_size: int = 16,

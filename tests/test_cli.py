@@ -74,3 +74,17 @@ def test_predict_on_the_embedded_smollm2_prints_a_predicted_length():
     assert lines[0].startswith("NOTE: untrained value head")
     row = lines[-1].split()
     assert row[0] == "0" and float(row[1]) > 0 and -1 < float(row[2]) < 0
+
+
+def test_demo_pipeline_end_to_end_on_smollm2_at_a_small_scale(tmp_path):
+    # The README's main job with every size turned down: rollouts, value pretraining, predictions.
+    args = ["demo", "--output-dir", str(tmp_path), "--train-prompts", "2", "--eval-prompts", "2", "-n", "2",
+            "--eval-completions", "2", "--max-new-tokens", "8", "--epochs", "1"]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "constant baseline" in result.stdout and "LenVM" in result.stdout
+    assert (tmp_path / "lenvm" / "value_head.safetensors").is_file()
+    table = result.stdout.split("[3/3]")[1].strip().splitlines()[2:]
+    assert len(table) == 2 and all(float(row.split()[1]) > 0 for row in table)
+    rerun = run_cli(*args)  # resumable: the finished rollouts are not sampled again
+    assert rerun.returncode == 0 and len((tmp_path / "train_rollouts.jsonl").read_text().splitlines()) == 4

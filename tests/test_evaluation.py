@@ -103,13 +103,19 @@ def test_evaluate_constant_matches_the_constant_head_lenvm(constant_model):
     assert_same(evaluate_constant(-0.5, records, GAMMA), evaluate_lenvm(constant_model, records, batch_size=4))
 
 
-def test_constant_baseline_value_is_the_mean_terminated_return():
+def test_constant_baseline_value_is_the_mean_return_under_the_censoring_policy():
     train = [make_record(0, 0, PROMPT_A, 1), make_record(0, 1, PROMPT_A, 3),
-             make_record(1, 0, PROMPT_B, 7, "length")]  # censored: ignored
-    # mean(-(1 - 0.5), -(1 - 0.125)) = -0.6875
-    assert constant_baseline_value(train, 0.5) == pytest.approx(-0.6875, abs=1e-7)
-    with pytest.raises(ValueError, match="none of the 1 training records ended with EOS"):
-        constant_baseline_value([make_record(1, 0, PROMPT_B, 7, "length")], 0.5)
+             make_record(1, 0, PROMPT_B, 7, "length")]
+    # "drop": mean(-(1 - 0.5), -(1 - 0.125)) = -0.6875
+    assert constant_baseline_value(train, 0.5, censored="drop") == pytest.approx(-0.6875, abs=1e-7)
+    # "infinite" (default, as in training): the censored record counts as -1: (-0.5 - 0.875 - 1) / 3
+    assert constant_baseline_value(train, 0.5) == pytest.approx(-2.375 / 3, abs=1e-7)
+    only_censored = [make_record(1, 0, PROMPT_B, 7, "length")]
+    assert constant_baseline_value(only_censored, 0.5) == -1.0
+    with pytest.raises(ValueError, match="censored='drop' leaves none"):
+        constant_baseline_value(only_censored, 0.5, censored="drop")
+    with pytest.raises(ValueError, match="censored must be"):
+        constant_baseline_value(train, 0.5, censored="ignore")
 
 
 def test_censored_records_are_counted_and_are_a_lower_bound_for_the_prompt_mre():

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
-from transformers.utils import ModelOutput
 
 from lenvm_rl.modeling.embedded import EMBEDDED_MODELS, resolve_model_path
 
@@ -60,10 +59,11 @@ class ValueHead(nn.Module):
 
 
 @dataclass
-class LenVMOutput(ModelOutput):
+class LenVMOutput:
     """Per-token outputs of :class:`LenVM`, all (B, S) float32; 0 at padding positions.
 
-    ``values`` is ``V(s_t) = -sigmoid(logits)``; ``logits`` is the head output ``z``.
+    ``values`` is ``V(s_t) = -sigmoid(logits)``; ``logits`` is the head output ``z``. (A plain
+    dataclass: a ``ModelOutput`` is a dict, whose ``values()`` method this field would shadow.)
     """
 
     values: torch.Tensor | None = None
@@ -95,6 +95,10 @@ class LenVM(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.gamma = _check_gamma(gamma)
+        # The LM head never runs; an untied one is frozen so optimisers and DDP ignore it.
+        lm_head = self._causal_lm.get_output_embeddings()
+        if lm_head is not None and lm_head.weight is not self._causal_lm.get_input_embeddings().weight:
+            lm_head.requires_grad_(False)
         hidden_size = self.config.hidden_size
         self.v_head = (v_head or ValueHead(hidden_size)).float()
         if self.v_head.fc.in_features != hidden_size:
@@ -192,6 +196,15 @@ class LenVM(nn.Module):
         if _is_peft_model(self.backbone):
             self.backbone = self.backbone.merge_and_unload()
         return self
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        """Activation checkpointing in the backbone; ``Trainer`` calls it for ``activation_checkpointing``.
+
+        Keyword arguments go to the backbone's ``activation_checkpointing_enable``.
+        """
+        self._causal_lm.activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
+        if _is_peft_model(self.backbone):
+            self._causal_lm.enable_input_require_grads()  # frozen embeddings must still pass gradients on
 
     # ------------------------------------------------------------------ forward
     def forward(

@@ -47,6 +47,9 @@ class LenVMConfig(TrainingArguments):
     train_sampling_strategy: str = field(default="group_by_length", metadata={
         "help": "'group_by_length' (default: shuffled, then length-grouped batches), 'random', 'sequential' "
                 "or 'batch_rebalance'."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={
+        "help": "DDP unused-parameter search. Off: every trainable LenVM parameter is used (the LM head is "
+                "frozen)."})
     remove_unused_columns: bool = field(default=False, metadata={
         "help": "Keep dataset columns the model does not take; the collator needs them."})
 

@@ -1,0 +1,1 @@
+"""Entry points shared by the ``lenvm-rl`` command and the ``recipes/`` scripts."""
