@@ -2,7 +2,7 @@
 
 >>> predictor = LengthPredictor.from_pretrained("path/to/lenvm")          # doctest: +SKIP
 >>> predictor.predict(["Natalia sold clips to 48 of her friends..."])    # doctest: +SKIP
-[LengthPrediction(value=-0.47, length=212.3)]
+[LengthPrediction(value=..., length=...)]
 
 A prediction reads the value at ``s_0``, the last prompt token (after the chat template and its
 generation prompt), and inverts it: ``length = ln(1 + V) / ln(gamma)`` (LENVM.md §1). This is the

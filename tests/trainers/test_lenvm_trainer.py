@@ -121,3 +121,14 @@ def test_bce_and_lambda_losses_train(tmp_path):
         start = trainer.evaluate()["eval_loss"]
         trainer.train()
         assert trainer.evaluate()["eval_loss"] < start, kwargs
+
+
+def test_bf16_mixed_precision_trains_with_an_fp32_head(tmp_path):
+    model = LenVM(tiny_backbone("llama"), gamma=0.8)
+    evaluation = build_value_dataset(synthetic_records(16, seed=1))
+    trainer = LenVMTrainer(model, config(tmp_path, num_train_epochs=3, bf16=True),
+                           train_dataset=build_value_dataset(synthetic_records(64)), eval_dataset=evaluation)
+    start = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    assert trainer.evaluate()["eval_loss"] < start
+    assert model.v_head.fc.weight.dtype == torch.float32
