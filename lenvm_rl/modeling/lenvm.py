@@ -177,18 +177,24 @@ class LenVM(nn.Module):
         model.v_head.load_state_dict(_read_value_head(path / VALUE_HEAD_FILE, model.v_head))
         return model.to(device) if device is not None else model
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the reference layout: backbone directory plus ``value_head.safetensors``."""
+    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> None:
+        """Write the reference layout: backbone directory plus ``value_head.safetensors``.
+
+        ``state_dict`` (keys ``backbone.*`` and ``v_head.*``, as from ``self.state_dict()``) replaces
+        the module's own tensors, e.g. the full state a ZeRO-3 ``Trainer`` gathers before saving.
+        """
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
+        state_dict = self.state_dict() if state_dict is None else state_dict
         setattr(self.config, GAMMA_CONFIG_KEY, self.gamma)
-        self.backbone.save_pretrained(save_directory)
+        backbone_state = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+        self.backbone.save_pretrained(save_directory, state_dict=backbone_state)
         # save_pretrained writes `architectures` from the class; the serving code wants the LenVM name.
         # A PEFT adapter directory gets the config too, so gamma travels with the adapter.
         config = self.config.to_dict()
         config["architectures"] = [type(self._causal_lm).__name__.replace("ForCausalLM", "ForLengthValueModel")]
         (save_directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        head = {f"v_head.{k}": v.detach().cpu().contiguous() for k, v in self.v_head.state_dict().items()}
+        head = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k.startswith("v_head.")}
         save_file(head, save_directory / VALUE_HEAD_FILE, metadata={"format": "pt"})
 
     def merge_and_unload(self) -> "LenVM":

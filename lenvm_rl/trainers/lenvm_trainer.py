@@ -149,7 +149,7 @@ class LenVMTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         with open(os.path.join(output_dir, "training_args.json"), "w") as f:

@@ -123,6 +123,16 @@ def test_save_load_round_trip_is_exact_in_the_reference_layout(arch, tmp_path):
         assert torch.equal(tensor, loaded.state_dict()[name]), name
 
 
+def test_save_pretrained_writes_a_given_state_dict(tmp_path):
+    # What a ZeRO-3 Trainer does: it gathers the full state and hands it to save_pretrained.
+    model = LenVM(tiny_backbone("llama"), gamma=0.99)
+    state = {k: v + 1.0 for k, v in model.state_dict().items()}
+    model.save_pretrained(tmp_path, state_dict=state)
+    loaded = LenVM.from_pretrained(tmp_path)
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
 def test_hand_written_reference_checkpoint_loads_and_predicts_the_same_after_save_and_load(tmp_path):
     backbone = tiny_backbone("llama")
     backbone.save_pretrained(tmp_path / "ref")  # a plain backbone dir: no gamma, no LenVM architecture
