@@ -33,7 +33,14 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from lenvm_rl.core import length_to_value, monte_carlo_targets, positionwise_relative_error, prompt_boundary_mre
+from lenvm_rl.core import (
+    length_to_value,
+    monte_carlo_targets,
+    positionwise_relative_error,
+    prompt_boundary_mre,
+    value_regression_loss,
+)
+from lenvm_rl.data.rollouts import check_record
 from lenvm_rl.modeling import LenVM
 
 __all__ = ["FRACTIONS", "LenVMEvaluation", "constant_baseline_value", "evaluate_constant", "evaluate_lenvm",
@@ -41,9 +48,6 @@ __all__ = ["FRACTIONS", "LenVMEvaluation", "constant_baseline_value", "evaluate_
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 """Fractions of each trajectory at which the remaining-length relative error is reported."""
-
-FINISH_REASONS = ("eos", "length")
-
 
 @dataclass
 class LenVMEvaluation:
@@ -176,16 +180,8 @@ def _group_by_prompt(records: Sequence[dict]) -> dict[int, list[dict]]:
         raise ValueError("records is empty: nothing to evaluate")
     groups: dict[int, list[dict]] = {}
     for rec in records:
+        check_record(rec)
         where = f"record prompt_index={rec['prompt_index']} sample_index={rec['sample_index']}"
-        if rec["completion_length"] != len(rec["completion_ids"]):
-            raise ValueError(f"{where}: completion_length={rec['completion_length']} but it has "
-                             f"{len(rec['completion_ids'])} completion_ids")
-        if rec["finish_reason"] not in FINISH_REASONS:
-            raise ValueError(f"{where}: finish_reason must be one of {FINISH_REASONS}, got {rec['finish_reason']!r}")
-        if rec["finish_reason"] == "eos" and rec["completion_length"] == 0:
-            raise ValueError(f"{where}: ended with EOS but has no completion token (L counts the EOS)")
-        if not rec["prompt_ids"]:
-            raise ValueError(f"{where}: prompt_ids is empty; s_0 is the last prompt token")
         group = groups.setdefault(rec["prompt_index"], [])
         if group and list(group[0]["prompt_ids"]) != list(rec["prompt_ids"]):
             raise ValueError(f"{where}: prompt_ids differ from those of sample_index={group[0]['sample_index']} "
@@ -222,7 +218,7 @@ def _evaluate(groups: dict[int, list[dict]], sequence_values: list[Tensor], gamm
     prompt_mre = prompt_boundary_mre(s0_values, lengths, gamma, length_mask).item()
 
     if terminated.any():
-        value_mse = (values - targets)[target_mask].pow(2).mean().item()
+        value_mse = value_regression_loss(values, targets, target_mask).item()
         # Completion-aligned V(s_t), t = 0 .. L-1: every target position but the EOS one; the prompt
         # and padding positions are masked (not time steps), so this is a left/right-padded (B, T).
         positions = torch.arange(values.shape[1])

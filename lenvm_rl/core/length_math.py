@@ -301,23 +301,24 @@ def lambda_return_targets(
 
 def value_regression_loss(
     values: Tensor,
-    logits: Tensor,
     targets: Tensor,
     target_mask: Tensor,
     *,
+    logits: Tensor | None = None,
     loss_type: Literal["mse", "bce"] = "mse",
     num_items: Tensor | int | None = None,
 ) -> Tensor:
     """Token-averaged value loss over every target position of the batch (LENVM.md section 3).
 
-    ``mse``: ``sum (V - G)^2 / N``; ``bce``: ``sum BCE(sigmoid(z), u) / N`` on the head logits
+    ``mse``: ``sum (V - G)^2 / N``; ``bce``: ``sum BCE(sigmoid(z), u) / N`` on the head ``logits``
     with ``u = -G = 1 - gamma**l``. ``N = num_items`` when given (the target positions of a whole
     accumulated, multi-device batch), else ``target_mask.sum()``. Every position weighs the same:
     no per-sequence mean first, which would weight by ``1/L`` and shift the target (paper App. E).
 
     Args:
-        values, logits, targets: (B, S); target_mask: (B, S) bool. Masked positions never change
-            the loss or its gradient.
+        values, targets: (B, S); target_mask: (B, S) bool. Masked positions never change the loss
+            or its gradient.
+        logits: (B, S) head logits ``z``; needed for ``bce`` only.
     Returns:
         0-dim float32 loss.
     """
@@ -330,6 +331,8 @@ def value_regression_loss(
     if loss_type == "mse":
         per_token = (values.float() - targets) ** 2
     else:
+        if logits is None:
+            raise ValueError("loss_type='bce' needs the head logits: pass logits=")
         _check_shape("logits", logits, values.shape, "values")
         per_token = torch.nn.functional.binary_cross_entropy_with_logits(
             logits.float(), -targets, reduction="none"

@@ -26,7 +26,7 @@ import torch
 
 from lenvm_rl.data.prompts import encode_prompt
 
-__all__ = ["RolloutConfig", "finish_reasons", "read_rollouts", "resolve_backend", "sample_rollouts"]
+__all__ = ["RolloutConfig", "check_record", "finish_reasons", "read_rollouts", "resolve_backend", "sample_rollouts"]
 
 
 @dataclass
@@ -71,6 +71,23 @@ def finish_reasons(generated: torch.Tensor, eos_token_ids: list[int]) -> tuple[t
     first_eos = is_eos.int().argmax(dim=1)
     lengths = torch.where(ended, first_eos + 1, generated.shape[1])
     return lengths, ended
+
+
+def check_record(record: dict) -> None:
+    """Raise ``ValueError`` naming the record when it does not follow the record format above."""
+    where = f"record prompt_index={record.get('prompt_index')} sample_index={record.get('sample_index')}"
+    for key in ("prompt_index", "prompt_ids", "completion_ids", "completion_length", "finish_reason"):
+        if key not in record:
+            raise ValueError(f"{where} has no {key!r}; records come from lenvm_rl.data.sample_rollouts")
+    if record["completion_length"] != len(record["completion_ids"]):
+        raise ValueError(f"{where}: completion_length={record['completion_length']} but it has "
+                         f"{len(record['completion_ids'])} completion_ids")
+    if record["finish_reason"] not in ("eos", "length"):
+        raise ValueError(f"{where}: finish_reason must be 'eos' or 'length', got {record['finish_reason']!r}")
+    if record["finish_reason"] == "eos" and record["completion_length"] == 0:
+        raise ValueError(f"{where}: ended with EOS but has no completion token (L counts the EOS)")
+    if not record["prompt_ids"]:
+        raise ValueError(f"{where}: prompt_ids is empty; s_0 is the last prompt token")
 
 
 def resolve_backend(backend: str) -> str:

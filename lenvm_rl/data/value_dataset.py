@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from lenvm_rl.core import gamma_from_lengths, monte_carlo_targets
+from lenvm_rl.data.rollouts import check_record
 
 __all__ = ["CensoredPolicy", "ValueDataCollator", "build_value_dataset", "gamma_from_records"]
 
@@ -32,18 +33,6 @@ CensoredPolicy = Literal["infinite", "drop"]
 def _check_censored(censored: str) -> None:
     if censored not in ("infinite", "drop"):
         raise ValueError(f"censored must be 'infinite' or 'drop', got {censored!r}")
-
-
-def _check_record(record: dict, where: str) -> None:
-    for key in ("prompt_ids", "completion_ids", "completion_length", "finish_reason"):
-        if key not in record:
-            raise ValueError(f"{where} has no {key!r}; records come from lenvm_rl.data.rollouts.sample_rollouts")
-    if record["completion_length"] != len(record["completion_ids"]):
-        raise ValueError(f"{where}: completion_length {record['completion_length']} != len(completion_ids)")
-    if not record["prompt_ids"]:
-        raise ValueError(f"{where}: prompt_ids is empty; s_0 is the last prompt token")
-    if record["finish_reason"] not in ("eos", "length"):
-        raise ValueError(f"{where}: finish_reason must be 'eos' or 'length', got {record['finish_reason']!r}")
 
 
 def build_value_dataset(records: list[dict], *, censored: CensoredPolicy = "infinite"):
@@ -59,8 +48,8 @@ def build_value_dataset(records: list[dict], *, censored: CensoredPolicy = "infi
     if not records:
         raise ValueError("records is empty: sample rollouts first (lenvm-rl rollout)")
     rows = {k: [] for k in ("input_ids", "prompt_length", "completion_length", "terminated", "prompt_index", "length")}
-    for i, record in enumerate(records):
-        _check_record(record, f"record {i} (prompt {record.get('prompt_index')}, sample {record.get('sample_index')})")
+    for record in records:
+        check_record(record)
         terminated = record["finish_reason"] == "eos"
         if not terminated and censored == "drop":
             continue
@@ -69,7 +58,7 @@ def build_value_dataset(records: list[dict], *, censored: CensoredPolicy = "infi
         rows["prompt_length"].append(len(record["prompt_ids"]))
         rows["completion_length"].append(record["completion_length"])
         rows["terminated"].append(terminated)
-        rows["prompt_index"].append(record.get("prompt_index", i))
+        rows["prompt_index"].append(record["prompt_index"])
         rows["length"].append(len(input_ids))
     if not rows["input_ids"]:
         raise ValueError("every completion was cut at the length limit and censored='drop' left none; "

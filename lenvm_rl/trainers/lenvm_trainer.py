@@ -128,7 +128,7 @@ class LenVMTrainer(Trainer):
             targets, target_mask = lambda_return_targets(
                 outputs.values.detach(), target_mask, inputs["terminated"], self.model_gamma, self.args.lam
             )
-        loss = value_regression_loss(outputs.values, outputs.logits, targets, target_mask,
+        loss = value_regression_loss(outputs.values, targets, target_mask, logits=outputs.logits,
                                      loss_type=self.args.loss_type, num_items=num_items_in_batch)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
@@ -143,7 +143,7 @@ class LenVMTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             outputs = model(inputs["input_ids"], inputs["attention_mask"])
-            loss = value_regression_loss(outputs.values, outputs.logits, inputs["targets"], inputs["target_mask"])
+            loss = value_regression_loss(outputs.values, inputs["targets"], inputs["target_mask"])
         return loss.detach(), None, None
 
     def _save(self, output_dir: str | None = None, state_dict=None):

@@ -13,10 +13,10 @@ def test_mse_by_hand_divides_by_the_target_positions():
     targets = torch.tensor([[-0.75, -0.5, 0.0], [-1.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, True], [True, False, False]])
     # (0.25^2 + 0.3^2 + 0^2 + 0.1^2) / 4 = (0.0625 + 0.09 + 0 + 0.01) / 4 = 0.040625
-    loss = value_regression_loss(values, torch.zeros_like(values), targets, mask)
+    loss = value_regression_loss(values, targets, mask)
     assert loss.item() == pytest.approx(0.040625)
     # a whole accumulated step: the same sum over 10 positions
-    assert value_regression_loss(values, values, targets, mask, num_items=10).item() == pytest.approx(0.01625)
+    assert value_regression_loss(values, targets, mask, num_items=10).item() == pytest.approx(0.01625)
 
 
 def test_bce_by_hand_on_logits_against_u():
@@ -25,10 +25,12 @@ def test_bce_by_hand_on_logits_against_u():
     mask = torch.tensor([[True, True]])
     # BCE(sigmoid(0), 0.25) = ln 2; BCE(sigmoid(2), 0) = ln(1 + e^2)
     expected = (torch.log(torch.tensor(2.0)) + torch.log1p(torch.exp(torch.tensor(2.0)))) / 2
-    loss = value_regression_loss(-torch.sigmoid(logits), logits, targets, mask, loss_type="bce")
+    loss = value_regression_loss(-torch.sigmoid(logits), targets, mask, logits=logits, loss_type="bce")
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     with pytest.raises(ValueError, match="loss_type must be 'mse' or 'bce'"):
-        value_regression_loss(logits, logits, targets, mask, loss_type="l1")
+        value_regression_loss(logits, targets, mask, loss_type="l1")
+    with pytest.raises(ValueError, match="needs the head logits: pass logits="):
+        value_regression_loss(logits, targets, mask, loss_type="bce")
 
 
 @settings(max_examples=60, deadline=None)
@@ -42,7 +44,7 @@ def test_padding_never_changes_the_loss_or_its_gradients(batch, width, loss_type
 
     def loss_and_grad(z):
         z = z.clone().requires_grad_(True)
-        loss = value_regression_loss(-torch.sigmoid(z), z, targets, mask, loss_type=loss_type)
+        loss = value_regression_loss(-torch.sigmoid(z), targets, mask, logits=z, loss_type=loss_type)
         loss.backward()
         return loss.detach(), z.grad
 
@@ -53,7 +55,7 @@ def test_padding_never_changes_the_loss_or_its_gradients(batch, width, loss_type
     assert torch.equal(loss, loss2) and torch.equal(grad, grad2)
     assert (grad[~mask] == 0).all()
     z = logits.clone().requires_grad_(True)
-    value_regression_loss(-torch.sigmoid(z), z, other_targets, mask, loss_type=loss_type).backward()
+    value_regression_loss(-torch.sigmoid(z), other_targets, mask, logits=z, loss_type=loss_type).backward()
     assert torch.equal(z.grad, grad)
 
 

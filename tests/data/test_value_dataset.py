@@ -61,7 +61,7 @@ def test_gamma_from_records_uses_the_99th_percentile_length():
     [
         ([], {}, "records is empty"),
         ([record([], [2])], {}, "prompt_ids is empty"),
-        ([{**record([1], [2]), "completion_length": 5}], {}, r"completion_length 5 != len\(completion_ids\)"),
+        ([{**record([1], [2]), "completion_length": 5}], {}, r"completion_length=5 but it has 1 completion_ids"),
         ([record([1], [3], "length")], {"censored": "drop"}, "every completion was cut"),
         (RECORDS, {"censored": "ignore"}, "censored must be 'infinite' or 'drop'"),
     ],
