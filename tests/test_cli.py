@@ -88,3 +88,29 @@ def test_demo_pipeline_end_to_end_on_smollm2_at_a_small_scale(tmp_path):
     assert len(table) == 2 and all(float(row.split()[1]) > 0 for row in table)
     rerun = run_cli(*args)  # resumable: the finished rollouts are not sampled again
     assert rerun.returncode == 0 and len((tmp_path / "train_rollouts.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prompt-column", "text"], r"has no column 'text' \(columns: \['question'\]\)"),
+        (["--prompt-column", "question", "-n", "0"], r"num_completions \(n\) must be >= 1"),
+        (["--prompt-column", "question", "--temperature", "0"], "temperature must be > 0"),
+    ],
+)
+def test_rollout_bad_input_exits_2_before_loading_a_model(tmp_path, capsys, extra, message):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"question": "What is 1 + 1?"}) + "\n")
+    args = ["rollout", "--model", str(tmp_path / "no-model"), "--prompts", str(prompts), "--output",
+            str(tmp_path / "out.jsonl"), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lenvm-rl rollout: error: ") and re.search(message, err), err
+
+
+def test_pretrain_rejects_gamma_outside_the_unit_interval(tmp_path):
+    from lenvm_rl.scripts.pretrain import PretrainScriptArguments
+
+    for gamma in (0.0, 1.0, 1.2):
+        with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\)"):
+            PretrainScriptArguments(train_rollouts=str(tmp_path / "r.jsonl"), gamma=gamma)
