@@ -126,10 +126,10 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return [ids] if isinstance(ids, int) else list(ids)
 
 
-def _resume(path: Path, n: int, sampler: dict) -> set[int]:
-    """Finished prompt indices in ``path``; drops a partial prompt group left by an interruption."""
+def _resume(path: Path, n: int, sampler: dict) -> list[dict]:
+    """Records of the finished prompts in ``path``; drops a partial prompt group left by an interruption."""
     if not path.is_file():
-        return set()
+        return []
     records = read_rollouts(path)
     for rec in records:
         stored = {k: rec["sampler"].get(k) for k in sampler}
@@ -145,7 +145,7 @@ def _resume(path: Path, n: int, sampler: dict) -> set[int]:
     torn = not path.read_bytes().endswith(b"\n") and path.stat().st_size > 0
     if len(kept) != len(records) or torn:
         _write_records(path, kept, mode="w")
-    return done
+    return kept
 
 
 def _write_records(path: Path, records: list[dict], mode: str = "a") -> None:
@@ -187,7 +187,13 @@ def sample_rollouts(
     }
     path = Path(output_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = _resume(path, config.num_completions, sampler)
+    finished = _resume(path, config.num_completions, sampler)
+    for rec in finished:
+        i = rec["prompt_index"]
+        if i >= len(prompts) or rec["prompt"] != prompts[i]:
+            raise ValueError(f"{path} holds another prompt at prompt_index {i} than the prompts given now; "
+                             "resume with the same prompts (and offset), or use another output file")
+    done = {rec["prompt_index"] for rec in finished}
     todo = [i for i in range(len(prompts)) if i not in done]
     encoded = {i: encode_prompt(tokenizer, prompts[i]) for i in todo}
     generate = _vllm_generate if backend == "vllm" else _hf_generate

@@ -67,6 +67,8 @@ def test_resume_skips_finished_prompts_and_writes_no_duplicates(policy, smollm2_
     assert keys == [(i, k) for i in range(4) for k in range(2)]
     assert len(read_rollouts(out)) == 8
     assert records[:4] == first  # finished prompts were not re-sampled
+    with pytest.raises(ValueError, match="holds another prompt at prompt_index 0"):
+        sample_rollouts(policy, smollm2_tokenizer, PROMPTS[1:], out, config, model_name="tiny", progress=False)
     with pytest.raises(ValueError, match="was written with sampler settings"):
         sample_rollouts(policy, smollm2_tokenizer, PROMPTS, out, RolloutConfig(num_completions=2, max_new_tokens=4,
                         temperature=0.7, backend="hf"), model_name="tiny", progress=False)
