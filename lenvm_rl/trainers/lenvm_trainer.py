@@ -79,7 +79,9 @@ class LenVMTrainer(Trainer):
         data_collator: defaults to :class:`~lenvm_rl.data.ValueDataCollator`.
 
     Checkpoints are written in the reference layout (backbone + ``value_head.safetensors``) and
-    resume with ``trainer.train(resume_from_checkpoint=...)``. ``eval_loss`` is the value MSE.
+    resume with ``trainer.train(resume_from_checkpoint=...)``. ``eval_loss`` is the value MSE: each
+    eval batch's token-mean MSE, averaged over batches by the ``Trainer``; the exact token-mean over
+    a whole held-out set is :func:`lenvm_rl.evaluation.evaluate_lenvm`.
     """
 
     def __init__(self, model: LenVM, args: LenVMConfig, train_dataset=None, eval_dataset=None,
