@@ -3,6 +3,9 @@
     lenvm-rl predict --model smollm2-135m --prompt "How many legs do 3 spiders have?"
     lenvm-rl predict --model ./my-lenvm --input prompts.jsonl --format jsonl > lengths.jsonl
     lenvm-rl trace   --model ./my-lenvm --prompt "..." --completion "..."
+    lenvm-rl rollout --model smollm2-135m --prompts prompts.jsonl -n 8 --output rollouts.jsonl
+    lenvm-rl pretrain --model_name_or_path smollm2-135m --train_rollouts rollouts.jsonl --output_dir my-lenvm
+    lenvm-rl evaluate --model ./my-lenvm --rollouts held_out.jsonl --baseline-rollouts rollouts.jsonl
     lenvm-rl demo
 
 Model arguments take a LenVM checkpoint directory, a Hub id, or a short name of an embedded
@@ -21,6 +24,7 @@ from pathlib import Path
 from lenvm_rl.modeling import EMBEDDED_MODELS
 
 __all__ = ["main"]
+
 
 class CLIError(Exception):
     """Bad input: printed as ``lenvm-rl <command>: error: <message>``, exit status 2."""
@@ -103,6 +107,7 @@ def cmd_demo(args) -> None:
     """The offline pipeline on the embedded backbone: rollouts -> value pretraining -> predictions."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import ModelConfig
 
     from lenvm_rl.core import return_consistent_length
     from lenvm_rl.data import RolloutConfig, generate_word_problems, sample_rollouts, to_messages
@@ -138,8 +143,6 @@ def cmd_demo(args) -> None:
     )
     script_args = PretrainScriptArguments(train_rollouts=str(out / "train_rollouts.jsonl"),
                                           eval_rollouts=str(out / "eval_rollouts.jsonl"))
-    from trl import ModelConfig
-
     pretrain(script_args, training_args, ModelConfig(model_name_or_path=args.model))
 
     print("\n[3/3] predicted length at the prompt boundary vs the sampled completions")
