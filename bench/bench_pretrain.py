@@ -11,8 +11,9 @@
 ``throughput`` trains the same LenVM (SmolLM2-135M-Instruct, full fine-tune, fp32; the trainer's
 loss, a plain AdamW step) for a few steps on the trainer's length-grouped batches and on plain
 random padded batches, alternating rounds in one process, and prints real (non-padding) training
-tokens/s, the ratio, and each sampler's padding fraction over a whole epoch. ``pretrain`` trains on all training rollouts and prints the held-out
-report (value MSE, prompt MRE, positionwise RE) of the LenVM beside the constant baseline.
+tokens/s, the ratio, and each sampler's padding fraction over a whole epoch. ``pretrain`` trains
+on all training rollouts and prints the held-out report (value MSE, prompt MRE, positionwise RE) of
+the LenVM beside the constant baseline.
 """
 
 from __future__ import annotations

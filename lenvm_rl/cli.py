@@ -68,18 +68,17 @@ def _print_predictions(prompts, predictions, predictor, fmt: str, out) -> None:
 
 def _print_trace(trace, predictor, fmt: str, out) -> None:
     rows = [("<s0>", None, trace.values[0].item(), trace.lengths[0].item())]
-    rows += [(tok, tid, v, l) for tok, tid, v, l in
-             zip(trace.tokens, trace.token_ids, trace.values[1:].tolist(), trace.lengths[1:].tolist())]
+    rows += list(zip(trace.tokens, trace.token_ids, trace.values[1:].tolist(), trace.lengths[1:].tolist()))
     if fmt == "jsonl":
-        for t, (tok, tid, v, l) in enumerate(rows):
-            out.write(json.dumps({"t": t, "token": tok, "token_id": tid, "value": v, "length": l,
+        for t, (tok, tid, value, length) in enumerate(rows):
+            out.write(json.dumps({"t": t, "token": tok, "token_id": tid, "value": value, "length": length,
                                   "untrained": predictor.untrained}) + "\n")
         return
     if predictor.untrained:
         out.write("NOTE: untrained value head (fresh, seed 0) -- these numbers are not predictions yet.\n")
     out.write(f"{'t':>4}  {'token':<16}  {'value':>8}  {'remaining':>9}\n")
-    for t, (tok, _, v, l) in enumerate(rows):
-        out.write(f"{t:>4}  {tok!r:<16.16}  {v:>8.4f}  {l:>9.1f}\n")
+    for t, (tok, _, value, length) in enumerate(rows):
+        out.write(f"{t:>4}  {tok!r:<16.16}  {value:>8.4f}  {length:>9.1f}\n")
 
 
 def cmd_predict(args) -> None:
@@ -113,7 +112,8 @@ def cmd_demo(args) -> None:
     from lenvm_rl.data import RolloutConfig, generate_word_problems, sample_rollouts, to_messages
     from lenvm_rl.modeling import resolve_model_path
     from lenvm_rl.predict import LengthPredictor
-    from lenvm_rl.scripts.pretrain import PretrainScriptArguments, main as pretrain
+    from lenvm_rl.scripts.pretrain import PretrainScriptArguments
+    from lenvm_rl.scripts.pretrain import main as pretrain
     from lenvm_rl.trainers import LenVMConfig
 
     out = Path(args.output_dir)
@@ -128,7 +128,8 @@ def cmd_demo(args) -> None:
     policy = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     sampler = RolloutConfig(num_completions=args.num_completions, temperature=args.temperature,
-                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, backend="hf")
+                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+                            backend="hf")
     sample_rollouts(policy, tokenizer, train_prompts, out / "train_rollouts.jsonl", sampler, model_name=args.model)
     eval_sampler = RolloutConfig(**{**vars(sampler), "num_completions": args.eval_completions})
     eval_records = sample_rollouts(policy, tokenizer, eval_prompts, out / "eval_rollouts.jsonl", eval_sampler,

@@ -126,7 +126,7 @@ class LengthPredictor:
         last_logits = torch.stack([s.logits[-1] for s in scored]) if scored else torch.zeros(0)
         lengths = logits_to_length(last_logits, self.gamma)
         values = -torch.sigmoid(last_logits)
-        return [LengthPrediction(value=v, length=l) for v, l in zip(values.tolist(), lengths.tolist())]
+        return [LengthPrediction(value=v, length=n) for v, n in zip(values.tolist(), lengths.tolist())]
 
     def trace(self, prompt: Prompt, completion: str | list[int]) -> LengthTrace:
         """Per-token values and predicted remaining lengths along ``completion``.

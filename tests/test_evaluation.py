@@ -3,6 +3,7 @@ import random
 
 import pytest
 import torch
+from conftest import tiny_backbone
 
 from lenvm_rl import LenVM
 from lenvm_rl.core import length_to_value, prompt_boundary_mre, value_to_length
@@ -13,7 +14,6 @@ from lenvm_rl.evaluation import (
     evaluate_lenvm,
     format_report,
 )
-from conftest import tiny_backbone
 
 GAMMA = 0.9
 EOS = 2

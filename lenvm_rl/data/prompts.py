@@ -9,13 +9,19 @@ from pathlib import Path
 __all__ = ["encode_prompt", "load_prompts", "to_messages"]
 
 
+def _is_message(message) -> bool:
+    return isinstance(message, dict) and "role" in message and "content" in message
+
+
 def to_messages(prompt) -> list[dict]:
     """A prompt as chat messages: a string becomes one user message; messages pass through."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+    if isinstance(prompt, list) and prompt and all(_is_message(m) for m in prompt):
         return [{"role": m["role"], "content": m["content"]} for m in prompt]
-    raise TypeError(f"a prompt must be a string or a list of chat messages with 'role' and 'content', got {prompt!r:.80}")
+    raise TypeError(
+        f"a prompt must be a string or a list of chat messages with 'role' and 'content', got {prompt!r:.80}"
+    )
 
 
 def encode_prompt(tokenizer, prompt) -> list[int]:
@@ -76,7 +82,9 @@ def load_prompts(source, *, prompt_column: str | None = None, split: str = "trai
     elif isinstance(source, datasets.Dataset):
         rows, name = source, "the dataset"
     else:
-        raise TypeError(f"prompts must come from a datasets.Dataset, a JSONL path or a Hub id, got {type(source).__name__}")
+        raise TypeError(
+            f"prompts must come from a datasets.Dataset, a JSONL path or a Hub id, got {type(source).__name__}"
+        )
 
     if len(rows) == 0:
         raise ValueError(f"{name} is empty: no prompts to sample")

@@ -34,12 +34,14 @@ class RolloutConfig:
     """Sampler settings; they are stored in every record and must match when resuming."""
 
     num_completions: int = field(default=8, metadata={"help": "Completions sampled per prompt (n; paper: up to 16)."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature. Use the one RL or decoding will use."})
+    temperature: float = field(default=1.0, metadata={
+        "help": "Sampling temperature. Use the one RL or decoding will use."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
     max_new_tokens: int = field(default=512, metadata={"help": "Length limit; longer completions are censored."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per generate call (prompts x n)."})
     seed: int = field(default=0, metadata={"help": "Base seed; each prompt group is seeded from it."})
-    backend: str = field(default="auto", metadata={"help": "'hf' (transformers generate), 'vllm', or 'auto' (vllm if installed)."})
+    backend: str = field(default="auto", metadata={
+        "help": "'hf' (transformers generate), 'vllm', or 'auto' (vllm if installed)."})
 
     def __post_init__(self):
         if self.num_completions < 1:
@@ -204,7 +206,8 @@ def sample_rollouts(
     tokens, start = 0, time.perf_counter()
     for first in range(0, len(todo), per_call):
         group = todo[first : first + per_call]
-        completions = generate(model, tokenizer, [encoded[i] for i in group], config, eos_ids, seed=config.seed + group[0])
+        completions = generate(model, tokenizer, [encoded[i] for i in group], config, eos_ids,
+                               seed=config.seed + group[0])
         records = []
         for j, prompt_index in enumerate(group):
             for k in range(config.num_completions):

@@ -282,7 +282,7 @@ def mc_layouts(draw):
                                    st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=4))
     width = max(p + c + left + right for p, c, _, left, right in rows)
     attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, (p, c, _, left, right) in enumerate(rows):
+    for b, (p, c, _, left, _right) in enumerate(rows):
         attention_mask[b, left : left + p + c] = 1
     prompt = torch.tensor([r[0] for r in rows])
     completion = torch.tensor([r[1] for r in rows])
