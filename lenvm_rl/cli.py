@@ -105,12 +105,12 @@ def cmd_trace(args) -> None:
 def cmd_demo(args) -> None:
     """The offline pipeline on the embedded backbone: rollouts -> value pretraining -> predictions."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import ModelConfig
 
     from lenvm_rl.core import return_consistent_length
     from lenvm_rl.data import RolloutConfig, generate_word_problems, sample_rollouts, to_messages
-    from lenvm_rl.modeling import resolve_model_path
+    from lenvm_rl.modeling import load_backbone, resolve_model_path
     from lenvm_rl.predict import LengthPredictor
     from lenvm_rl.scripts.pretrain import PretrainScriptArguments
     from lenvm_rl.scripts.pretrain import main as pretrain
@@ -125,7 +125,7 @@ def cmd_demo(args) -> None:
 
     print("\n[1/3] rollouts of the policy (resumable; written to", out, ")")
     path = resolve_model_path(args.model)
-    policy = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+    policy = load_backbone(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     sampler = RolloutConfig(num_completions=args.num_completions, temperature=args.temperature,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
@@ -159,11 +159,11 @@ def cmd_demo(args) -> None:
 
 
 def cmd_rollout(args) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from lenvm_rl.data import load_prompts
     from lenvm_rl.data.rollouts import RolloutConfig, resolve_backend, sample_rollouts
-    from lenvm_rl.modeling import resolve_model_path
+    from lenvm_rl.modeling import load_backbone, resolve_model_path
 
     try:
         config = RolloutConfig(
@@ -179,10 +179,8 @@ def cmd_rollout(args) -> None:
         model = path
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=args.dtype, use_safetensors=True, trust_remote_code=args.trust_remote_code
-            )
-        except OSError as err:
+            model = load_backbone(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+        except FileNotFoundError as err:
             raise CLIError(f"--model {args.model}: {err}") from None
         model = model.to(args.device or "cpu").eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)

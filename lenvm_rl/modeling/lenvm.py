@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lenvm_rl.modeling.embedded import EMBEDDED_MODELS, resolve_model_path
 
-__all__ = ["VALUE_HEAD_FILE", "LenVM", "LenVMOutput", "ValueHead"]
+__all__ = ["VALUE_HEAD_FILE", "LenVM", "LenVMOutput", "ValueHead", "load_backbone"]
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 GAMMA_CONFIG_KEY = "lenvm_gamma"
@@ -132,7 +132,7 @@ class LenVM(nn.Module):
         with :func:`lenvm_rl.core.gamma_from_lengths`. Seed with ``torch.manual_seed`` for a
         reproducible head.
         """
-        backbone = _load_backbone(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        backbone = load_backbone(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
         model = cls(backbone, gamma=gamma)
         return model.to(device) if device is not None else model
 
@@ -161,7 +161,7 @@ class LenVM(nn.Module):
         if (path / ADAPTER_CONFIG_FILE).is_file():
             backbone = _load_peft_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code)
         else:
-            backbone = _load_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code)
+            backbone = load_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code)
         config_gamma = getattr(backbone.config, GAMMA_CONFIG_KEY, None)
         if gamma is None and config_gamma is None:
             raise ValueError(
@@ -314,7 +314,8 @@ def _model_dir(name_or_path: str | os.PathLike) -> Path:
         ) from err
 
 
-def _load_backbone(name_or_path, *, dtype, trust_remote_code: bool) -> PreTrainedModel:
+def load_backbone(name_or_path, *, dtype=None, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A causal LM from a short name, a local directory or a Hub id; safetensors only."""
     path = _model_dir(name_or_path)
     kwargs = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
     if dtype is not None:
@@ -331,7 +332,7 @@ def _load_peft_backbone(path: Path, *, dtype, trust_remote_code: bool) -> nn.Mod
     base = json.loads((path / ADAPTER_CONFIG_FILE).read_text()).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{path / ADAPTER_CONFIG_FILE} does not name base_model_name_or_path")
-    backbone = _load_backbone(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    backbone = load_backbone(base, dtype=dtype, trust_remote_code=trust_remote_code)
     if (path / "config.json").is_file():  # gamma and architecture saved beside the adapter
         saved = json.loads((path / "config.json").read_text())
         if GAMMA_CONFIG_KEY in saved:
