@@ -142,8 +142,8 @@ def cmd_demo(args) -> None:
         per_device_train_batch_size=8, per_device_eval_batch_size=8, freeze_backbone=True,
         lr_scheduler_type="constant", logging_steps=5, save_strategy="no", report_to="none", seed=args.seed,
     )
-    script_args = PretrainScriptArguments(train_rollouts=str(out / "train_rollouts.jsonl"),
-                                          eval_rollouts=str(out / "eval_rollouts.jsonl"))
+    script_args = PretrainScriptArguments(train_rollouts=[str(out / "train_rollouts.jsonl")],
+                                          eval_rollouts=[str(out / "eval_rollouts.jsonl")])
     pretrain(script_args, training_args, ModelConfig(model_name_or_path=args.model))
 
     print("\n[3/3] predicted length at the prompt boundary vs the sampled completions")
@@ -185,7 +185,8 @@ def cmd_rollout(args) -> None:
         model = model.to(args.device or "cpu").eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
     try:
-        records = sample_rollouts(model, tokenizer, prompts, args.output, config, model_name=args.model)
+        records = sample_rollouts(model, tokenizer, prompts, args.output, config, model_name=args.model,
+                                   offset=args.offset)
     except ValueError as err:
         raise CLIError(str(err)) from None
     ended = sum(r["finish_reason"] == "eos" for r in records)
@@ -260,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-column", default=None,
                    help="column with the prompt text or chat messages (default: messages, else prompt)")
     p.add_argument("--split", default="train", help="split of a Hub dataset (default: train)")
-    p.add_argument("--offset", type=int, default=0, help="first prompt row to use (default: 0)")
+    p.add_argument("--offset", type=int, default=0,
+                   help="first prompt row to use (default: 0); records keep source rows as prompt_index, so shards "
+                        "sampled with different offsets merge (pass several files to pretrain/evaluate)")
     p.add_argument("--limit", type=int, default=None, help="number of prompt rows to use (default: all)")
     p.add_argument("--output", required=True, help="JSONL file the records are appended to")
     p.add_argument("--num-completions", "-n", type=int, default=8, help="completions per prompt (default: 8)")
@@ -284,9 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="value MSE, prompt MRE and positionwise error on held-out rollouts",
                        description="Evaluate a LenVM on rollouts, beside the constant baseline of training rollouts.")
     model_args(p)
-    p.add_argument("--rollouts", required=True, help="held-out rollout JSONL (from lenvm-rl rollout)")
-    p.add_argument("--baseline-rollouts", default=None,
-                   help="training rollout JSONL; adds the constant baseline (their mean value) beside the LenVM")
+    p.add_argument("--rollouts", required=True, nargs="+",
+                   help="held-out rollout JSONL (from lenvm-rl rollout); several shards are merged")
+    p.add_argument("--baseline-rollouts", default=None, nargs="+",
+                   help="training rollout JSONL (or shards); adds the constant baseline (their mean value) beside "
+                        "the LenVM")
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     p.set_defaults(func=cmd_evaluate)
 

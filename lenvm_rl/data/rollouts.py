@@ -2,7 +2,7 @@
 
 Each record (one JSON line per completion) holds::
 
-    prompt_index, sample_index      which prompt, which of its n samples
+    prompt_index, sample_index      which prompt (its row in the prompt source), which of its n samples
     prompt                          chat messages
     prompt_ids, completion_ids      token ids; completion_ids ends with EOS when finish_reason == "eos"
     completion_length               len(completion_ids): L, EOS included
@@ -11,7 +11,9 @@ Each record (one JSON line per completion) holds::
 
 EOS and lengths come from the generated tokens themselves, never from ``ids != pad``: some
 tokenizers (SmolLM2) use the EOS token as padding. Records are appended one prompt group at a
-time, so a re-run skips every finished prompt and writes no duplicates.
+time, so a re-run skips every finished prompt and writes no duplicates. ``prompt_index`` is the
+prompt's row in its source and seeds its group, so shards sampled with ``offset`` (one per process
+or machine) hold the same records as one unsharded run, and :func:`read_rollouts` merges them.
 """
 
 from __future__ import annotations
@@ -101,22 +103,33 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def read_rollouts(path: str | os.PathLike) -> list[dict]:
-    """All records of a rollout file; a torn last line (interrupted write) is ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"rollout file not found: {path}")
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if lineno == len(lines):
-                break  # torn write at the end; that prompt group is re-sampled
-            raise ValueError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
+def read_rollouts(paths: str | os.PathLike | list[str | os.PathLike]) -> list[dict]:
+    """All records of one rollout file, or of several shards merged; a torn last line is ignored.
+
+    Shards must not overlap: a ``(prompt_index, sample_index)`` found twice is an error naming both
+    places, so a prompt is never counted twice.
+    """
+    records, seen = [], {}
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"rollout file not found: {path}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                if lineno == len(lines):
+                    break  # torn write at the end; that prompt group is re-sampled
+                raise ValueError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
+            key = (record.get("prompt_index"), record.get("sample_index"))
+            if key in seen:
+                raise ValueError(f"{path} line {lineno}: prompt_index={key[0]} sample_index={key[1]} is already in "
+                                 f"{seen[key]}; shards must not overlap (sample them with different --offset)")
+            seen[key] = f"{path} line {lineno}"
+            records.append(record)
     return records
 
 
@@ -166,13 +179,16 @@ def sample_rollouts(
     config: RolloutConfig | None = None,
     *,
     model_name: str | None = None,
+    offset: int = 0,
     progress: bool = True,
 ) -> list[dict]:
     """Sample ``config.num_completions`` completions for every prompt, appending to ``output_file``.
 
     Resumable: prompts whose records are all in ``output_file`` are skipped (settings must match).
     ``model`` is a transformers causal LM for the ``hf`` backend, or a model name/path string for
-    ``vllm``. Returns every record in the file, in prompt order.
+    ``vllm``. ``offset`` is the source row of ``prompts[0]`` (the ``offset`` given to
+    :func:`~lenvm_rl.data.load_prompts`): records get ``prompt_index = offset + i``. Returns every
+    record in the file, in prompt order.
     """
     from tqdm.auto import tqdm
 
@@ -191,11 +207,11 @@ def sample_rollouts(
     path.parent.mkdir(parents=True, exist_ok=True)
     finished = _resume(path, config.num_completions, sampler)
     for rec in finished:
-        i = rec["prompt_index"]
-        if i >= len(prompts) or rec["prompt"] != prompts[i]:
-            raise ValueError(f"{path} holds another prompt at prompt_index {i} than the prompts given now; "
-                             "resume with the same prompts (and offset), or use another output file")
-    done = {rec["prompt_index"] for rec in finished}
+        i = rec["prompt_index"] - offset
+        if not 0 <= i < len(prompts) or rec["prompt"] != prompts[i]:
+            raise ValueError(f"{path} holds another prompt at prompt_index {rec['prompt_index']} than the prompts "
+                             "given now; resume with the same prompts and offset, or use another output file")
+    done = {rec["prompt_index"] - offset for rec in finished}
     todo = [i for i in range(len(prompts)) if i not in done]
     encoded = {i: encode_prompt(tokenizer, prompts[i]) for i in todo}
     generate = _vllm_generate if backend == "vllm" else _hf_generate
@@ -207,14 +223,14 @@ def sample_rollouts(
     for first in range(0, len(todo), per_call):
         group = todo[first : first + per_call]
         completions = generate(model, tokenizer, [encoded[i] for i in group], config, eos_ids,
-                               seed=config.seed + group[0])
+                               seed=config.seed + offset + group[0])
         records = []
-        for j, prompt_index in enumerate(group):
+        for j, i in enumerate(group):
             for k in range(config.num_completions):
                 ids, ended = completions[j * config.num_completions + k]
                 records.append({
-                    "prompt_index": prompt_index, "sample_index": k, "prompt": prompts[prompt_index],
-                    "prompt_ids": encoded[prompt_index], "completion_ids": ids, "completion_length": len(ids),
+                    "prompt_index": offset + i, "sample_index": k, "prompt": prompts[i],
+                    "prompt_ids": encoded[i], "completion_ids": ids, "completion_length": len(ids),
                     "finish_reason": "eos" if ended else "length", "sampler": sampler,
                 })
                 tokens += len(ids)

@@ -74,6 +74,23 @@ def test_resume_skips_finished_prompts_and_writes_no_duplicates(policy, smollm2_
                         temperature=0.7, backend="hf"), model_name="tiny", progress=False)
 
 
+def test_shards_sampled_with_offsets_equal_one_unsharded_run(policy, smollm2_tokenizer, tmp_path):
+    config = RolloutConfig(num_completions=2, max_new_tokens=5, batch_size=4, backend="hf")
+    whole = sample_rollouts(policy, smollm2_tokenizer, PROMPTS, tmp_path / "all.jsonl", config, progress=False)
+    for offset in (0, 2):
+        sample_rollouts(policy, smollm2_tokenizer, PROMPTS[offset : offset + 2], tmp_path / f"shard{offset}.jsonl",
+                        config, offset=offset, progress=False)
+    merged = read_rollouts([tmp_path / "shard0.jsonl", tmp_path / "shard2.jsonl"])
+    assert [r["prompt_index"] for r in merged] == [0, 0, 1, 1, 2, 2, 3, 3]  # source rows, not shard rows
+    assert merged == whole  # same seeds per prompt group: the same completions
+    # resuming a shard needs its offset; overlapping shards are refused, naming both places
+    with pytest.raises(ValueError, match="another prompt at prompt_index 2"):
+        sample_rollouts(policy, smollm2_tokenizer, PROMPTS[:2], tmp_path / "shard2.jsonl", config, progress=False)
+    with pytest.raises(ValueError, match=r"shard2.jsonl line 1: prompt_index=2 sample_index=0 is already in "
+                                         r".*all.jsonl line 5; shards must not overlap"):
+        read_rollouts([tmp_path / "all.jsonl", tmp_path / "shard2.jsonl"])
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

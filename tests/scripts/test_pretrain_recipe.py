@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_backbone
 from safetensors.torch import load_file
 
@@ -43,15 +44,21 @@ def run(cmd):
     return result
 
 
-def test_accelerate_two_processes_write_a_reference_checkpoint_and_a_report(workdir):
+@pytest.fixture(scope="module")
+def ddp_run(workdir):
     # On a CPU-only machine `--multi_gpu` starts real processes (torchrun, gloo backend); `--cpu` alone
     # runs a single process whatever --num_processes says (accelerate 1.15).
     out = workdir / "ddp"
     result = run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                   *recipe_args(workdir, out, "--gamma", "0.8")])
+    return result, out
+
+
+def test_accelerate_two_processes_write_a_reference_checkpoint_and_a_report(ddp_run):
+    result, out = ddp_run
     # 16 examples, 2 per process and step: a quarter epoch per step only if both processes trained.
-    first_log = result.stdout.splitlines()[0]
+    first_log = next(line for line in result.stdout.splitlines() if "'loss'" in line)
     assert "'epoch': '0.25'" in first_log, first_log
     assert sorted(load_file(out / "value_head.safetensors")) == [
         "v_head.fc.bias", "v_head.fc.weight", "v_head.summary.bias", "v_head.summary.weight"]
@@ -62,6 +69,26 @@ def test_accelerate_two_processes_write_a_reference_checkpoint_and_a_report(work
     assert report["LenVM"]["num_completions"] == 8 and report["LenVM"]["num_censored"] == 0
     state = json.loads((out / "trainer_state.json").read_text()) if (out / "trainer_state.json").exists() else None
     assert state is None or state["global_step"] == 3
+
+
+def test_zero3_recipe_config_trains_exactly_like_ddp_and_saves_whole_weights(workdir, ddp_run):
+    pytest.importorskip("deepspeed")
+    ddp_result, ddp_out = ddp_run
+    out = workdir / "zero3"
+    # The shipped ZeRO-3 config, on two CPU processes (DeepSpeed's CPU accelerator, gloo), in fp32.
+    result = run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  str(REPO / "recipes" / "accelerate" / "zero3.yaml"), "--num_processes", "2", "--mixed_precision",
+                  "no", *recipe_args(workdir, out, "--gamma", "0.8")])
+    logs = [line for line in result.stdout.splitlines() if "'loss'" in line]
+    assert logs == [line for line in ddp_result.stdout.splitlines() if "'loss'" in line] and len(logs) == 3
+    # Parameters sharded across the two processes are gathered into whole tensors on save.
+    for name in ("value_head.safetensors", "model.safetensors"):
+        zero3, ddp = load_file(out / name), load_file(ddp_out / name)
+        assert sorted(zero3) == sorted(ddp)
+        for key in ddp:
+            assert zero3[key].shape == ddp[key].shape
+            torch.testing.assert_close(zero3[key], ddp[key], rtol=0, atol=1e-6)
+    assert json.loads((out / "eval_report.json").read_text())["LenVM"]["num_completions"] == 8
 
 
 def test_single_process_lora_with_activation_checkpointing_and_derived_gamma(workdir):
