@@ -77,17 +77,27 @@ def throughput(args) -> None:
 
 
 def pretrain(args) -> None:
+    import os
+
+    from transformers.trainer_utils import get_last_checkpoint
     from trl import ModelConfig
 
     from lenvm_rl.scripts.pretrain import PretrainScriptArguments, main
     from lenvm_rl.trainers import LenVMConfig
 
+    # Resumable: a checkpoint every --save-steps; re-running the same command continues from the last.
+    resume = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
     config = LenVMConfig(output_dir=args.output_dir, use_cpu=True, num_train_epochs=args.epochs,
                          learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
-                         per_device_eval_batch_size=args.batch_size, save_strategy="epoch", logging_steps=10,
-                         report_to="none", seed=0, freeze_backbone=args.freeze_backbone)
+                         per_device_eval_batch_size=args.batch_size, save_strategy="steps", save_steps=args.save_steps,
+                         save_total_limit=1, resume_from_checkpoint=resume, logging_steps=10, report_to="none",
+                         seed=0, freeze_backbone=args.freeze_backbone, bf16=args.bf16)
     script = PretrainScriptArguments(train_rollouts=args.train_rollouts, eval_rollouts=args.eval_rollouts)
+    start = time.perf_counter()
     main(script, config, ModelConfig(model_name_or_path=args.model))
+    run = f"resumed from {resume}" if resume else "fresh"
+    print(f"train + evaluation: {time.perf_counter() - start:.0f} s ({run}; {torch.get_num_threads()} threads, "
+          f"bf16={args.bf16}, freeze_backbone={args.freeze_backbone})")
 
 
 def parse_args():
@@ -102,6 +112,8 @@ def parse_args():
     parser.add_argument("--epochs", type=float, default=2, help="epochs (pretrain; reference: 2)")
     parser.add_argument("--learning-rate", type=float, default=2e-5, help="(pretrain; reference: 2e-5)")
     parser.add_argument("--output-dir", default="bench/results/lenvm-gsm8k", help="(pretrain)")
+    parser.add_argument("--bf16", action="store_true", help="(pretrain) bf16 autocast; the head stays fp32")
+    parser.add_argument("--save-steps", type=int, default=50, help="(pretrain) checkpoint interval, for resuming")
     parser.add_argument("--freeze-backbone", action="store_true",
                         help="(pretrain) train the value head only: hours faster on a CPU than a full fine-tune")
     return parser.parse_args()

@@ -11,7 +11,8 @@
         --per_device_train_batch_size 16 --gradient_accumulation_steps 8 --num_train_epochs 2 --bf16
 
 ZeRO-3 for large backbones: ``--config_file recipes/accelerate/zero3.yaml`` (needs deepspeed).
-On a CPU: ``accelerate launch --cpu --num_processes 2 recipes/pretrain_lenvm.py ... --use_cpu``.
+Two CPU processes (gloo): ``accelerate launch --multi_gpu --num_processes 2 recipes/pretrain_lenvm.py ...
+--use_cpu`` (with accelerate 1.15, ``--cpu --num_processes 2`` starts one process).
 Every option: ``python recipes/pretrain_lenvm.py --help``.
 """
 

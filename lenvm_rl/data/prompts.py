@@ -39,19 +39,26 @@ def encode_prompt(tokenizer, prompt) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, *, torn_tail_ok: bool = False) -> list[tuple[int, dict]]:
+    """``(line number, object)`` for every non-blank line of a JSONL file.
+
+    Errors name the file and line. With ``torn_tail_ok`` an unparsable last line (an interrupted
+    append) is skipped instead.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines()
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {lineno}: expected a JSON object")
-            rows.append(row)
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if torn_tail_ok and lineno == len(lines):
+                break
+            raise ValueError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {lineno}: expected a JSON object")
+        rows.append((lineno, row))
     return rows
 
 
@@ -73,7 +80,7 @@ def load_prompts(source, *, prompt_column: str | None = None, split: str = "trai
         if path.suffix == ".jsonl" or path.is_file():
             if not path.is_file():
                 raise FileNotFoundError(f"prompt file not found: {path}")
-            rows = _read_jsonl(path)
+            rows = [row for _, row in read_jsonl(path)]
             name = str(path)
         else:
             repo, _, config = str(source).partition(":")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lenvm_rl.data.prompts import encode_prompt
+from lenvm_rl.data.prompts import encode_prompt, read_jsonl
 
 __all__ = ["RolloutConfig", "check_record", "finish_reasons", "read_rollouts", "resolve_backend", "sample_rollouts"]
 
@@ -114,16 +114,7 @@ def read_rollouts(paths: str | os.PathLike | list[str | os.PathLike]) -> list[di
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"rollout file not found: {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                if lineno == len(lines):
-                    break  # torn write at the end; that prompt group is re-sampled
-                raise ValueError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
+        for lineno, record in read_jsonl(path, torn_tail_ok=True):  # a torn tail's group is re-sampled
             key = (record.get("prompt_index"), record.get("sample_index"))
             if key in seen:
                 raise ValueError(f"{path} line {lineno}: prompt_index={key[0]} sample_index={key[1]} is already in "
