@@ -2,11 +2,13 @@
 
 from lenvm_rl.data.prompts import encode_prompt, load_prompts, to_messages
 from lenvm_rl.data.rollouts import RolloutConfig, read_rollouts, sample_rollouts
+from lenvm_rl.data.samplers import ShuffledLengthGroupedSampler
 from lenvm_rl.data.value_dataset import ValueDataCollator, build_value_dataset, gamma_from_records
 from lenvm_rl.data.word_problems import WordProblem, generate_word_problems, word_problem_dataset
 
 __all__ = [
     "RolloutConfig",
+    "ShuffledLengthGroupedSampler",
     "ValueDataCollator",
     "WordProblem",
     "build_value_dataset",

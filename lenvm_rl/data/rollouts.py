@@ -12,8 +12,9 @@ Each record (one JSON line per completion) holds::
 EOS and lengths come from the generated tokens themselves, never from ``ids != pad``: some
 tokenizers (SmolLM2) use the EOS token as padding. Records are appended one prompt group at a
 time, so a re-run skips every finished prompt and writes no duplicates. ``prompt_index`` is the
-prompt's row in its source and seeds its group, so shards sampled with ``offset`` (one per process
-or machine) hold the same records as one unsharded run, and :func:`read_rollouts` merges them.
+prompt's row in its source and seeds its group of ``batch_size // n`` prompts, so shards sampled
+with ``offset`` (one per process or machine) hold the same records as one unsharded run when each
+offset is a multiple of the group size, and :func:`read_rollouts` merges them.
 """
 
 from __future__ import annotations

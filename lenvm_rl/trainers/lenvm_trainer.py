@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lenvm_rl.core import lambda_return_targets, value_regression_loss
+from lenvm_rl.data.samplers import ShuffledLengthGroupedSampler
 from lenvm_rl.data.value_dataset import ValueDataCollator
 from lenvm_rl.modeling import LenVM
 
@@ -28,7 +28,7 @@ class LenVMConfig(TrainingArguments):
 
     Defaults differ from ``TrainingArguments`` where value pretraining wants it: the reference
     learning rate 2e-5, length-grouped batches (``train_sampling_strategy="group_by_length"``:
-    shuffled across prompts, then grouped by length in mega-batches so padding stays small), and
+    batches of similar length, in random order, so padding stays small), and
     ``remove_unused_columns=False`` (the collator needs the length columns).
     """
 
@@ -101,18 +101,19 @@ class LenVMTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
 
     def _get_train_sampler(self, train_dataset=None):
-        """Length-grouped batches from a seeded generator, so a resumed run sees the same order.
+        """Length-grouped batches in random order, from a seeded generator (a resumed run sees the same order).
 
-        (``transformers``' own group-by-length sampler draws from the global RNG, which a resume
-        restores only after the order is drawn.)
+        See :class:`~lenvm_rl.data.ShuffledLengthGroupedSampler` for why not ``transformers``' own
+        sampler: it sweeps each mega-batch from long to short, and it draws from the global RNG, which
+        a resume restores only after the order is drawn.
         """
         train_dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or "length" not in train_dataset.column_names:
             return super()._get_train_sampler(train_dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return LengthGroupedSampler(
+        return ShuffledLengthGroupedSampler(
+            train_dataset["length"],
             self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            lengths=train_dataset["length"],
             generator=torch.Generator().manual_seed(seed),
         )
 
