@@ -19,6 +19,7 @@ the LenVM beside the constant baseline.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -77,8 +78,6 @@ def throughput(args) -> None:
 
 
 def pretrain(args) -> None:
-    import os
-
     from transformers.trainer_utils import get_last_checkpoint
     from trl import ModelConfig
 
