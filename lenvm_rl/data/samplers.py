@@ -46,9 +46,15 @@ class ShuffledLengthGroupedSampler(Sampler[int]):
         lengths, size = self.lengths, self.batch_size
         indices = torch.randperm(len(lengths), generator=self.generator).tolist()
         mega = self.mega_batch_mult * size
+        megabatches = [indices[start : start + mega] for start in range(0, len(indices), mega)]
+        if len(megabatches) > 1 and len(megabatches[-1]) < size:
+            # A remainder smaller than a batch joins the mega-batch before it, so the short batch
+            # holds that mega-batch's shortest sequences and never the dataset's longest alone.
+            remainder = megabatches.pop()
+            megabatches[-1] += remainder
         batches = []
-        for start in range(0, len(indices), mega):
-            by_length = sorted(indices[start : start + mega], key=lambda i: lengths[i], reverse=True)
+        for megabatch in megabatches:
+            by_length = sorted(megabatch, key=lambda i: lengths[i], reverse=True)
             batches += [by_length[j : j + size] for j in range(0, len(by_length), size)]
         full = [b for b in batches if len(b) == size]
         full = [full[i] for i in torch.randperm(len(full), generator=self.generator).tolist()]
