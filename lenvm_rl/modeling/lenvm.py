@@ -18,6 +18,8 @@ backbone is saved as a PEFT adapter directory instead of a full backbone; call
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import os
@@ -206,11 +208,20 @@ class LenVM(nn.Module):
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
         """Activation checkpointing in the backbone; ``Trainer`` calls it for ``activation_checkpointing``.
 
-        Keyword arguments go to the backbone's ``activation_checkpointing_enable``.
+        Keyword arguments go to the backbone's ``activation_checkpointing_enable`` (its
+        ``gradient_checkpointing_enable`` on transformers 5.19 and older, which vLLM still pins).
         """
-        self._causal_lm.activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
+        lm = self._causal_lm
+        if hasattr(lm, "activation_checkpointing_enable"):
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
         if _is_peft_model(self.backbone):
-            self._causal_lm.enable_input_require_grads()  # frozen embeddings must still pass gradients on
+            lm.enable_input_require_grads()  # frozen embeddings must still pass gradients on
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        """What ``Trainer`` calls for ``gradient_checkpointing`` on transformers 5.19 and older."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -240,17 +251,18 @@ class LenVM(nn.Module):
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
         trunk = self._causal_lm.base_model
+        cache_arg = _cache_argument(type(trunk))
         outputs = trunk(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             use_cache=use_cache,
+            **{cache_arg: cache},
         )
         real = attention_mask[:, -input_ids.shape[1] :].bool()
         logits = self.v_head(outputs.last_hidden_state).masked_fill(~real, 0.0)
         values = (-torch.sigmoid(logits)).masked_fill(~real, 0.0)
-        return LenVMOutput(values=values, logits=logits, cache=outputs.cache if use_cache else None)
+        return LenVMOutput(values=values, logits=logits, cache=outputs[cache_arg] if use_cache else None)
 
     @torch.inference_mode()
     def score(
@@ -312,6 +324,13 @@ def _model_dir(name_or_path: str | os.PathLike) -> Path:
         raise FileNotFoundError(
             f"model {name!r} is not a local directory or a short name ({known}), and the Hub lookup failed: {err}"
         ) from err
+
+
+@functools.cache
+def _cache_argument(trunk_class: type) -> str:
+    """The trunk's KV-cache argument and output: ``cache`` in current transformers, ``past_key_values``
+    in 5.19 and older (the newest that vLLM allows)."""
+    return "cache" if "cache" in inspect.signature(trunk_class.forward).parameters else "past_key_values"
 
 
 def load_backbone(name_or_path, *, dtype=None, trust_remote_code: bool = False) -> PreTrainedModel:

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 from conftest import tiny_backbone
 
 from lenvm_rl.data import load_prompts
-from lenvm_rl.data.rollouts import RolloutConfig, finish_reasons, read_rollouts, sample_rollouts
+from lenvm_rl.data.rollouts import RolloutConfig, finish_reasons, read_rollouts, resolve_backend, sample_rollouts
 
 EOS = 2
 
@@ -89,6 +90,17 @@ def test_shards_sampled_with_offsets_equal_one_unsharded_run(policy, smollm2_tok
     with pytest.raises(ValueError, match=r"shard2.jsonl line 1: prompt_index=2 sample_index=0 is already in "
                                          r".*all.jsonl line 5; shards must not overlap"):
         read_rollouts([tmp_path / "all.jsonl", tmp_path / "shard2.jsonl"])
+
+
+def test_backend_choice(policy, smollm2_tokenizer, tmp_path):
+    assert resolve_backend("auto", policy) == "hf"  # a loaded model is sampled with generate, vLLM or not
+    assert resolve_backend("vllm", policy) == "vllm"
+    with pytest.raises(ValueError, match="the hf backend takes a loaded transformers model, got str"):
+        sample_rollouts("some/model", smollm2_tokenizer, PROMPTS, tmp_path / "r.jsonl", RolloutConfig(backend="hf"))
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ImportError, match=r"the vllm backend needs vLLM: pip install 'lenvm-rl\[vllm\]'"):
+            sample_rollouts("some/model", smollm2_tokenizer, PROMPTS, tmp_path / "r.jsonl",
+                            RolloutConfig(backend="vllm"))
 
 
 @pytest.mark.parametrize(

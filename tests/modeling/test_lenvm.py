@@ -85,6 +85,33 @@ def test_kv_cache_extension_matches_full_forward(arch):
     torch.testing.assert_close(rest.values, full[:, 6:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_activation_checkpointing_gives_the_same_gradients(lora):
+    # Trainer enables it through activation_checkpointing_enable (gradient_checkpointing_enable on
+    # transformers 5.19, which vLLM pins); both must reach the backbone's layers.
+    ids = torch.randint(0, 128, (2, 7))
+
+    def grads(enable):
+        backbone = tiny_backbone("llama")
+        if lora:
+            backbone = get_peft_model(backbone, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        model = LenVM(backbone, gamma=0.99).train()  # seeded by tiny_backbone: the same weights each call
+        if enable:
+            enable(model)
+            lm = model._causal_lm
+            assert lm.is_activation_checkpointing if hasattr(lm, "is_activation_checkpointing") else \
+                lm.is_gradient_checkpointing
+        model(ids).values.square().sum().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads(None)
+    for enable in (LenVM.activation_checkpointing_enable, LenVM.gradient_checkpointing_enable):
+        checkpointed = grads(enable)
+        assert checkpointed.keys() == plain.keys() and any("backbone" in n for n in plain)
+        for name in plain:
+            torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
 def test_score_returns_input_order_and_matches_forward():
     model = LenVM(tiny_backbone("llama"), gamma=0.99)
     seqs = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10], [11, 12, 13, 14]]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import tiny_backbone
 from safetensors.torch import load_file
+from transformers import TrainingArguments
 
 from lenvm_rl import LenVM
 
@@ -91,10 +92,15 @@ def test_zero3_recipe_config_trains_exactly_like_ddp_and_saves_whole_weights(wor
     assert json.loads((out / "eval_report.json").read_text())["LenVM"]["num_completions"] == 8
 
 
+# transformers 5.19 and older (the newest that vLLM allows) name it gradient checkpointing
+CHECKPOINTING_FLAG = ("--activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                      else "--gradient_checkpointing")
+
+
 def test_single_process_lora_with_activation_checkpointing_and_derived_gamma(workdir):
     out = workdir / "lora"
     result = run([sys.executable, *recipe_args(workdir, out, "--use_peft", "--lora_r", "4", "--lora_target_modules",
-                                             "q_proj", "v_proj", "--activation_checkpointing")])
+                                             "q_proj", "v_proj", CHECKPOINTING_FLAG)])
     assert "constant baseline" in result.stdout
     assert (out / "adapter_config.json").is_file() and (out / "value_head.safetensors").is_file()
     # gamma from the 99th-percentile length of the training completions (2 and 12 tokens)
