@@ -203,10 +203,11 @@ def _vllm_llm(path: str, args):
         vllm = _import_vllm()
     except ImportError as err:
         raise CLIError(str(err)) from None
-    return vllm.LLM(model=path, dtype=args.dtype or "auto", seed=args.seed, trust_remote_code=args.trust_remote_code,
-               gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-               tensor_parallel_size=args.vllm_tensor_parallel_size, max_model_len=args.vllm_max_model_length,
-               enforce_eager=args.vllm_enforce_eager)
+    return vllm.LLM(
+        model=path, dtype=args.dtype or "auto", seed=args.seed, trust_remote_code=args.trust_remote_code,
+        gpu_memory_utilization=args.vllm_gpu_memory_utilization, tensor_parallel_size=args.vllm_tensor_parallel_size,
+        max_model_len=args.vllm_max_model_length, enforce_eager=args.vllm_enforce_eager,
+    )
 
 
 def cmd_evaluate(args) -> None:
