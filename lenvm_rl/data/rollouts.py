@@ -12,9 +12,10 @@ Each record (one JSON line per completion) holds::
 EOS and lengths come from the generated tokens themselves, never from ``ids != pad``: some
 tokenizers (SmolLM2) use the EOS token as padding. Records are appended one prompt group at a
 time, so a re-run skips every finished prompt and writes no duplicates. ``prompt_index`` is the
-prompt's row in its source and seeds its group of ``batch_size // n`` prompts, so shards sampled
-with ``offset`` (one per process or machine) hold the same records as one unsharded run when each
-offset is a multiple of the group size, and :func:`read_rollouts` merges them.
+prompt's row in its source, so shards sampled with ``offset`` (one per process or machine) merge
+with :func:`read_rollouts`. With the ``hf`` backend it also seeds its group of ``batch_size // n``
+prompts, so the shards hold the same records as one unsharded run when each offset is a multiple of
+the group size; ``vllm`` draws from its engine's seed.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class RolloutConfig:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
     max_new_tokens: int = field(default=512, metadata={"help": "Length limit; longer completions are censored."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per generate call (prompts x n)."})
-    seed: int = field(default=0, metadata={"help": "Base seed; each prompt group is seeded from it."})
+    seed: int = field(default=0, metadata={
+        "help": "Base seed; hf seeds each prompt group from it, vllm seeds the engine it builds."})
     backend: str = field(default="auto", metadata={
         "help": "'hf' (transformers generate), 'vllm', or 'auto' (vllm if installed)."})
 
