@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lenvm_rl.data import RolloutConfig, load_prompts, read_rollouts, sample_rollouts
+from lenvm_rl.data import RolloutConfig, group_by_prompt, load_prompts, read_rollouts, sample_rollouts
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -42,10 +42,7 @@ def length_stats(records: list[dict]) -> dict:
 
 
 def per_prompt_means(records: list[dict]) -> dict[int, float]:
-    by_prompt: dict[int, list[int]] = {}
-    for r in records:
-        by_prompt.setdefault(r["prompt_index"], []).append(r["completion_length"])
-    return {i: statistics.fmean(lengths) for i, lengths in by_prompt.items()}
+    return {i: statistics.fmean(r["completion_length"] for r in group) for i, group in group_by_prompt(records).items()}
 
 
 def compare(hf_records: list[dict], vllm_records: list[dict]) -> None:

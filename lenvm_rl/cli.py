@@ -109,7 +109,7 @@ def cmd_demo(args) -> None:
     from trl import ModelConfig
 
     from lenvm_rl.core import return_consistent_length
-    from lenvm_rl.data import RolloutConfig, generate_word_problems, sample_rollouts, to_messages
+    from lenvm_rl.data import RolloutConfig, generate_word_problems, group_by_prompt, sample_rollouts, to_messages
     from lenvm_rl.modeling import load_backbone, resolve_model_path
     from lenvm_rl.predict import LengthPredictor
     from lenvm_rl.scripts.pretrain import PretrainScriptArguments
@@ -149,12 +149,11 @@ def cmd_demo(args) -> None:
     print("\n[3/3] predicted length at the prompt boundary vs the sampled completions")
     predictor = LengthPredictor.from_pretrained(out / "lenvm")
     predictions = predictor.predict(eval_prompts)
-    by_prompt: dict[int, list[int]] = {}
-    for record in eval_records:
-        by_prompt.setdefault(record["prompt_index"], []).append(record["completion_length"])
+    groups = group_by_prompt(eval_records)
     print(f"{'#':>3}  {'predicted':>9}  {'sampled (return-consistent)':>27}  question")
     for i, (prompt, pred) in enumerate(zip(eval_prompts, predictions)):
-        truth = return_consistent_length(torch.tensor([by_prompt[i]]), predictor.gamma).item()
+        lengths = [rec["completion_length"] for rec in groups[i]]
+        truth = return_consistent_length(torch.tensor([lengths]), predictor.gamma).item()
         print(f"{i:>3}  {pred.length:>9.1f}  {truth:>27.1f}  {_prompt_text(prompt)}")
 
 

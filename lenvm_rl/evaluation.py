@@ -40,7 +40,7 @@ from lenvm_rl.core import (
     prompt_boundary_mre,
     value_regression_loss,
 )
-from lenvm_rl.data.rollouts import check_record
+from lenvm_rl.data.rollouts import group_by_prompt
 from lenvm_rl.modeling import LenVM
 
 __all__ = ["FRACTIONS", "LenVMEvaluation", "constant_baseline_value", "evaluate_constant", "evaluate_lenvm",
@@ -88,7 +88,7 @@ def constant_baseline_value(train_records: Sequence[dict], gamma: float, *, cens
     """
     if censored not in ("infinite", "drop"):
         raise ValueError(f"censored must be 'infinite' or 'drop', got {censored!r}")
-    records = [rec for group in _group_by_prompt(train_records).values() for rec in group]
+    records = [rec for group in group_by_prompt(train_records).values() for rec in group]
     ended = [rec["finish_reason"] == "eos" for rec in records]
     if censored == "drop":
         records = [rec for rec, e in zip(records, ended) if e]
@@ -113,7 +113,7 @@ def evaluate_lenvm(model: LenVM, records: Sequence[dict], *, batch_size: int = 1
     Raises:
         ValueError: see :func:`evaluate_constant`.
     """
-    groups = _group_by_prompt(records)
+    groups = group_by_prompt(records)
     ordered = [rec for group in groups.values() for rec in group]
     was_training = model.training
     model.eval()
@@ -138,7 +138,7 @@ def evaluate_constant(value: float, records: Sequence[dict], gamma: float) -> Le
             an unknown ``finish_reason``; an EOS-terminated record with no completion token; empty
             ``prompt_ids``; or records of one ``prompt_index`` with different ``prompt_ids``.
     """
-    groups = _group_by_prompt(records)
+    groups = group_by_prompt(records)
     sequence_values = [torch.full((len(rec["prompt_ids"]) + rec["completion_length"],), float(value))
                        for group in groups.values() for rec in group]
     return _evaluate(groups, sequence_values, gamma)
@@ -174,27 +174,11 @@ def format_report(rows: dict[str, LenVMEvaluation]) -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _group_by_prompt(records: Sequence[dict]) -> dict[int, list[dict]]:
-    """Validate ``records`` and group them by ``prompt_index`` (ascending), each group by ``sample_index``."""
-    if not records:
-        raise ValueError("records is empty: nothing to evaluate")
-    groups: dict[int, list[dict]] = {}
-    for rec in records:
-        check_record(rec)
-        where = f"record prompt_index={rec['prompt_index']} sample_index={rec['sample_index']}"
-        group = groups.setdefault(rec["prompt_index"], [])
-        if group and list(group[0]["prompt_ids"]) != list(rec["prompt_ids"]):
-            raise ValueError(f"{where}: prompt_ids differ from those of sample_index={group[0]['sample_index']} "
-                             "of the same prompt")
-        group.append(rec)
-    return {index: sorted(groups[index], key=lambda rec: rec["sample_index"]) for index in sorted(groups)}
-
-
 def _evaluate(groups: dict[int, list[dict]], sequence_values: list[Tensor], gamma: float) -> LenVMEvaluation:
     """Metrics from per-record values over full sequences.
 
     Args:
-        groups: validated records from :func:`_group_by_prompt`.
+        groups: validated records from :func:`group_by_prompt`.
         sequence_values: one 1-D tensor of length ``P + L`` per record, in the order of
             ``groups`` flattened; entry ``j`` is the value at full-sequence position ``j``.
     """

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -31,7 +32,10 @@ import torch
 
 from lenvm_rl.data.prompts import encode_prompt, read_jsonl
 
-__all__ = ["RolloutConfig", "check_record", "finish_reasons", "read_rollouts", "resolve_backend", "sample_rollouts"]
+__all__ = [
+    "RolloutConfig", "check_record", "finish_reasons", "group_by_prompt", "read_rollouts", "resolve_backend",
+    "sample_rollouts",
+]
 
 
 @dataclass
@@ -96,6 +100,23 @@ def check_record(record: dict) -> None:
         raise ValueError(f"{where}: ended with EOS but has no completion token (L counts the EOS)")
     if not record["prompt_ids"]:
         raise ValueError(f"{where}: prompt_ids is empty; s_0 is the last prompt token")
+
+
+def group_by_prompt(records: Sequence[dict]) -> dict[int, list[dict]]:
+    """Validate ``records`` (:func:`check_record`, one ``prompt_ids`` per prompt) and group them by
+    ``prompt_index`` (ascending), each group sorted by ``sample_index``."""
+    if not records:
+        raise ValueError("records is empty")
+    groups: dict[int, list[dict]] = {}
+    for rec in records:
+        check_record(rec)
+        where = f"record prompt_index={rec['prompt_index']} sample_index={rec['sample_index']}"
+        group = groups.setdefault(rec["prompt_index"], [])
+        if group and list(group[0]["prompt_ids"]) != list(rec["prompt_ids"]):
+            raise ValueError(f"{where}: prompt_ids differ from those of sample_index={group[0]['sample_index']} "
+                             "of the same prompt")
+        group.append(rec)
+    return {index: sorted(groups[index], key=lambda rec: rec["sample_index"]) for index in sorted(groups)}
 
 
 def resolve_backend(backend: str, model=None) -> str:
