@@ -3,11 +3,28 @@
 - :mod:`lenvm_rl.core`: pure tensor math (returns, GAE, shaping, losses, metrics);
 - :mod:`lenvm_rl.modeling`: :class:`LenVM`, a causal-LM backbone with the value head;
 - :mod:`lenvm_rl.predict`: :class:`LengthPredictor`, length prediction and traces;
-- :mod:`lenvm_rl.data`, :mod:`lenvm_rl.trainers`, :mod:`lenvm_rl.evaluation`: value pretraining.
+- :mod:`lenvm_rl.critics`: :class:`LenVMCritic`, a frozen LenVM as a token-level length critic;
+- :mod:`lenvm_rl.trainers`: value pretraining and length-aware GRPO (:class:`LengthAwareGRPOTrainer`);
+- :mod:`lenvm_rl.rewards`: GSM8K correctness and format rewards;
+- :mod:`lenvm_rl.data`, :mod:`lenvm_rl.evaluation`: rollouts, value datasets, held-out evaluation.
 """
 
+from lenvm_rl.critics import LenVMCritic, LenVMCriticOutput
 from lenvm_rl.modeling import LenVM, LenVMOutput, ValueHead
 from lenvm_rl.predict import LengthPrediction, LengthPredictor, LengthTrace
+from lenvm_rl.trainers import LengthAwareGRPOConfig, LengthAwareGRPOTrainer
 
 __version__ = "0.1.0"
-__all__ = ["LenVM", "LenVMOutput", "LengthPrediction", "LengthPredictor", "LengthTrace", "ValueHead", "__version__"]
+__all__ = [
+    "LenVM",
+    "LenVMCritic",
+    "LenVMCriticOutput",
+    "LenVMOutput",
+    "LengthAwareGRPOConfig",
+    "LengthAwareGRPOTrainer",
+    "LengthPrediction",
+    "LengthPredictor",
+    "LengthTrace",
+    "ValueHead",
+    "__version__",
+]

@@ -1,7 +1,11 @@
-"""Pure tensor math for length value modelling: returns, GAE, shaping, metrics.
+"""Pure tensor math for length value modelling: returns, GAE, shaping, advantages, metrics.
 
 Nothing in :mod:`lenvm_rl.core` touches a model; trainers and the prediction API only call it.
 """
 
+from lenvm_rl.core import advantages, length_math, metrics
+from lenvm_rl.core.advantages import *  # noqa: F401,F403
 from lenvm_rl.core.length_math import *  # noqa: F401,F403
-from lenvm_rl.core.length_math import __all__  # noqa: F401
+from lenvm_rl.core.metrics import *  # noqa: F401,F403
+
+__all__ = [*length_math.__all__, *advantages.__all__, *metrics.__all__]

@@ -248,6 +248,24 @@ class LenVM(nn.Module):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        hidden_states, cache = self.trunk(input_ids, attention_mask, position_ids, cache=cache, use_cache=use_cache)
+        out = self.head(hidden_states, attention_mask[:, -input_ids.shape[1] :])
+        out.cache = cache
+        return out
+
+    def trunk(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, object | None]:
+        """The backbone's final hidden states (B, S, H) and its updated cache (``None`` unless ``use_cache``).
+
+        Arguments as in :meth:`forward`. With :meth:`head` this is the forward pass split in two, so a
+        caller can run the trunk once and the head many times (e.g. refitting the head on fixed states).
+        """
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
         trunk = self._causal_lm.base_model
@@ -259,10 +277,14 @@ class LenVM(nn.Module):
             use_cache=use_cache,
             **{cache_arg: cache},
         )
-        real = attention_mask[:, -input_ids.shape[1] :].bool()
-        logits = self.v_head(outputs.last_hidden_state).masked_fill(~real, 0.0)
+        return outputs.last_hidden_state, outputs[cache_arg] if use_cache else None
+
+    def head(self, hidden_states: torch.Tensor, mask: torch.Tensor) -> LenVMOutput:
+        """The value head on hidden states (B, S, H): ``values``, ``logits`` (B, S) float32, 0 where ``mask`` is 0."""
+        real = mask.bool()
+        logits = self.v_head(hidden_states).masked_fill(~real, 0.0)
         values = (-torch.sigmoid(logits)).masked_fill(~real, 0.0)
-        return LenVMOutput(values=values, logits=logits, cache=outputs[cache_arg] if use_cache else None)
+        return LenVMOutput(values=values, logits=logits)
 
     @torch.inference_mode()
     def score(

@@ -1,0 +1,340 @@
+"""`LenVMCritic`: a frozen LenVM as a token-level length critic over TRL-layout batches.
+
+The batch layout is TRL's GRPO layout: a left-padded prompt ``(B, P)`` followed by a right-padded
+completion ``(B, T)``. The critic runs the LenVM once over ``prompt ⊕ completion`` and returns
+completion-aligned tensors (LENVM.md §6)::
+
+    values[:, t]   = V(s_t), the value *before* completion token t: read at the last prompt token
+                     for t = 0, else at the token before t (a tool span included)
+    final_values   = 0 if the completion ended with EOS, else V(s_T) at its last token (bootstrap)
+    advantages, returns = core.length_gae(values, action_mask, final_values, gamma, lam)
+    shaping        = core.potential_shaping(values, action_mask, final_values, gamma)
+    lengths        = predicted remaining tokens, ln(1 + V) / ln(gamma), from the head logits
+
+``action_mask`` (default ``completion_mask``) marks the tokens the policy generated. Tool or
+environment output inside a multi-turn completion is context: it is attended to, but it is not a
+time step (no length reward, no advantage). Every (B, T) field is 0 where ``action_mask`` is 0.
+
+All math is in :mod:`lenvm_rl.core`; the critic only lays out the batch and calls it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lenvm_rl.core import length_gae, logits_to_length, potential_shaping, value_regression_loss
+from lenvm_rl.modeling import LenVM
+
+__all__ = ["LenVMCritic", "LenVMCriticOutput"]
+
+
+@dataclass
+class LenVMCriticOutput:
+    """What :class:`LenVMCritic` returns; every (B, T) field is completion-aligned, float32, 0 off ``action_mask``.
+
+    Attributes:
+        values: (B, T) ``V(s_t)``, the state before completion token ``t``.
+        final_values: (B,) 0 when terminated, else ``V(s_T)`` at the last completion token.
+        advantages: (B, T) the length advantage ``A^len_t = sum_i (gamma lam)^i delta^len_{t+i}``.
+        returns: (B, T) the length lambda-returns ``advantages + values``.
+        shaping: (B, T) the potential-based shaping reward ``F_t = gamma V(s_{t+1}) - V(s_t)``.
+        lengths: (B, T) predicted remaining tokens at ``s_t``.
+        terminated: (B,) bool, whether each completion ended with EOS (given or inferred).
+    """
+
+    values: Tensor
+    final_values: Tensor
+    advantages: Tensor
+    returns: Tensor
+    shaping: Tensor
+    lengths: Tensor
+    terminated: Tensor
+
+
+class LenVMCritic:
+    """A frozen LenVM that scores TRL-layout batches of completions.
+
+    Args:
+        lenvm: a :class:`~lenvm_rl.modeling.LenVM`, or a checkpoint directory / Hub id / short name
+            for :meth:`LenVM.from_pretrained`.
+        lam: the lambda of the length GAE (1.0: Monte-Carlo returns bootstrapped only at truncation).
+        batch_size: rows scored per forward pass (bounds memory); each micro-batch is trimmed to its
+            own real columns.
+        device, dtype: where and in what precision the LenVM runs (default: as loaded). Inputs are
+            moved there and outputs moved back to the inputs' device.
+        eos_token_id: id or ids that end a completion, overriding the LenVM config's and generation
+            config's ``eos_token_id``. Used only to infer ``terminated`` when the call omits it.
+        processing_class: the policy's tokenizer. When given, the LenVM's vocabulary is checked against
+            it now (see :meth:`check_vocabulary`).
+        trust_remote_code: passed to the loader for a checkpoint path.
+
+    The LenVM is put in eval mode with ``requires_grad_(False)``; only :meth:`refit` ever updates it
+    (its value head).
+    """
+
+    def __init__(
+        self,
+        lenvm: LenVM | str | os.PathLike,
+        *,
+        lam: float = 1.0,
+        batch_size: int = 8,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        eos_token_id: int | Iterable[int] | None = None,
+        processing_class=None,
+        trust_remote_code: bool = False,
+    ):
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {lam!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.name_or_path = None
+        if not isinstance(lenvm, LenVM):
+            if not isinstance(lenvm, (str, os.PathLike)):
+                raise TypeError(f"lenvm must be a LenVM or a checkpoint path, got {type(lenvm).__name__}")
+            self.name_or_path = str(lenvm)
+            lenvm = LenVM.from_pretrained(lenvm, trust_remote_code=trust_remote_code)
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if device is not None or dtype is not None:
+            lenvm.to(device=device, dtype=dtype)
+            lenvm.v_head.float()  # the head always runs in float32
+        self.model = lenvm.eval().requires_grad_(False)
+        self.lam = float(lam)
+        self.batch_size = batch_size
+        self.eos_token_ids = _eos_ids(lenvm, eos_token_id)
+        if processing_class is not None:
+            self.check_vocabulary(processing_class)
+
+    @property
+    def gamma(self) -> float:
+        """The discount the LenVM models, and so of every return and advantage the critic gives."""
+        return self.model.gamma
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check_vocabulary(self, processing_class) -> None:
+        """Raise ``ValueError`` unless the LenVM reads the policy's token ids as the same tokens.
+
+        Compares the vocabularies when the LenVM's checkpoint directory holds a tokenizer, else the
+        tokenizer's size against the LenVM's embedding table.
+        """
+        policy_name = getattr(processing_class, "name_or_path", type(processing_class).__name__)
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
+        lenvm_tokenizer = _saved_tokenizer(self.name_or_path)
+        if lenvm_tokenizer is not None and hasattr(tokenizer, "get_vocab"):
+            if lenvm_tokenizer.get_vocab() != tokenizer.get_vocab():
+                raise ValueError(
+                    f"the LenVM's tokenizer ({self.name_or_path}, {len(lenvm_tokenizer)} tokens) differs from the "
+                    f"policy's ({policy_name}, {len(tokenizer)} tokens): a LenVM only scores the token ids of the "
+                    "vocabulary it was trained on; pretrain one on the policy's own rollouts"
+                )
+            return
+        vocab_size = self.model.config.vocab_size
+        if len(tokenizer) > vocab_size:
+            raise ValueError(
+                f"the policy's tokenizer ({policy_name}) has {len(tokenizer)} tokens but the LenVM "
+                f"({self.name_or_path or type(self.model.backbone).__name__}) has a vocabulary of {vocab_size}: "
+                "a LenVM only scores the token ids of the vocabulary it was trained on; pretrain one on the "
+                "policy's own rollouts"
+            )
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        terminated: Tensor | None = None,
+        action_mask: Tensor | None = None,
+    ) -> LenVMCriticOutput:
+        """Score a batch. Prompt (B, P) left-padded, completion (B, T) right-padded; masks 0/1 or bool.
+
+        ``terminated`` (B,) bool defaults to "the last real completion token is an EOS id".
+        ``action_mask`` (B, T) defaults to ``completion_mask``; it must lie inside ``completion_mask``.
+        """
+        prompt_mask, completion_mask, action_mask, terminated = self._check_inputs(
+            prompt_ids, prompt_mask, completion_ids, completion_mask, terminated, action_mask
+        )
+        values, logits, final_values = [], [], []
+        for rows in torch.arange(prompt_ids.shape[0]).split(self.batch_size):
+            v, z, f = self._score_rows(prompt_ids[rows], prompt_mask[rows], completion_ids[rows], completion_mask[rows])
+            values.append(v)
+            logits.append(z)
+            final_values.append(f)
+        out_device = completion_ids.device
+        values = torch.cat(values).to(out_device)
+        logits = torch.cat(logits).to(out_device)
+        final_values = torch.where(terminated, 0.0, torch.cat(final_values).to(out_device))
+        advantages, returns = length_gae(values, action_mask, final_values, self.gamma, self.lam)
+        shaping = potential_shaping(values, action_mask, final_values, self.gamma)
+        lengths = torch.where(action_mask, logits_to_length(logits, self.gamma), 0.0)
+        return LenVMCriticOutput(
+            values=torch.where(action_mask, values, 0.0),
+            final_values=final_values,
+            advantages=advantages,
+            returns=returns,
+            shaping=shaping,
+            lengths=lengths,
+            terminated=terminated,
+        )
+
+    def _check_inputs(self, prompt_ids, prompt_mask, completion_ids, completion_mask, terminated, action_mask):
+        if prompt_ids.dim() != 2 or completion_ids.dim() != 2:
+            raise ValueError(
+                f"prompt_ids and completion_ids must be 2-D (B, P) and (B, T), got shapes "
+                f"{tuple(prompt_ids.shape)} and {tuple(completion_ids.shape)}"
+            )
+        batch = prompt_ids.shape[0]
+        expected = {
+            "prompt_mask": (prompt_mask, tuple(prompt_ids.shape)),
+            "completion_ids": (completion_ids, (batch, completion_ids.shape[1])),
+            "completion_mask": (completion_mask, tuple(completion_ids.shape)),
+        }
+        if action_mask is not None:
+            expected["action_mask"] = (action_mask, tuple(completion_ids.shape))
+        if terminated is not None:
+            expected["terminated"] = (terminated, (batch,))
+        for name, (tensor, shape) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+        prompt_mask, completion_mask = prompt_mask.bool(), completion_mask.bool()
+        empty = ~prompt_mask.any(dim=1)
+        if bool(empty.any()):
+            raise ValueError(f"prompt_mask row {int(empty.nonzero()[0, 0])} is empty: s_0 needs a prompt token")
+        action_mask = completion_mask if action_mask is None else action_mask.bool()
+        if bool((action_mask & ~completion_mask).any()):
+            raise ValueError("action_mask marks positions outside completion_mask; actions must be completion tokens")
+        if terminated is None:
+            terminated = self.infer_terminated(completion_ids, completion_mask)
+        return prompt_mask, completion_mask, action_mask, terminated.bool().to(completion_ids.device)
+
+    def infer_terminated(self, completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
+        """(B,) bool: the last real completion token is one of the EOS ids (False for an empty completion).
+
+        Read from the tokens, never from ``ids != pad``: SmolLM2 pads with its EOS id.
+        """
+        mask = completion_mask.bool()
+        last = (mask.long().cumsum(dim=1) * mask).argmax(dim=1)  # index of the last real token
+        last_token = completion_ids.gather(1, last[:, None]).squeeze(1)
+        eos = torch.as_tensor(self.eos_token_ids, device=completion_ids.device)
+        return mask.any(dim=1) & torch.isin(last_token, eos)
+
+    def _layout(self, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        """Concatenate one micro-batch, trimmed to its real columns, on the LenVM's device.
+
+        Returns ``(input_ids, attention_mask, state_index, last_index)``: ``state_index`` (b, T) is the
+        column of the token before each completion position (the state ``s_t``), ``last_index`` (b,) the
+        column of the last real token (the state ``s_T`` after the completion).
+        """
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        columns = attention_mask.any(dim=0).nonzero().squeeze(1)
+        first, end = int(columns[0]), int(columns[-1]) + 1
+        input_ids, attention_mask = input_ids[:, first:end], attention_mask[:, first:end]
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last_real = torch.where(attention_mask, positions, -1).cummax(dim=1).values  # last real column <= j
+        before = torch.cat([last_real.new_full((last_real.shape[0], 1), -1), last_real[:, :-1]], dim=1)
+        columns = torch.arange(completion_ids.shape[1], device=input_ids.device) + prompt_ids.shape[1] - first
+        state_index = before.index_select(1, columns.clamp(max=input_ids.shape[1] - 1)).clamp(min=0)
+        device = self.device
+        return (input_ids.to(device), attention_mask.long().to(device), state_index.to(device),
+                last_real[:, -1].to(device))
+
+    def _score_rows(self, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        input_ids, attention_mask, state_index, last_index = self._layout(
+            prompt_ids, prompt_mask, completion_ids, completion_mask
+        )
+        out = self.model(input_ids, attention_mask)
+        values = out.values.gather(1, state_index)
+        logits = out.logits.gather(1, state_index)
+        final_values = out.values.gather(1, last_index[:, None]).squeeze(1)
+        return values, logits, final_values
+
+    # ------------------------------------------------------------------ refit
+    def refit(
+        self,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        targets: Tensor,
+        target_mask: Tensor,
+        *,
+        optimizer: torch.optim.Optimizer,
+        steps: int,
+        reduce_gradients: Callable[[Tensor], Tensor] | None = None,
+    ) -> list[float]:
+        """Take ``steps`` optimizer steps on the value head towards ``targets`` at the states ``s_t``.
+
+        The trunk runs once (no grad) and the head ``steps`` times on its fixed hidden states, so a refit
+        costs one forward of the LenVM whatever ``steps`` is. The loss is
+        :func:`lenvm_rl.core.value_regression_loss` (token-mean MSE over ``target_mask``), with ``targets``
+        and ``target_mask`` (B, T) completion-aligned like :attr:`LenVMCriticOutput.values`.
+        ``reduce_gradients`` (e.g. an all-reduce mean across processes) is applied to every head gradient
+        before each step, so data-parallel copies of the head stay identical. Returns the losses.
+        """
+        hidden = []
+        with torch.no_grad():
+            for rows in torch.arange(prompt_ids.shape[0]).split(self.batch_size):
+                input_ids, attention_mask, state_index, _ = self._layout(
+                    prompt_ids[rows], prompt_mask[rows].bool(), completion_ids[rows], completion_mask[rows].bool()
+                )
+                states, _ = self.model.trunk(input_ids, attention_mask)
+                hidden.append(states.gather(1, state_index[..., None].expand(-1, -1, states.shape[-1])))
+        hidden = torch.cat(hidden)
+        targets = targets.to(hidden.device)
+        target_mask = target_mask.bool().to(hidden.device)
+        head = self.model.v_head
+        losses = []
+        head.requires_grad_(True)
+        try:
+            for _ in range(steps):
+                optimizer.zero_grad()
+                loss = value_regression_loss(self.model.head(hidden, target_mask).values, targets, target_mask)
+                loss.backward()
+                if reduce_gradients is not None:
+                    for param in head.parameters():
+                        param.grad = reduce_gradients(param.grad)
+                optimizer.step()
+                losses.append(loss.item())
+        finally:
+            head.requires_grad_(False)
+            optimizer.zero_grad(set_to_none=True)
+        return losses
+
+
+def _eos_ids(lenvm: LenVM, eos_token_id) -> list[int]:
+    if eos_token_id is not None:
+        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    else:
+        ids = []
+        generation_config = getattr(lenvm._causal_lm, "generation_config", None)
+        for source in (lenvm.config, generation_config):
+            value = getattr(source, "eos_token_id", None)
+            ids += [value] if isinstance(value, int) else list(value or [])
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(
+            f"no usable EOS ids ({ids!r}): the LenVM's config records none; pass eos_token_id= to LenVMCritic"
+        )
+    return sorted(set(ids))
+
+
+def _saved_tokenizer(name_or_path: str | None):
+    """The tokenizer saved in a LenVM checkpoint directory, or None."""
+    if name_or_path is None or not os.path.isdir(name_or_path):
+        return None
+    if not any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name_or_path)

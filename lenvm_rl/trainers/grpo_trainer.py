@@ -1,0 +1,348 @@
+"""Length-aware GRPO: TRL's ``GRPOTrainer`` with a length term beside the task reward (LENVM.md §6).
+
+The objective is ``J = J_task + s * J_len`` with ``J_len = E[-(1 - gamma^L)]``. The estimators differ
+only in credit assignment:
+
+- ``"lenvm"``: token-level. ``A_t = A_task + s * A_len_t``, with ``A_len`` the GAE of a pretrained
+  LenVM (:class:`~lenvm_rl.LenVMCritic`): a state-dependent baseline and the return-to-go from ``t``.
+- ``"group"``: its sequence-level twin. ``A = A_task + s * (G - mean_group G)``, ``G = -(1 - gamma^L)``
+  for the whole completion: the same objective with no token-level credit (the honest baseline).
+- ``"kimi"``: the Kimi k1.5 group length reward, group-centred.
+- ``"none"``: plain GRPO (with the length metrics logged when a critic is given).
+
+One step, as data: TRL generates and scores; this trainer keeps what it needs from the generation
+(lengths, EOS) and the gathered rewards, calls ``super()._generate_and_score_completions``, and
+replaces the ``(B,)`` task advantages with the ``(B, T)`` tensor of :func:`lenvm_rl.core.combine_advantages`,
+which TRL's loss accepts. Every formula is a :mod:`lenvm_rl.core` call; the trainer only coordinates.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOConfig, GRPOTrainer
+
+from lenvm_rl.core import (
+    combine_advantages,
+    correct_gate,
+    discounted_returns,
+    explained_variance,
+    group_centered,
+    group_length_advantages,
+    kimi_length_rewards,
+    length_gae,
+    masked_mean,
+    pass_rate_gate,
+    pearson_correlation,
+    per_token_advantages,
+    scale_by_std,
+)
+from lenvm_rl.critics import LenVMCritic
+from lenvm_rl.modeling import LenVM
+
+__all__ = ["LengthAwareGRPOConfig", "LengthAwareGRPOTrainer"]
+
+ESTIMATORS = ("lenvm", "group", "kimi", "none")
+CRITIC_DIR = "length_critic"
+"""Subdirectory of a checkpoint holding the refit critic head and its optimizer."""
+
+
+@dataclass
+class LengthAwareGRPOConfig(GRPOConfig):
+    """``GRPOConfig`` plus the length term. The critic itself is a trainer argument (``length_critic=``)."""
+
+    length_coef: float = field(default=0.1, metadata={
+        "help": "Length coefficient s in J = J_task + s * J_len: s > 0 favours shorter completions, s < 0 longer "
+                "ones, 0 switches the term off. In shaping mode it is the shaping weight beta."})
+    length_estimator: str = field(default="lenvm", metadata={
+        "help": "Credit assignment of the length term: 'lenvm' (token-level advantages from a LenVM critic), "
+                "'group' (its sequence-level twin: G = -(1 - gamma^L) minus the group mean), 'kimi' (the Kimi "
+                "k1.5 group length reward) or 'none' (plain GRPO)."})
+    length_mode: str = field(default="advantage", metadata={
+        "help": "'advantage' adds s * A_len (changes the objective on purpose). 'shaping' adds the potential-based "
+                "shaping return-to-go beta * sum_k gamma^(k-t) F_k with a frozen LenVM; it equals "
+                "-beta * V(s_t) (+ a bootstrap term at truncation), a state-dependent baseline, so it keeps the "
+                "task optimum and is no length objective. Shaping needs length_estimator='lenvm'."})
+    length_lam: float = field(default=1.0, metadata={
+        "help": "Lambda of the length GAE (1.0: Monte-Carlo, bootstrapped only at truncation)."})
+    length_gamma: float | None = field(default=None, metadata={
+        "help": "Discount of J_len. Default: the LenVM's own gamma (a LenVM only models the discount it was "
+                "trained with, so 'lenvm' refuses any other). Required for 'group' without a critic."})
+    length_normalize: str = field(default="batch", metadata={
+        "help": "'batch' divides the length advantage by its token-weighted std over the gathered batch, so that "
+                "s is a weight relative to the unit-scale, group-normalised task advantage whatever gamma is; the "
+                "twin and the token-level estimator are scaled alike. 'none' uses the raw advantage."})
+    length_gate: str = field(default="none", metadata={
+        "help": "'none'; 'pass_rate' scales s by the group's mean task reward / length_gate_max_reward (after "
+                "prime-rl: groups that never solve the task feel no length pressure); 'correct' applies the length "
+                "term only to completions whose task reward >= length_correct_threshold."})
+    length_gate_max_reward: float = field(default=1.0, metadata={
+        "help": "r_max of the 'pass_rate' gate: the largest task reward (sum of weighted reward functions)."})
+    length_correct_threshold: float = field(default=1.0, metadata={
+        "help": "Task reward at or above which a completion counts as correct, for the 'correct' gate and 'kimi'."})
+    length_critic_refit_steps: int = field(default=0, metadata={
+        "help": "Optimizer steps on the LenVM's value head after each generation batch, towards the Monte-Carlo "
+                "returns of the fresh completions (advantage mode only). 0 keeps the critic frozen."})
+    length_critic_learning_rate: float = field(default=1e-4, metadata={
+        "help": "Learning rate of the critic refit (AdamW on the value head)."})
+    length_critic_batch_size: int = field(default=8, metadata={
+        "help": "Rows per LenVM forward pass when scoring completions (bounds memory)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, value, allowed in (
+            ("length_estimator", self.length_estimator, ESTIMATORS),
+            ("length_mode", self.length_mode, ("advantage", "shaping")),
+            ("length_normalize", self.length_normalize, ("none", "batch")),
+            ("length_gate", self.length_gate, ("none", "pass_rate", "correct")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        if not 0.0 <= self.length_lam <= 1.0:
+            raise ValueError(f"length_lam must be in [0, 1], got {self.length_lam}")
+        if self.length_gamma is not None and not 0.0 < self.length_gamma < 1.0:
+            raise ValueError(f"length_gamma must be in (0, 1), got {self.length_gamma}; or leave it None to use the "
+                             "LenVM's own gamma")
+        if self.length_gate_max_reward <= 0:
+            raise ValueError(f"length_gate_max_reward must be > 0, got {self.length_gate_max_reward}")
+        if self.length_critic_refit_steps < 0:
+            raise ValueError(f"length_critic_refit_steps must be >= 0, got {self.length_critic_refit_steps}")
+        if self.length_critic_learning_rate <= 0:
+            raise ValueError(f"length_critic_learning_rate must be > 0, got {self.length_critic_learning_rate}")
+        if self.length_critic_batch_size < 1:
+            raise ValueError(f"length_critic_batch_size must be >= 1, got {self.length_critic_batch_size}")
+        if self.length_mode == "shaping" and self.length_estimator != "lenvm":
+            raise ValueError("length_mode='shaping' shapes with a LenVM potential: set length_estimator='lenvm'")
+        if self.length_critic_refit_steps > 0 and self.length_mode == "shaping":
+            raise ValueError("a critic refit in shaping mode breaks the shaping guarantee (it needs a fixed "
+                             "potential): set length_critic_refit_steps=0 or length_mode='advantage'")
+        if self.length_critic_refit_steps > 0 and self.length_estimator != "lenvm":
+            raise ValueError("length_critic_refit_steps > 0 refits the LenVM critic of length_estimator='lenvm'; "
+                             f"length_estimator={self.length_estimator!r} has none to refit")
+        if self.per_token_length_term:
+            refused = []
+            if self.importance_sampling_level == "sequence":
+                refused.append("importance_sampling_level='sequence' (GSPO)")
+            if self.loss_type in ("vespo", "luspo"):
+                refused.append(f"loss_type={self.loss_type!r}")
+            if self.off_policy_mask_threshold is not None:
+                refused.append("off_policy_mask_threshold")
+            if refused:
+                raise ValueError(
+                    f"{' and '.join(refused)} weight whole sequences by one number and would smear or reinterpret "
+                    "the per-token length advantages of length_estimator='lenvm'; use a token-level loss_type "
+                    "('grpo', 'bnpo', 'dr_grpo', 'dapo', 'cispo', 'sapo') with importance_sampling_level='token', "
+                    "or the sequence-level length_estimator='group'"
+                )
+
+    @property
+    def per_token_length_term(self) -> bool:
+        """Whether the length term varies along a completion (the token-level estimator, switched on)."""
+        return self.length_estimator == "lenvm" and self.length_coef != 0
+
+
+class LengthAwareGRPOTrainer(GRPOTrainer):
+    """``trl.GRPOTrainer`` with a length term: token-level from a LenVM, or a sequence-level twin.
+
+    Args:
+        length_critic: a :class:`~lenvm_rl.LenVMCritic`, a :class:`~lenvm_rl.LenVM` or a checkpoint path.
+            Required for ``length_estimator="lenvm"``; with the other estimators it is optional and only
+            feeds the logged length metrics (predicted vs realised length, explained variance).
+        Every other argument is ``GRPOTrainer``'s.
+
+    Logged (TRL metrics, prefix ``length/``): ``predicted_s0`` and ``realised`` mean lengths and their
+    correlation, ``abs_advantage`` (mean ``|s * gate * A_len|`` over action tokens) and its ``share`` of
+    ``|A_task| + |s * gate * A_len|``, ``truncated_frac``, the critic's ``explained_variance`` on the
+    fresh Monte-Carlo returns and, with a refit, ``critic_refit_loss``.
+    """
+
+    def __init__(self, model, reward_funcs=None, args: LengthAwareGRPOConfig | None = None, *posargs,
+                 length_critic: LenVMCritic | LenVM | str | os.PathLike | None = None, **kwargs):
+        if args is not None and not isinstance(args, LengthAwareGRPOConfig):
+            raise TypeError(f"args must be a LengthAwareGRPOConfig, got {type(args).__name__}")
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = LengthAwareGRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-LengthAwareGRPO")
+        super().__init__(model, reward_funcs, args, *posargs, **kwargs)
+        self.length_critic = self._build_critic(length_critic)
+        self.length_gamma = self._resolve_gamma()
+        self.critic_optimizer = None
+        if args.length_critic_refit_steps > 0:
+            self.critic_optimizer = torch.optim.AdamW(
+                self.length_critic.model.v_head.parameters(), lr=args.length_critic_learning_rate
+            )
+        self._generation = None  # (terminated, action lengths) of the last generation, this process
+        self._rewards_per_func = None  # the last gathered rewards, (N_global, n_funcs)
+
+    def _build_critic(self, length_critic) -> LenVMCritic | None:
+        args = self.args
+        if length_critic is None:
+            if args.length_estimator == "lenvm":
+                raise ValueError("length_estimator='lenvm' needs a length critic: pass length_critic=LenVMCritic(...), "
+                                 "a LenVM or a LenVM checkpoint path")
+            return None
+        if not isinstance(length_critic, LenVMCritic):
+            length_critic = LenVMCritic(length_critic, lam=args.length_lam, batch_size=args.length_critic_batch_size,
+                                        device=self.accelerator.device)
+        elif length_critic.lam != args.length_lam:
+            raise ValueError(f"the LenVMCritic has lam={length_critic.lam} but length_lam={args.length_lam}; "
+                             "make them agree")
+        length_critic.check_vocabulary(self.processing_class)
+        return length_critic
+
+    def _resolve_gamma(self) -> float | None:
+        gamma, critic = self.args.length_gamma, self.length_critic
+        if critic is not None and gamma is not None and self.args.length_estimator == "lenvm" \
+                and abs(gamma - critic.gamma) > 1e-12:
+            raise ValueError(f"length_gamma={gamma} differs from the LenVM's gamma={critic.gamma}: a value head only "
+                             "models the discount it was trained with; leave length_gamma unset")
+        gamma = gamma if gamma is not None else (critic.gamma if critic is not None else None)
+        if gamma is None and self.args.length_estimator == "group":
+            raise ValueError("length_estimator='group' needs a discount: set length_gamma (e.g. 0.01 ** (1 / L99) of "
+                             "the policy's lengths) or pass a length_critic to use its gamma")
+        return gamma
+
+    # ------------------------------------------------------------------ hooks into TRL's step
+    def _generate(self, prompts: list):
+        """TRL's generation; keeps each completion's EOS flag and action length, read from the generated ids."""
+        result = super()._generate(prompts)
+        completion_ids, tool_mask = result[1], result[2]
+        eos = set(self.eos_token_ids)
+        terminated = [len(ids) > 0 and ids[-1] in eos for ids in completion_ids]
+        lengths = [sum(m) for m in tool_mask] if tool_mask is not None else [len(ids) for ids in completion_ids]
+        device = self.accelerator.device
+        self._generation = (torch.tensor(terminated, device=device), torch.tensor(lengths, device=device))
+        return result
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards, gathered across processes (N_global, n_funcs); kept for the length term."""
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        args = self.args
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        terminated, lengths = self._generation
+        completion_mask = output["completion_mask"]
+        action_mask = completion_mask if "tool_mask" not in output else completion_mask * output["tool_mask"]
+        action_mask = action_mask.bool()
+        rank = self.accelerator.process_index
+        local = slice(rank * len(lengths), (rank + 1) * len(lengths))  # this process's rows of the gathered batch
+        all_lengths = self.accelerator.gather(lengths)
+        task_rewards = (self._rewards_per_func * self.reward_weights.to(self._rewards_per_func.device)).nansum(dim=1)
+
+        critic_out = None
+        if self.length_critic is not None:
+            critic_out = self.length_critic(output["prompt_ids"], output["prompt_mask"], output["completion_ids"],
+                                            completion_mask, terminated=terminated, action_mask=action_mask)
+
+        length_advantages = None
+        if args.length_estimator == "lenvm" and args.length_mode == "advantage":
+            length_advantages = critic_out.advantages
+        elif args.length_estimator == "lenvm":
+            length_advantages = discounted_returns(critic_out.shaping, action_mask, self.length_gamma)
+        elif args.length_estimator == "group":
+            length_advantages = group_length_advantages(all_lengths, self.length_gamma, num_generations)[local]
+        elif args.length_estimator == "kimi":
+            correct = task_rewards >= args.length_correct_threshold
+            length_advantages = group_centered(kimi_length_rewards(all_lengths, correct, num_generations),
+                                               num_generations)[local]
+
+        gate = None
+        if args.length_gate == "pass_rate":
+            gate = pass_rate_gate(task_rewards, num_generations, args.length_gate_max_reward)[local]
+        elif args.length_gate == "correct":
+            gate = correct_gate(task_rewards, args.length_correct_threshold)[local]
+
+        if length_advantages is not None and args.length_coef != 0:
+            length_advantages = per_token_advantages(length_advantages, action_mask)
+            if args.length_normalize == "batch":
+                length_advantages = scale_by_std(length_advantages, action_mask, *self._gather_rows(
+                    length_advantages, action_mask))
+            advantages = combine_advantages(output["advantages"], length_advantages, args.length_coef, action_mask,
+                                            gate)
+            self._log_advantage_share(mode, output["advantages"], advantages, action_mask)
+            output["advantages"] = advantages
+
+        self._log_length_metrics(mode, terminated, all_lengths, critic_out, action_mask)
+        if self.critic_optimizer is not None and mode == "train":
+            self._refit_critic(mode, output, action_mask, critic_out)
+        return output
+
+    # ------------------------------------------------------------------ critic refit
+    def _refit_critic(self, mode, output, action_mask, critic_out):
+        """Refit the critic's head on the fresh Monte-Carlo returns (lam = 1, bootstrapped only at truncation)."""
+        _, targets = length_gae(critic_out.values, action_mask, critic_out.final_values, self.length_gamma, 1.0)
+        reduce = None
+        if self.accelerator.num_processes > 1:
+            def reduce(grad):
+                return self.accelerator.reduce(grad, reduction="mean")
+        losses = self.length_critic.refit(output["prompt_ids"], output["prompt_mask"], output["completion_ids"],
+                                          output["completion_mask"], targets, action_mask,
+                                          optimizer=self.critic_optimizer, steps=self.args.length_critic_refit_steps,
+                                          reduce_gradients=reduce)
+        loss = self.accelerator.reduce(torch.tensor(losses[-1], device=self.accelerator.device), reduction="mean")
+        self._metrics[mode]["length/critic_refit_loss"].append(loss.item())
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.critic_optimizer is None or not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}",
+                              CRITIC_DIR)
+        os.makedirs(folder, exist_ok=True)
+        head = {f"v_head.{k}": v.detach().cpu().contiguous()
+                for k, v in self.length_critic.model.v_head.state_dict().items()}
+        save_file(head, os.path.join(folder, "value_head.safetensors"), metadata={"format": "pt"})
+        torch.save(self.critic_optimizer.state_dict(), os.path.join(folder, "optimizer.pt"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self.critic_optimizer is None or checkpoint is None:
+            return
+        folder = os.path.join(checkpoint, CRITIC_DIR)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{checkpoint} has no {CRITIC_DIR}/ but length_critic_refit_steps > 0: it was not "
+                                    "written by a refitting LengthAwareGRPOTrainer")
+        head = load_file(os.path.join(folder, "value_head.safetensors"))
+        self.length_critic.model.v_head.load_state_dict({k.removeprefix("v_head."): v for k, v in head.items()})
+        state = torch.load(os.path.join(folder, "optimizer.pt"), map_location=self.length_critic.device,
+                           weights_only=True)
+        self.critic_optimizer.load_state_dict(state)
+
+    # ------------------------------------------------------------------ metrics
+    def _gather_rows(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) tensors of every process, padded to one width: (N_global, T_max) values and mask."""
+        x = self.accelerator.pad_across_processes(x, dim=1)
+        mask = self.accelerator.pad_across_processes(mask.long(), dim=1)
+        return self.accelerator.gather(x), self.accelerator.gather(mask).bool()
+
+    def _log_advantage_share(self, mode, task_advantages, advantages, action_mask):
+        task = per_token_advantages(task_advantages, action_mask)
+        length_abs = masked_mean(*self._gather_rows((advantages - task).abs(), action_mask))
+        task_abs = masked_mean(*self._gather_rows(task.abs(), action_mask))
+        self._metrics[mode]["length/abs_advantage"].append(length_abs.item())
+        self._metrics[mode]["length/abs_advantage_share"].append((length_abs / (length_abs + task_abs)).item())
+
+    def _log_length_metrics(self, mode, terminated, all_lengths, critic_out, action_mask):
+        metrics = self._metrics[mode]
+        metrics["length/truncated_frac"].append(1.0 - self.accelerator.gather(terminated).float().mean().item())
+        metrics["length/realised"].append(all_lengths.float().mean().item())
+        if critic_out is None:
+            return
+        predicted = self.accelerator.gather(critic_out.lengths[:, 0].contiguous())
+        started = self.accelerator.gather(action_mask[:, 0].contiguous())
+        metrics["length/predicted_s0"].append(predicted[started].mean().item())
+        metrics["length/predicted_realised_corr"].append(
+            pearson_correlation(predicted[started], all_lengths[started].float()).item())
+        _, mc_returns = length_gae(critic_out.values, action_mask, critic_out.final_values, self.length_critic.gamma,
+                                   1.0)
+        values, mask = self._gather_rows(critic_out.values, action_mask)
+        returns, _ = self._gather_rows(mc_returns, action_mask)
+        metrics["length/critic_explained_variance"].append(explained_variance(values, returns, mask).item())

@@ -1,0 +1,294 @@
+"""LengthAwareGRPOTrainer: real TRL GRPO runs on a tiny 16-token policy, with hand-checked advantages."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grpo_fixtures import (  # noqa: E402
+    EOS_ID,
+    constant_reward,
+    prompt_dataset,
+    tiny_lenvm,
+    tiny_policy,
+    tiny_tokenizer,
+)
+
+from lenvm_rl import LengthAwareGRPOConfig, LengthAwareGRPOTrainer, LenVMCritic  # noqa: E402
+from lenvm_rl.core import group_length_advantages, length_to_value  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_args(tmp_path, **overrides) -> LengthAwareGRPOConfig:
+    kwargs = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
+                  max_completion_length=16, learning_rate=1e-3, max_steps=2, logging_steps=1, report_to="none",
+                  save_strategy="no", use_cpu=True, bf16=False, seed=0, temperature=1.0, disable_tqdm=True,
+                  length_estimator="lenvm", length_coef=0.5)
+    kwargs.update(overrides)
+    return LengthAwareGRPOConfig(**kwargs)
+
+
+def make_trainer(tmp_path, critic="lenvm", reward=constant_reward, policy=None, peft_config=None, **overrides):
+    args = make_args(tmp_path, **overrides)
+    if critic == "lenvm":
+        critic = tiny_lenvm()
+    return LengthAwareGRPOTrainer(policy or tiny_policy(), reward_funcs=reward, args=args,
+                                  train_dataset=prompt_dataset(), processing_class=tiny_tokenizer(),
+                                  peft_config=peft_config, length_critic=critic)
+
+
+def generation_batch(trainer, num_prompts=2):
+    rows = [trainer.train_dataset[i] for i in range(num_prompts)]
+    return [dict(row) for row in rows for _ in range(trainer.num_generations)]
+
+
+def rewards_by_length(completions, completion_ids, **kwargs):
+    """A task reward that varies within groups, so A_task is not zero."""
+    return [float(len(ids) % 3) for ids in completion_ids]
+
+
+# ----------------------------------------------------------------------------- configuration errors
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(length_estimator="tokens"), "length_estimator must be one of"),
+    (dict(length_mode="shaping", length_critic_refit_steps=2), "refit in shaping mode"),
+    (dict(length_gamma=1.0), r"length_gamma must be in \(0, 1\)"),
+    (dict(length_gamma=0.0), r"length_gamma must be in \(0, 1\)"),
+    (dict(length_normalize="group"), "length_normalize must be one of"),
+    (dict(length_gate="always"), "length_gate must be one of"),
+    (dict(length_mode="shaping", length_estimator="group"), "shaping mode|shapes with a LenVM potential"),
+    (dict(length_estimator="group", length_critic_refit_steps=1), "has none to refit"),
+    (dict(importance_sampling_level="sequence"), "GSPO.*smear or reinterpret"),
+    (dict(loss_type="luspo"), "loss_type='luspo'"),
+    (dict(off_policy_mask_threshold=0.5), "off_policy_mask_threshold"),
+    (dict(length_lam=1.5), r"length_lam must be in \[0, 1\]"),
+])
+def test_bad_configs_are_refused_with_a_fix(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+def test_sequence_level_losses_stay_allowed_for_the_twin(tmp_path):
+    make_args(tmp_path, length_estimator="group", importance_sampling_level="sequence", length_gamma=0.9)
+
+
+def test_bad_trainer_arguments(tmp_path, tiny_checkpoint):
+    with pytest.raises(ValueError, match="needs a length critic"):
+        make_trainer(tmp_path, critic=None)
+    with pytest.raises(ValueError, match="'group' needs a discount"):
+        make_trainer(tmp_path, critic=None, length_estimator="group")
+    with pytest.raises(ValueError, match="length_gamma=0.5 differs from the LenVM's gamma=0.9"):
+        make_trainer(tmp_path, length_gamma=0.5)
+    with pytest.raises(ValueError, match=r"16 tokens|differs from the policy's"):  # SmolLM2-vocabulary LenVM
+        make_trainer(tmp_path, critic=str(tiny_checkpoint))
+    with pytest.raises(TypeError, match="LengthAwareGRPOConfig"):
+        from trl import GRPOConfig
+
+        LengthAwareGRPOTrainer(tiny_policy(), constant_reward, GRPOConfig(str(tmp_path), use_cpu=True, bf16=False),
+                               train_dataset=prompt_dataset(), processing_class=tiny_tokenizer())
+
+
+# ----------------------------------------------------------------------------- advantages, by hand
+
+
+def test_lenvm_advantages_are_task_plus_scaled_critic_gae(tmp_path):
+    trainer = make_trainer(tmp_path, reward=rewards_by_length, length_coef=0.3)
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(generation_batch(trainer))
+    mask = out["completion_mask"].bool()
+    critic = LenVMCritic(tiny_lenvm())
+    crit = critic(out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"])
+    # task advantages by hand: TRL's group-normalised reward
+    lengths = mask.sum(1)
+    rewards = (lengths % 3).float().view(-1, 4)
+    task = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)).flatten()
+    a_len = crit.advantages
+    std = a_len[mask].std(unbiased=False)
+    expected = torch.where(mask, task[:, None] + 0.3 * a_len / (std + 1e-4), 0.0)
+    torch.testing.assert_close(out["advantages"], expected, atol=1e-5, rtol=1e-5)
+    assert out["advantages"].shape == out["completion_ids"].shape
+    # terminated read from the generated ids, never from ids != pad (pad is the EOS id here)
+    last = out["completion_ids"].gather(1, (lengths - 1)[:, None]).squeeze(1)
+    assert trainer._generation[0].tolist() == (last == EOS_ID).tolist()
+    metrics = trainer._metrics["train"]
+    for name in ("length/predicted_s0", "length/realised", "length/predicted_realised_corr", "length/abs_advantage",
+                 "length/abs_advantage_share", "length/truncated_frac", "length/critic_explained_variance"):
+        assert len(metrics[name]) == 1 and math.isfinite(metrics[name][0]), name
+    assert metrics["length/realised"][0] == pytest.approx(lengths.float().mean().item())
+
+
+def test_group_twin_advantages_equal_a_hand_computation(tmp_path):
+    trainer = make_trainer(tmp_path, critic=None, length_estimator="group", length_gamma=0.8, length_coef=0.4,
+                           length_normalize="none", length_gate="correct", length_correct_threshold=1.0,
+                           reward=rewards_by_length)
+    torch.manual_seed(1)
+    out = trainer._generate_and_score_completions(generation_batch(trainer))
+    mask = out["completion_mask"].bool()
+    lengths = mask.sum(1).tolist()
+    rewards = [float(n % 3) for n in lengths]
+    expected = []
+    for g in range(2):
+        group = range(4 * g, 4 * g + 4)
+        r_mean = sum(rewards[i] for i in group) / 4
+        r_std = math.sqrt(sum((rewards[i] - r_mean) ** 2 for i in group) / 3)
+        G = {i: -(1 - 0.8 ** lengths[i]) for i in group}
+        G_mean = sum(G.values()) / 4
+        for i in group:
+            gate = 1.0 if rewards[i] >= 1.0 else 0.0
+            expected.append((rewards[i] - r_mean) / (r_std + 1e-4) + 0.4 * gate * (G[i] - G_mean))
+    expected = torch.tensor(expected)[:, None].expand_as(mask)
+    torch.testing.assert_close(out["advantages"], torch.where(mask, expected, 0.0), atol=1e-5, rtol=1e-5)
+    assert "length/predicted_s0" not in trainer._metrics["train"]  # no critic, no critic metrics
+    # the core function on the same lengths agrees
+    twin = group_length_advantages(torch.tensor(lengths), 0.8, 4)
+    assert twin[0].item() == pytest.approx(length_to_value(torch.tensor(float(lengths[0])), 0.8).item()
+                                           - length_to_value(torch.tensor(lengths[:4]).float(), 0.8).mean().item())
+
+
+def test_shaping_mode_adds_the_discounted_shaping_return(tmp_path):
+    trainer = make_trainer(tmp_path, length_mode="shaping", length_coef=2.0, length_normalize="none")
+    torch.manual_seed(2)
+    out = trainer._generate_and_score_completions(generation_batch(trainer))
+    mask = out["completion_mask"].bool()
+    crit = LenVMCritic(tiny_lenvm())(out["prompt_ids"], out["prompt_mask"], out["completion_ids"],
+                                     out["completion_mask"])
+    # telescoping: sum_{k>=t} gamma^(k-t) F_k = -V(s_t) + gamma^(T-t) V(s_T) (0 after EOS)
+    T = mask.sum(1)
+    steps_left = (T[:, None] - torch.arange(mask.shape[1])[None]).clamp(min=0)
+    expected = -crit.values + 0.9 ** steps_left * crit.final_values[:, None]
+    torch.testing.assert_close(out["advantages"], torch.where(mask, 2.0 * expected, 0.0), atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def mean_lengths(trainer):
+    return [entry["completions/mean_length"] for entry in trainer.state.log_history
+            if "completions/mean_length" in entry]
+
+
+@pytest.mark.parametrize("coef", [2.0, -2.0])
+def test_length_coef_moves_the_mean_length(tmp_path, coef):
+    critic = LenVMCritic(tiny_lenvm())
+    critic_before = {k: v.clone() for k, v in critic.model.state_dict().items()}
+    trainer = make_trainer(tmp_path, critic=critic, length_coef=coef, max_steps=40, learning_rate=3e-3,
+                           max_completion_length=24, per_device_train_batch_size=16, num_generations=8)
+    policy_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    lengths = mean_lengths(trainer)
+    start, end = sum(lengths[:8]) / 8, sum(lengths[-8:]) / 8
+    if coef > 0:
+        assert end < 0.7 * start, (start, end)
+    else:
+        assert end > 1.2 * start, (start, end)
+    assert any(not torch.equal(v, policy_before[k]) for k, v in trainer.model.state_dict().items())
+    for k, v in critic.model.state_dict().items():  # the frozen critic is bit-identical
+        assert torch.equal(v, critic_before[k]), k
+
+
+def test_refit_changes_the_critic_head_only(tmp_path):
+    critic = LenVMCritic(tiny_lenvm())
+    before = {k: v.clone() for k, v in critic.model.state_dict().items()}
+    trainer = make_trainer(tmp_path, critic=critic, length_critic_refit_steps=3, max_steps=3)
+    trainer.train()
+    changed = {k for k, v in critic.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("v_head.") for k in changed)
+    losses = [e["length/critic_refit_loss"] for e in trainer.state.log_history if "length/critic_refit_loss" in e]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+
+def test_resume_with_refit_gives_the_same_next_step_loss(tmp_path):
+    def run(output_dir, resume=None):
+        trainer = make_trainer(output_dir, length_critic_refit_steps=2, max_steps=3, save_strategy="steps",
+                               save_steps=2)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+    full, full_losses = run(tmp_path / "full")
+    assert (tmp_path / "full" / "checkpoint-2" / "length_critic" / "value_head.safetensors").is_file()
+    resumed, resumed_losses = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
+    assert resumed_losses[-1] == pytest.approx(full_losses[-1], rel=1e-5, abs=1e-7)
+    for (k, v), (_, w) in zip(full.length_critic.model.v_head.state_dict().items(),
+                              resumed.length_critic.model.v_head.state_dict().items()):
+        torch.testing.assert_close(v, w, msg=k)
+
+
+# ----------------------------------------------------------------------------- TRL features keep working
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(loss_type="grpo"), dict(loss_type="bnpo"), dict(loss_type="dr_grpo"), dict(loss_type="dapo"),
+    dict(loss_type="cispo"), dict(loss_type="sapo"),
+    dict(num_iterations=2, gradient_accumulation_steps=2, per_device_train_batch_size=4),
+    dict(length_gate="pass_rate"), dict(length_estimator="kimi"), dict(length_estimator="none"),
+])
+def test_trl_options_train(tmp_path, overrides):
+    trainer = make_trainer(tmp_path, reward=rewards_by_length, **overrides)
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses and all(math.isfinite(x) for x in losses)
+
+
+def test_kl_to_a_reference_model_trains(tmp_path):
+    policy_dir = tmp_path / "policy"
+    tiny_policy().save_pretrained(policy_dir)  # TRL loads the reference model from the policy's path
+    tiny_tokenizer().save_pretrained(policy_dir)
+    trainer = make_trainer(tmp_path / "run", policy=str(policy_dir), beta=0.1)
+    trainer.train()
+    assert all(math.isfinite(e["kl"]) for e in trainer.state.log_history if "kl" in e)
+
+
+def test_peft_policy_trains(tmp_path):
+    from peft import LoraConfig
+
+    trainer = make_trainer(tmp_path, peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    trainer.train()
+    assert any("lora" in name for name, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+@pytest.mark.parametrize("normalize", ["none", "batch"])
+def test_one_and_two_processes_give_the_same_group_advantages(tmp_path, normalize):
+    script = REPO / "tests" / "trainers" / "grpo_multiprocess.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    results = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs), "--cpu"]
+        if procs == 2:
+            launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+        result = subprocess.run([*launch, str(script), str(out), normalize], capture_output=True, text=True,
+                                env=env, timeout=600, cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = []
+        for path in sorted(out.glob("rank*.json")):
+            rows += json.loads(path.read_text())
+        assert len({r["rank"] for r in rows}) == procs
+        results[procs] = sorted(rows, key=lambda r: r["index"])
+    one, two = results[1], results[2]
+    assert {r["rank"] for r in two[8:16]} == {0, 1}  # the middle group of 8 is split across the two processes
+    assert [r["completion"] for r in one] == [r["completion"] for r in two]
+    for a, b in zip(one, two):  # each process pads to its own width: compare the real tokens, then the padding
+        n = len(a["completion"])
+        assert a["advantages"][:n] == pytest.approx(b["advantages"][:n], abs=1e-5)
+        assert not any(a["advantages"][n:]) and not any(b["advantages"][n:])
+    if normalize == "none":  # hand computation: constant task reward, so A = s * (G - mean_group G)
+        for g in range(len(one) // 8):
+            group = one[8 * g: 8 * g + 8]
+            G = [-(1 - 0.8 ** len(r["completion"])) for r in group]
+            for r, Gi in zip(group, G):
+                expected = 0.5 * (Gi - sum(G) / 8)
+                assert r["advantages"][: len(r["completion"])] == pytest.approx([expected] * len(r["completion"]),
+                                                                                abs=1e-6)
