@@ -1,6 +1,6 @@
 """One GRPO step with the "group" twin, launched with 1 or 2 accelerate processes by test_grpo_trainer.py.
 
-    accelerate launch --multi_gpu --num_processes 2 tests/trainers/grpo_multiprocess.py OUT_DIR {none,batch}
+    accelerate launch --multi_gpu --num_processes 2 tests/trainers/grpo_multiprocess.py OUT_DIR {none,batch,refit}
 
 The completions come from a deterministic ``rollout_func`` keyed by each completion's global index, so
 1 and 2 processes see the same global batch: 24 completions in groups of 8, so with 2 processes of 12
@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from grpo_fixtures import EOS_ID, constant_reward, prompt_dataset, tiny_policy, tiny_tokenizer
+from grpo_fixtures import EOS_ID, constant_reward, prompt_dataset, tiny_lenvm, tiny_policy, tiny_tokenizer
 
 from lenvm_rl import LengthAwareGRPOConfig, LengthAwareGRPOTrainer
 
@@ -46,20 +46,28 @@ class DumpingTrainer(LengthAwareGRPOTrainer):
         out_dir = Path(self.args.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"rank{rank}.json").write_text(json.dumps(rows))
+        if self.length_critic is not None:
+            head = {k: v.tolist() for k, v in self.length_critic.model.v_head.state_dict().items()}
+            (out_dir / f"head{rank}.json").write_text(json.dumps(head))
         return output
 
 
-def main(out_dir: str, normalize: str) -> None:
+def main(out_dir: str, mode: str) -> None:
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # use_cpu=True below starts gloo for 2 processes
+    if mode == "refit":
+        length = dict(length_estimator="lenvm", length_critic_refit_steps=2, length_critic_learning_rate=1e-2)
+    else:
+        length = dict(length_estimator="group", length_gamma=0.8, length_normalize=mode)
     args = LengthAwareGRPOConfig(
         output_dir=out_dir, per_device_train_batch_size=GLOBAL_BATCH // processes, num_generations=NUM_GENERATIONS,
         max_completion_length=16, max_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-        bf16=False, seed=0, disable_tqdm=True, length_estimator="group", length_gamma=0.8, length_coef=0.5,
-        length_normalize=normalize)
+        bf16=False, seed=0, disable_tqdm=True, length_coef=0.5, **length)
     trainer = DumpingTrainer(tiny_policy(), reward_funcs=constant_reward, args=args,
                              train_dataset=prompt_dataset(48), processing_class=tiny_tokenizer(),
-                             rollout_func=rollout_func)
+                             rollout_func=rollout_func, length_critic=tiny_lenvm() if mode == "refit" else None)
     trainer.train()
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # tears the gloo group down before exit
 
 
 if __name__ == "__main__":

@@ -259,24 +259,23 @@ def test_peft_policy_trains(tmp_path):
 # ----------------------------------------------------------------------------- two processes
 
 
-@pytest.mark.parametrize("normalize", ["none", "batch"])
-def test_one_and_two_processes_give_the_same_group_advantages(tmp_path, normalize):
+def launch(out: Path, procs: int, mode: str) -> list[dict]:
+    """Run grpo_multiprocess.py on ``procs`` real processes (gloo on CPU); returns every rank's rows by index."""
     script = REPO / "tests" / "trainers" / "grpo_multiprocess.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    results = {}
-    for procs in (1, 2):
-        out = tmp_path / f"p{procs}"
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs), "--cpu"]
-        if procs == 2:
-            launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-        result = subprocess.run([*launch, str(script), str(out), normalize], capture_output=True, text=True,
-                                env=env, timeout=600, cwd=REPO)
-        assert result.returncode == 0, result.stderr[-3000:]
-        rows = []
-        for path in sorted(out.glob("rank*.json")):
-            rows += json.loads(path.read_text())
-        assert len({r["rank"] for r in rows}) == procs
-        results[procs] = sorted(rows, key=lambda r: r["index"])
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs)]
+    command += ["--multi_gpu"] if procs > 1 else ["--cpu"]
+    result = subprocess.run([*command, str(script), str(out), mode], capture_output=True, text=True, env=env,
+                            timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [row for path in sorted(out.glob("rank*.json")) for row in json.loads(path.read_text())]
+    assert len({r["rank"] for r in rows}) == procs
+    return sorted(rows, key=lambda r: r["index"])
+
+
+@pytest.mark.parametrize("normalize", ["none", "batch"])
+def test_one_and_two_processes_give_the_same_group_advantages(tmp_path, normalize):
+    results = {procs: launch(tmp_path / f"p{procs}", procs, normalize) for procs in (1, 2)}
     one, two = results[1], results[2]
     assert {r["rank"] for r in two[8:16]} == {0, 1}  # the middle group of 8 is split across the two processes
     assert [r["completion"] for r in one] == [r["completion"] for r in two]
@@ -292,3 +291,11 @@ def test_one_and_two_processes_give_the_same_group_advantages(tmp_path, normaliz
                 expected = 0.5 * (Gi - sum(G) / 8)
                 assert r["advantages"][: len(r["completion"])] == pytest.approx([expected] * len(r["completion"]),
                                                                                 abs=1e-6)
+
+
+def test_refit_keeps_the_critic_head_identical_across_processes(tmp_path):
+    launch(tmp_path, 2, "refit")
+    heads = [json.loads((tmp_path / f"head{rank}.json").read_text()) for rank in (0, 1)]
+    initial = tiny_lenvm().v_head.state_dict()
+    assert heads[0] == heads[1]  # each rank saw other completions: only the all-reduce keeps them equal
+    assert any(torch.tensor(heads[0][k]).ne(v).any() for k, v in initial.items())
