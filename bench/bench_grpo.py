@@ -1,0 +1,292 @@
+"""Length-aware GRPO on SmolLM2-135M-Instruct: the critic's overhead, and the RL comparison of the estimators.
+
+    python bench/bench_grpo.py overhead --steps 4 --rounds 2
+    python bench/bench_grpo.py train --lenvm LENVM_DIR --output-dir bench/results/grpo   # resumable, hours
+    python bench/bench_grpo.py evaluate --output-dir bench/results/grpo                  # held-out samples
+    python bench/bench_grpo.py report --output-dir bench/results/grpo                    # table + PNG
+
+``overhead`` trains plain ``trl.GRPOTrainer`` and ``LengthAwareGRPOTrainer`` (``length_estimator="lenvm"``,
+a LenVM on the policy's own backbone, so a critic the policy's size) with the same config, seed and
+data, alternating rounds of ``--steps`` steps in one process. It prints the median step time of each
+(the first step of every round is a warm-up and is dropped), the median time inside
+``_generate_and_score_completions`` (where the critic runs), the time of the critic call itself,
+and the ratios. The learning rate is tiny so that both arms keep sampling the same policy: the
+step time then differs by the critic's work, not by what the policies happen to generate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+
+
+def timed(trainer_class):
+    """A subclass that records the wall time of every ``_generate_and_score_completions`` call."""
+
+    class Timed(trainer_class):
+        score_times: list[float] = []
+
+        def _generate_and_score_completions(self, inputs):
+            start = time.perf_counter()
+            output = super()._generate_and_score_completions(inputs)
+            self.score_times.append(time.perf_counter() - start)
+            return output
+
+    Timed.score_times = []
+    return Timed
+
+
+def overhead(args) -> None:
+    import torch
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lenvm_rl import LengthAwareGRPOConfig, LengthAwareGRPOTrainer, LenVM, LenVMCritic
+    from lenvm_rl.modeling import load_backbone, resolve_model_path
+    from lenvm_rl.rewards import gsm8k_format_reward
+
+    torch.set_num_threads(args.threads)
+    path = resolve_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dataset, _, _ = gsm8k_problems(64, 0)
+    common = dict(per_device_train_batch_size=args.prompts * args.num_generations, num_generations=args.num_generations,
+                  max_completion_length=args.max_completion_length, learning_rate=1e-9, logging_steps=1,
+                  report_to="none", save_strategy="no", use_cpu=True, bf16=False, seed=0, temperature=0.7,
+                  disable_tqdm=True, max_steps=args.steps)
+    critic = LenVMCritic(LenVM.from_backbone(args.model, gamma=0.99), batch_size=args.critic_batch_size)
+    critic_times = []
+    original_call = LenVMCritic.__call__
+
+    def timed_call(self, *a, **k):
+        start = time.perf_counter()
+        out = original_call(self, *a, **k)
+        critic_times.append(time.perf_counter() - start)
+        return out
+
+    LenVMCritic.__call__ = timed_call
+    arms = {"GRPOTrainer": (timed(GRPOTrainer), GRPOConfig, {}),
+            "LengthAwareGRPOTrainer (lenvm)": (timed(LengthAwareGRPOTrainer), LengthAwareGRPOConfig,
+                                               {"length_critic": critic})}
+    step_times = {name: [] for name in arms}
+    score_times = {name: [] for name in arms}
+    for round_index in range(args.rounds):
+        for name, (trainer_class, config_class, extra) in arms.items():
+            config = config_class(output_dir=f"/tmp/bench-grpo-{round_index}", **common)
+            trainer = trainer_class(load_backbone(args.model), reward_funcs=gsm8k_format_reward, args=config,
+                                    train_dataset=dataset, processing_class=tokenizer, **extra)
+            trainer.train()
+            steps = [e["step_time"] for e in trainer.state.log_history if "step_time" in e]
+            step_times[name] += steps[1:]
+            score_times[name] += trainer.score_times[1:]
+            print(f"round {round_index} {name}: step times {[round(s, 1) for s in steps]} s", flush=True)
+    LenVMCritic.__call__ = original_call
+
+    base = "GRPOTrainer"
+    print(f"\nSmolLM2-135M-Instruct policy and LenVM, {args.prompts} prompts x {args.num_generations} completions, "
+          f"max {args.max_completion_length} tokens, HF generate, {args.threads} threads; median over "
+          f"{len(step_times[base])} steps per arm ({args.rounds} rounds of {args.steps}, first step of each dropped)")
+    print("| trainer | step time (s) | ratio | generate + score (s) | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for name in arms:
+        step, score = statistics.median(step_times[name]), statistics.median(score_times[name])
+        print(f"| {name} | {step:.1f} | {step / statistics.median(step_times[base]):.3f} | {score:.1f} | "
+              f"{score / statistics.median(score_times[base]):.3f} |")
+    print(f"LenVM critic call: median {statistics.median(critic_times):.2f} s per step "
+          f"({statistics.median(critic_times) / statistics.median(step_times[base]):.1%} of a plain GRPO step)")
+
+
+# ----------------------------------------------------------------------------- RL comparison
+
+ARMS = {
+    "plain": dict(length_estimator="none"),
+    "group": dict(length_estimator="group"),
+    "lenvm": dict(length_estimator="lenvm"),
+    "lenvm_pass_rate": dict(length_estimator="lenvm", length_gate="pass_rate"),
+}
+REWARD_WEIGHTS = [1.0, 0.5]  # gsm8k_correctness_reward, gsm8k_format_reward: r_max = 1.5
+
+
+class StopAt:
+    """A TrainerCallback that saves and stops at ``step`` (one chunk of a round-robin over the arms)."""
+
+    def __new__(cls, step):
+        from transformers import TrainerCallback
+
+        class _StopAt(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step >= step:
+                    control.should_save = True
+                    control.should_training_stop = True
+                return control
+
+        return _StopAt()
+
+
+def train(args) -> None:
+    """Train every arm in round-robin chunks of ``--chunk`` steps, resuming from each arm's last checkpoint.
+
+    All arms share the policy, data order (seed), steps, length coefficient and LenVM; they differ only in
+    the length estimator and gate. Every arm gets the LenVM critic, for its logged length metrics.
+    """
+    from transformers import AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from lenvm_rl import LengthAwareGRPOConfig, LengthAwareGRPOTrainer, LenVMCritic
+    from lenvm_rl.modeling import load_backbone, resolve_model_path
+    from lenvm_rl.rewards import gsm8k_correctness_reward, gsm8k_format_reward
+
+    out = Path(args.output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
+    dataset, _, _ = gsm8k_problems(args.train_prompts, 0)
+    arms = args.arms.split(",")
+    for target in range(args.chunk, args.steps + args.chunk, args.chunk):
+        target = min(target, args.steps)
+        for arm in arms:
+            arm_dir = out / arm
+            last = get_last_checkpoint(arm_dir) if arm_dir.is_dir() else None
+            done = int(last.rsplit("-", 1)[1]) if last else 0
+            if done >= target:
+                continue
+            config = LengthAwareGRPOConfig(
+                output_dir=str(arm_dir), per_device_train_batch_size=args.prompts * args.num_generations,
+                num_generations=args.num_generations, max_completion_length=args.max_completion_length,
+                temperature=args.temperature, learning_rate=args.learning_rate, max_steps=args.steps, seed=args.seed,
+                logging_steps=1, save_strategy="steps", save_steps=args.chunk, use_cpu=True, bf16=False,
+                report_to="none", reward_weights=REWARD_WEIGHTS, length_coef=args.length_coef,
+                length_gate_max_reward=sum(REWARD_WEIGHTS), **ARMS[arm])
+            print(f"== {arm}: steps {done} -> {target} of {args.steps}", flush=True)
+            trainer = LengthAwareGRPOTrainer(
+                load_backbone(args.model), reward_funcs=[gsm8k_correctness_reward, gsm8k_format_reward], args=config,
+                train_dataset=dataset, processing_class=tokenizer, callbacks=[StopAt(target)],
+                length_critic=LenVMCritic(args.lenvm, batch_size=args.critic_batch_size))
+            trainer.train(resume_from_checkpoint=last)
+            if target == args.steps:
+                trainer.save_model(str(arm_dir / "final"))
+            del trainer
+
+
+def gsm8k_problems(train_prompts: int, eval_prompts: int):
+    """The recipe's loader on the local GSM8K copy, with the bare questions as prompts (no instruction): the
+    prompts of the committed rollouts the LenVM was pretrained on. Returns (train dataset, eval prompts, answers)."""
+    from lenvm_rl.scripts.grpo import GRPOScriptArguments, load_problems
+
+    return load_problems(GRPOScriptArguments(dataset=str(GSM8K), train_limit=train_prompts,
+                                             eval_prompts=eval_prompts, instruction=""))
+
+
+def evaluate(args) -> None:
+    """Sample the base policy and every finished arm on the held-out questions (resumable, one file each)."""
+    from transformers import AutoTokenizer
+
+    from lenvm_rl.data import RolloutConfig, sample_rollouts
+    from lenvm_rl.modeling import load_backbone, resolve_model_path
+
+    out = Path(args.output_dir)
+    _, prompts, _ = gsm8k_problems(0, args.eval_prompts)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
+    config = RolloutConfig(num_completions=args.eval_samples, temperature=args.temperature,
+                           max_new_tokens=args.max_completion_length, batch_size=args.batch_size, backend=args.backend)
+    policies = {"base": resolve_model_path(args.model)}
+    policies.update({arm: str(out / arm / "final") for arm in args.arms.split(",") if (out / arm / "final").is_dir()})
+    for name, path in policies.items():
+        print(f"== held-out samples of {name} ({path})", flush=True)
+        model = load_backbone(path).eval() if args.backend == "hf" else path
+        sample_rollouts(model, tokenizer, prompts, out / "eval" / f"{name}.jsonl", config, model_name=path)
+
+
+def report(args) -> None:
+    """The held-out table (mean ± SE over prompts) and length and reward against step for every arm (PNG)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from transformers import AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from lenvm_rl.data import read_rollouts
+    from lenvm_rl.evaluation import evaluate_policy, format_policy_table
+    from lenvm_rl.modeling import resolve_model_path
+
+    out = Path(args.output_dir)
+    arms = args.arms.split(",")
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm in arms:
+        last = get_last_checkpoint(out / arm) if (out / arm).is_dir() else None
+        if last is None:
+            continue
+        history = json.loads((Path(last) / "trainer_state.json").read_text())["log_history"]
+        rows = [e for e in history if "completions/mean_length" in e]
+        for ax, key in zip(axes, ("completions/mean_length", "reward")):
+            ax.plot([e["step"] for e in rows], [e[key] for e in rows], label=arm)
+        print(f"{arm}: {rows[-1]['step']} steps logged (checkpoint {Path(last).name})")
+    for ax, title in zip(axes, ("mean completion length (tokens)", "task reward (correct + 0.5 format)")):
+        ax.set_xlabel("GRPO step")
+        ax.set_title(title)
+        ax.legend()
+    figure.tight_layout()
+    figure.savefig(out / "grpo_compare.png", dpi=120)
+    print(f"wrote {out / 'grpo_compare.png'}")
+
+    _, _, answers = gsm8k_problems(0, args.eval_prompts)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
+    rows = {name: evaluate_policy(read_rollouts(out / "eval" / f"{name}.jsonl"), answers, tokenizer)
+            for name in ["base", *arms] if (out / "eval" / f"{name}.jsonl").is_file()}
+    if rows:
+        print(format_policy_table(rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("overhead", help="step time of LengthAwareGRPOTrainer vs GRPOTrainer")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--steps", type=int, default=4, help="steps per round (the first is dropped as warm-up)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--prompts", type=int, default=2, help="prompts per step")
+    p.add_argument("--num-generations", type=int, default=4)
+    p.add_argument("--max-completion-length", type=int, default=128)
+    p.add_argument("--critic-batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=overhead)
+    p = sub.add_parser("train", help="the RL comparison: every arm, round-robin, resumable")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--lenvm", required=True, help="LenVM checkpoint pretrained on the policy's own rollouts")
+    p.add_argument("--output-dir", default="bench/results/grpo")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--chunk", type=int, default=4, help="steps per arm per round (and the checkpoint interval)")
+    p.add_argument("--prompts", type=int, default=2, help="prompts per step")
+    p.add_argument("--num-generations", type=int, default=4)
+    p.add_argument("--max-completion-length", type=int, default=192)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--learning-rate", type=float, default=1e-5)
+    p.add_argument("--length-coef", type=float, default=0.5)
+    p.add_argument("--train-prompts", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--critic-batch-size", type=int, default=8)
+    p.set_defaults(func=train)
+    for name, func in (("evaluate", evaluate), ("report", report)):
+        p = sub.add_parser(name, help=func.__doc__.splitlines()[0])
+        p.add_argument("--model", default="smollm2-135m")
+        p.add_argument("--output-dir", default="bench/results/grpo")
+        p.add_argument("--arms", default=",".join(ARMS))
+        p.add_argument("--eval-prompts", type=int, default=50, help="the first N GSM8K test questions")
+        p.add_argument("--eval-samples", type=int, default=4)
+        p.add_argument("--temperature", type=float, default=0.7)
+        p.add_argument("--max-completion-length", type=int, default=192)
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+        p.set_defaults(func=func)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
