@@ -44,6 +44,7 @@ __all__ = [
     "monte_carlo_targets",
     "lambda_return_targets",
     "value_regression_loss",
+    "boundary_weights",
     "length_rewards",
     "td_residuals",
     "gae",
@@ -307,18 +308,22 @@ def value_regression_loss(
     logits: Tensor | None = None,
     loss_type: Literal["mse", "bce"] = "mse",
     num_items: Tensor | int | None = None,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Token-averaged value loss over every target position of the batch (LENVM.md section 3).
 
-    ``mse``: ``sum (V - G)^2 / N``; ``bce``: ``sum BCE(sigmoid(z), u) / N`` on the head ``logits``
-    with ``u = -G = 1 - gamma**l``. ``N = num_items`` when given (the target positions of a whole
-    accumulated, multi-device batch), else ``target_mask.sum()``. Every position weighs the same:
-    no per-sequence mean first, which would weight by ``1/L`` and shift the target (paper App. E).
+    ``mse``: ``sum w (V - G)^2 / N``; ``bce``: ``sum w BCE(sigmoid(z), u) / N`` on the head ``logits``
+    with ``u = -G = 1 - gamma**l``. ``N = num_items`` when given (the summed weights of a whole
+    accumulated, multi-device batch), else ``sum w`` over ``target_mask``. Without ``weights`` every
+    position weighs the same (``w = 1``, ``N`` counts the positions): no per-sequence mean first,
+    which would weight by ``1/L`` and shift the target (paper App. E). ``weights`` that depend only on
+    the position within the trajectory, such as :func:`boundary_weights`, keep every state's target.
 
     Args:
         values, targets: (B, S); target_mask: (B, S) bool. Masked positions never change the loss
             or its gradient.
         logits: (B, S) head logits ``z``; needed for ``bce`` only.
+        weights: optional (B, S) non-negative per-position weights ``w``.
     Returns:
         0-dim float32 loss.
     """
@@ -337,9 +342,39 @@ def value_regression_loss(
         per_token = torch.nn.functional.binary_cross_entropy_with_logits(
             logits.float(), -targets, reduction="none"
         )
+    if weights is not None:
+        _check_shape("weights", weights, values.shape, "values")
+        per_token = per_token * weights.float()
     total = torch.where(mask, per_token, 0.0).sum()
-    count = mask.sum() if num_items is None else num_items
+    if num_items is not None:
+        count = num_items
+    else:
+        count = mask.sum() if weights is None else torch.where(mask, weights.float(), 0.0).sum()
     return total / torch.as_tensor(count, dtype=total.dtype, device=total.device).clamp(min=1)
+
+
+def boundary_weights(target_mask: Tensor, boundary_weight: float) -> Tensor:
+    """Per-position loss weights that count the prompt-boundary state ``s_0`` ``boundary_weight`` times.
+
+    ``w = boundary_weight`` at the first target position of each row (``s_0``, the last prompt token,
+    in the layout of :func:`monte_carlo_targets`), ``w = 1`` at every other target position and
+    ``w = 0`` off ``target_mask``. Under the token mean, ``s_0`` is one position among about ``L + 1``
+    of its trajectory; weighting it up spends more of the fit on the prompt-boundary prediction
+    without changing any state's regression target.
+
+    Args:
+        target_mask: (B, S) bool or 0/1, one contiguous run of states per row (possibly empty).
+        boundary_weight: finite, >= 0.
+    Returns:
+        float32 (B, S).
+    """
+    if isinstance(boundary_weight, bool) or not isinstance(boundary_weight, numbers.Real) \
+            or not math.isfinite(boundary_weight) or boundary_weight < 0:
+        raise ValueError(f"boundary_weight must be a finite number >= 0, got {boundary_weight!r}")
+    _check_ndim("target_mask", target_mask, 2, "(B, S)")
+    mask = target_mask.bool()
+    first = mask & (mask.long().cumsum(dim=1) == 1)
+    return torch.where(first, float(boundary_weight), mask.float())
 
 
 # ----------------------------------------------------------------------------- RL: TD, GAE, shaping

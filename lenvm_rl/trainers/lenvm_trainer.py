@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainingArguments
 
-from lenvm_rl.core import lambda_return_targets, value_regression_loss
+from lenvm_rl.core import boundary_weights, lambda_return_targets, value_regression_loss
 from lenvm_rl.data.samplers import ShuffledLengthGroupedSampler
 from lenvm_rl.data.value_dataset import ValueDataCollator
 from lenvm_rl.modeling import LenVM
@@ -41,6 +41,10 @@ class LenVMConfig(TrainingArguments):
     censored: str = field(default="infinite", metadata={
         "help": "Completions cut at the length limit: 'infinite' (target -1, as the reference code; biased "
                 "long near the cut) or 'drop' (left out; biased short)."})
+    boundary_weight: float = field(default=1.0, metadata={
+        "help": "Weight of the prompt-boundary state s_0 (the last prompt token) in the token-mean loss; every "
+                "other target position weighs 1. Values > 1 spend more of the fit on the length predicted from "
+                "the prompt alone."})
     freeze_backbone: bool = field(default=False, metadata={
         "help": "Train the value head only; the backbone stays bit-identical."})
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (reference: 2e-5)."})
@@ -60,6 +64,8 @@ class LenVMConfig(TrainingArguments):
             raise ValueError(f"lam must be in [0, 1], got {self.lam}")
         if self.censored not in ("infinite", "drop"):
             raise ValueError(f"censored must be 'infinite' or 'drop', got {self.censored!r}")
+        if not self.boundary_weight >= 0:
+            raise ValueError(f"boundary_weight must be >= 0, got {self.boundary_weight}")
         if self.lam < 1.0 and self.loss_type == "bce":
             raise ValueError("lam < 1 bootstraps value targets; use it with loss_type='mse'")
         if self.remove_unused_columns:
@@ -118,8 +124,8 @@ class LenVMTrainer(Trainer):
         )
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
-        """Target positions in all micro-batches of this step, summed over processes."""
-        count = sum(batch["target_mask"].sum() for batch in batch_samples).to(device)
+        """Target positions (their summed loss weights) in all micro-batches of this step, summed over processes."""
+        count = sum(self._weights(batch["target_mask"]).sum() for batch in batch_samples).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return count
@@ -132,10 +138,15 @@ class LenVMTrainer(Trainer):
                 outputs.values.detach(), target_mask, inputs["terminated"], self.model_gamma, self.args.lam
             )
         loss = value_regression_loss(outputs.values, targets, target_mask, logits=outputs.logits,
-                                     loss_type=self.args.loss_type, num_items=num_items_in_batch)
+                                     loss_type=self.args.loss_type, num_items=num_items_in_batch,
+                                     weights=self._weights(target_mask))
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         return (loss, outputs) if return_outputs else loss
+
+    def _weights(self, target_mask: torch.Tensor) -> torch.Tensor:
+        """The loss weight of every target position (see ``LenVMConfig.boundary_weight``)."""
+        return boundary_weights(target_mask, self.args.boundary_weight)
 
     @property
     def model_gamma(self) -> float:

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lenvm_rl.core import lambda_return_targets, monte_carlo_targets, value_regression_loss
+from lenvm_rl.core import boundary_weights, lambda_return_targets, monte_carlo_targets, value_regression_loss
 
 
 def test_mse_by_hand_divides_by_the_target_positions():
@@ -17,6 +17,26 @@ def test_mse_by_hand_divides_by_the_target_positions():
     assert loss.item() == pytest.approx(0.040625)
     # a whole accumulated step: the same sum over 10 positions
     assert value_regression_loss(values, targets, mask, num_items=10).item() == pytest.approx(0.01625)
+
+
+def test_boundary_weights_by_hand():
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    expected = torch.tensor([[0, 5, 1, 1, 0], [5, 1, 0, 0, 0], [0, 0, 0, 0, 0]]).float()
+    assert torch.equal(boundary_weights(mask, 5.0), expected)
+    assert torch.equal(boundary_weights(mask, 1.0), mask.float())
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="boundary_weight must be a finite number >= 0"):
+            boundary_weights(mask, bad)
+
+
+def test_weighted_mse_by_hand():
+    values = torch.tensor([[-0.5, -0.2, 0.0], [-0.9, -0.1, -0.3]])
+    targets = torch.tensor([[-0.75, -0.5, 0.0], [-1.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    weights = boundary_weights(mask, 3.0)  # s_0 of each row counts 3 times
+    # (3 * 0.25^2 + 0.3^2 + 0 + 3 * 0.1^2) / (3 + 1 + 1 + 3) = (0.1875 + 0.09 + 0.03) / 8 = 0.0384375
+    assert value_regression_loss(values, targets, mask, weights=weights).item() == pytest.approx(0.0384375)
+    assert value_regression_loss(values, targets, mask, weights=torch.ones(2, 3)).item() == pytest.approx(0.040625)
 
 
 def test_bce_by_hand_on_logits_against_u():

@@ -47,6 +47,23 @@ def test_training_lowers_eval_mse_and_changes_head_and_backbone(tmp_path):
                            before["backbone.model.layers.0.self_attn.q_proj.weight"])
 
 
+def test_boundary_weight_counts_s0_that_many_times(tmp_path):
+    model = LenVM(tiny_backbone("llama"), gamma=0.8)
+    records = synthetic_records(4)
+    batch = ValueDataCollator(gamma=0.8, pad_token_id=0)([dict(x) for x in build_value_dataset(records)])
+    trainer = LenVMTrainer(model, config(tmp_path, boundary_weight=10.0), train_dataset=build_value_dataset(records))
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch).item()
+        values = model(batch["input_ids"], batch["attention_mask"]).values
+    squared = (values - batch["targets"]) ** 2
+    mask = batch["target_mask"]
+    first = mask & (mask.long().cumsum(1) == 1)  # s_0: the last prompt token
+    expected = (squared[mask].sum() + 9 * squared[first].sum()) / (mask.sum() + 9 * first.sum())
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="boundary_weight must be >= 0"):
+        config(tmp_path, boundary_weight=-1.0)
+
+
 def test_frozen_backbone_stays_bit_identical(tmp_path):
     model = LenVM(tiny_backbone("llama"), gamma=0.8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
