@@ -211,9 +211,22 @@ def _vllm_llm(path: str, args):
 
 def cmd_evaluate(args) -> None:
     from lenvm_rl.data import read_rollouts
-    from lenvm_rl.evaluation import constant_baseline_value, evaluate_constant, evaluate_lenvm, format_report
+    from lenvm_rl.evaluation import (
+        NOISE_FLOOR_ROW,
+        SPLIT_HALF_ROW,
+        constant_baseline_value,
+        evaluate_constant,
+        evaluate_lenvm,
+        evaluate_prompt_length_baseline,
+        format_report,
+        noise_floor,
+        prompt_length_baseline,
+        split_half_mre,
+    )
     from lenvm_rl.modeling import LenVM
 
+    if args.bootstrap < 1:
+        raise CLIError(f"--bootstrap must be >= 1, got {args.bootstrap}")
     try:
         records = read_rollouts(args.rollouts)
         baseline_records = read_rollouts(args.baseline_rollouts) if args.baseline_rollouts else None
@@ -225,10 +238,25 @@ def cmd_evaluate(args) -> None:
     if baseline_records:
         baseline = constant_baseline_value(baseline_records, model.gamma)
         rows["constant baseline"] = evaluate_constant(baseline, records, model.gamma)
+        try:
+            regression = prompt_length_baseline(baseline_records, model.gamma)
+        except ValueError as err:  # e.g. every training prompt has the same length
+            print(f"note: no prompt-length regression row: {err}", file=sys.stderr)
+        else:
+            rows["prompt-length regression"] = evaluate_prompt_length_baseline(regression, records)
+    references = {}
+    for name, reference, options in ((NOISE_FLOOR_ROW, noise_floor, {"num_bootstrap": args.bootstrap}),
+                                     (SPLIT_HALF_ROW, split_half_mre, {})):
+        try:
+            references[name] = reference(records, model.gamma, seed=args.seed, **options)
+        except ValueError as err:  # a prompt with a single sample
+            print(f"note: no {name} row: {err}", file=sys.stderr)
     if args.format == "json":
-        print(json.dumps({name: vars(row) for name, row in rows.items()}, indent=2, default=str))
+        report = {name: vars(row) for name, row in rows.items()}
+        report.update({name: {"prompt_mre": mean, "prompt_mre_se": se} for name, (mean, se) in references.items()})
+        print(json.dumps(report, indent=2, default=str))
     else:
-        print(format_report(rows))
+        print(format_report(rows, references))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,13 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrain a LenVM on rollouts (all TrainingArguments; see lenvm-rl pretrain --help)")
 
     p = sub.add_parser("evaluate", help="value MSE, prompt MRE and positionwise error on held-out rollouts",
-                       description="Evaluate a LenVM on rollouts, beside the constant baseline of training rollouts.")
+                       description="Evaluate a LenVM on rollouts, beside the constant baseline and prompt-length "
+                                   "regression of training rollouts, the noise floor (an oracle scored against K "
+                                   "samples) and the split-half MRE (K/2 samples predicting the other K/2); prompt "
+                                   "MRE is mean ± standard error over prompts.")
     model_args(p)
     p.add_argument("--rollouts", required=True, nargs="+",
                    help="held-out rollout JSONL (from lenvm-rl rollout); several shards are merged")
     p.add_argument("--baseline-rollouts", default=None, nargs="+",
-                   help="training rollout JSONL (or shards); adds the constant baseline (their mean value) beside "
-                        "the LenVM")
+                   help="training rollout JSONL (or shards); adds the constant baseline (their mean value) and a "
+                        "prompt-length regression (return-consistent length on prompt tokens) beside the LenVM")
+    p.add_argument("--bootstrap", type=int, default=200,
+                   help="bootstrap resamples per prompt for the noise-floor row, the prompt MRE of an oracle that "
+                        "knows each prompt's expected length (default: 200)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise-floor resamples and the split-half partitions (default: 0)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     p.set_defaults(func=cmd_evaluate)
 

@@ -1,12 +1,24 @@
-"""Held-out evaluation of a LenVM on rollout records (LENVM.md §4), against a constant baseline.
+"""Held-out evaluation of a LenVM on rollout records (LENVM.md §4), against a constant baseline, a prompt-length
+regression and the noise floor; and of a policy's lengths and GSM8K answers (:func:`evaluate_policy`, the
+before/after table of length-aware RL).
 
 >>> from lenvm_rl.data.rollouts import read_rollouts                          # doctest: +SKIP
 >>> train, test = read_rollouts("train.jsonl"), read_rollouts("test.jsonl")   # doctest: +SKIP
 >>> baseline = constant_baseline_value(train, model.gamma)                   # doctest: +SKIP
+>>> regression = prompt_length_baseline(train, model.gamma)                  # doctest: +SKIP
 >>> print(format_report({                                                    # doctest: +SKIP
 ...     "LenVM": evaluate_lenvm(model, test),
 ...     "constant baseline": evaluate_constant(baseline, test, model.gamma),
+...     "prompt-length regression": evaluate_prompt_length_baseline(regression, test),
+... }, references={
+...     NOISE_FLOOR_ROW: noise_floor(test, model.gamma),
+...     SPLIT_HALF_ROW: split_half_mre(test, model.gamma),
 ... }))
+
+References. No predictor of ``L_GT`` from ``s_0`` can expect to beat the *noise floor*: ``L_GT`` is itself an estimate
+from ``K`` samples, so even an oracle that knows each prompt's true ``E[gamma**L]`` has a relative error
+(:func:`noise_floor`, a bootstrap). The *split-half* MRE (:func:`split_half_mre`) is what ``K/2`` samples of
+the very prompt achieve against the other ``K/2``. Both are reported as mean ± standard error over prompts.
 
 Records are the rollout format of :mod:`lenvm_rl.data.rollouts`, one dict per completion. For a
 record with ``P = len(prompt_ids)`` prompt tokens and ``L = completion_length`` completion tokens
@@ -19,7 +31,8 @@ true length ``L* >= L``:
 
 - value MSE and positionwise RE skip it (its targets are unknown);
 - prompt MRE uses its ``L`` as a lower bound of ``L*`` inside the return-consistent ground truth,
-  which biases ``L_GT`` short (towards the sampler's length limit) on prompts with censored samples;
+  which biases ``L_GT`` short (towards the sampler's length limit) on prompts with censored samples; the
+  prompt-length baseline, the noise floor and the split-half MRE use it the same way;
 - it is counted in ``num_censored``.
 """
 
@@ -34,20 +47,32 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from lenvm_rl.core import (
+    fit_linear,
     length_to_value,
+    mean_and_standard_error,
     monte_carlo_targets,
+    noise_floor_relative_errors,
     positionwise_relative_error,
-    prompt_boundary_mre,
+    prompt_relative_errors,
+    return_consistent_length,
+    split_half_relative_errors,
     value_regression_loss,
+    value_to_length,
 )
 from lenvm_rl.data.rollouts import group_by_prompt
 from lenvm_rl.modeling import LenVM
 
-__all__ = ["FRACTIONS", "LenVMEvaluation", "constant_baseline_value", "evaluate_constant", "evaluate_lenvm",
-           "format_report"]
+__all__ = ["FRACTIONS", "NOISE_FLOOR_ROW", "SPLIT_HALF_ROW", "LenVMEvaluation", "PolicyEvaluation",
+           "PromptLengthBaseline", "constant_baseline_value", "evaluate_constant", "evaluate_lenvm",
+           "evaluate_policy", "evaluate_prompt_length_baseline", "format_policy_table", "format_report",
+           "noise_floor", "prompt_length_baseline", "split_half_mre"]
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 """Fractions of each trajectory at which the remaining-length relative error is reported."""
+
+NOISE_FLOOR_ROW = "noise floor (oracle vs K samples)"
+SPLIT_HALF_ROW = "split-half (K/2 vs K/2)"
+"""Report names of the :func:`noise_floor` and :func:`split_half_mre` reference rows."""
 
 @dataclass
 class LenVMEvaluation:
@@ -60,6 +85,8 @@ class LenVMEvaluation:
         prompt_mre: ``mean_prompts |L_hat - L_GT| / L_GT`` with ``L_hat = ln(1 + V(s_0)) / ln(gamma)``
             and ``L_GT = ln(mean_i gamma**L_i) / ln(gamma)`` over all sampled completions of the
             prompt (censored ones at their lower bound ``L_i``).
+        prompt_mre_se: standard error of ``prompt_mre`` over prompts (:func:`~lenvm_rl.core.mean_and_standard_error`
+            of the per-prompt errors, :func:`~lenvm_rl.core.prompt_relative_errors`); NaN with one prompt.
         positionwise_re: ``{f: mean_n |l_hat - (L_n - k)| / (L_n - k)}`` for ``f`` in :data:`FRACTIONS`,
             ``k = floor(f * L_n)``, ``l_hat = ln(1 + V(s_k)) / ln(gamma)``, over EOS-terminated
             completions. NaN values when no completion ended with EOS.
@@ -69,6 +96,7 @@ class LenVMEvaluation:
 
     value_mse: float
     prompt_mre: float
+    prompt_mre_se: float
     positionwise_re: dict[float, float]
     num_prompts: int
     num_completions: int
@@ -144,11 +172,19 @@ def evaluate_constant(value: float, records: Sequence[dict], gamma: float) -> Le
     return _evaluate(groups, sequence_values, gamma)
 
 
-def format_report(rows: dict[str, LenVMEvaluation]) -> str:
+def format_report(rows: dict[str, LenVMEvaluation],
+                  references: dict[str, tuple[float, float]] | None = None) -> str:
     """A plain-text table with one row per named evaluation, all on the same records.
 
     The header line gives the numbers of prompts, completions and censored completions; the columns
-    are value MSE, prompt MRE and the positionwise relative errors (errors in percent).
+    are value MSE, prompt MRE and the positionwise relative errors (errors in percent). The prompt MRE
+    cell reads ``mean ± standard error`` over prompts; a metric a row does not predict (NaN, e.g. the
+    value MSE of :func:`evaluate_prompt_length_baseline`) prints as ``—``.
+
+    Args:
+        rows: named evaluations, in display order.
+        references: optional named ``(prompt MRE, standard error)`` pairs shown as extra rows below them, with
+            ``—`` in the other columns, e.g. ``{NOISE_FLOOR_ROW: noise_floor(...), SPLIT_HALF_ROW: ...}``.
     """
     if not rows:
         raise ValueError("rows is empty: nothing to report")
@@ -159,15 +195,247 @@ def format_report(rows: dict[str, LenVMEvaluation]) -> str:
             raise ValueError(f"row {name!r} was evaluated on other records than the first row; "
                              "a report compares predictors on the same records")
     columns = ["value MSE", "prompt MRE"] + [f"RE@{f:.0%}" for f in first.positionwise_re]
-    name_width = max(len("model"), *(len(name) for name in rows))
-    widths = [max(len(column), 10) for column in columns]
+
+    def number(x: float, spec: str) -> str:
+        return "—" if math.isnan(x) else format(x, spec)
+
+    def mre(mean: float, se: float) -> str:
+        return number(mean, ".1%") if math.isnan(se) or math.isnan(mean) else f"{mean:.1%} ± {se:.1%}"
+
+    cells = {name: [number(row.value_mse, ".4g"), mre(row.prompt_mre, row.prompt_mre_se)]
+             + [number(e, ".1%") for e in row.positionwise_re.values()] for name, row in rows.items()}
+    for name, (mean, se) in (references or {}).items():
+        cells[name] = ["—", mre(mean, se)] + ["—"] * len(first.positionwise_re)
+    name_width = max(len("model"), *(len(name) for name in cells))
+    widths = [max(len(column), 10, *(len(c[i]) for c in cells.values())) for i, column in enumerate(columns)]
     lines = [
         f"{counts[0]} prompts / {counts[1]} completions / {counts[2]} censored",
         "  ".join([f"{'model':<{name_width}}"] + [f"{c:>{w}}" for c, w in zip(columns, widths)]),
     ]
+    for name, row_cells in cells.items():
+        lines.append("  ".join([f"{name:<{name_width}}"] + [f"{c:>{w}}" for c, w in zip(row_cells, widths)]))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- prompt-length baseline, references
+
+
+@dataclass(frozen=True)
+class PromptLengthBaseline:
+    """Linear regression of a prompt's return-consistent length on its number of prompt tokens.
+
+    Predicts ``L_hat = max(1, slope * P + intercept)`` for a prompt of ``P = len(prompt_ids)`` tokens, in
+    tokens of the discount ``gamma`` the fit's targets used (:func:`prompt_length_baseline`). It predicts at
+    the prompt boundary only.
+    """
+
+    slope: float
+    intercept: float
+    gamma: float
+
+    def predict_lengths(self, records: Sequence[dict]) -> Tensor:
+        """Float32 ``(N,)`` predicted lengths (clamped to >= 1 token), one per prompt of ``records`` in
+        ascending ``prompt_index`` (the order of :func:`~lenvm_rl.data.group_by_prompt`)."""
+        return self._predict(group_by_prompt(records))
+
+    def _predict(self, groups: dict[int, list[dict]]) -> Tensor:
+        prompt_tokens = torch.tensor([len(group[0]["prompt_ids"]) for group in groups.values()], dtype=torch.float64)
+        return (self.slope * prompt_tokens + self.intercept).clamp(min=1.0).float()
+
+
+def prompt_length_baseline(train_records: Sequence[dict], gamma: float) -> PromptLengthBaseline:
+    """Fit :class:`PromptLengthBaseline` on training rollouts: ordinary least squares
+    (:func:`~lenvm_rl.core.fit_linear`) of ``y_n = L_GT_n = ln(mean_i gamma**L_ni) / ln(gamma)`` over all sampled
+    completions of training prompt ``n`` (censored ones at their lower bound ``L_i``, as in the prompt MRE) on
+    ``x_n = len(prompt_ids)``, one point per prompt.
+
+    Raises:
+        ValueError: no or malformed records, fewer than 2 training prompts, or all training prompts of the same
+            length (the slope is undefined).
+    """
+    groups = group_by_prompt(train_records)
+    if len(groups) < 2:
+        raise ValueError(f"the prompt-length baseline needs at least 2 training prompts, got {len(groups)}")
+    lengths, mask = _group_lengths(groups)
+    targets = return_consistent_length(lengths, gamma, mask)
+    prompt_tokens = torch.tensor([len(group[0]["prompt_ids"]) for group in groups.values()], dtype=torch.float64)
+    if bool((prompt_tokens == prompt_tokens[0]).all()):
+        raise ValueError(f"all {len(groups)} training prompts have {int(prompt_tokens[0])} tokens: the slope of the "
+                         "prompt-length baseline is undefined")
+    slope, intercept = fit_linear(prompt_tokens, targets)
+    return PromptLengthBaseline(slope=slope, intercept=intercept, gamma=gamma)
+
+
+def evaluate_prompt_length_baseline(baseline: PromptLengthBaseline, records: Sequence[dict]) -> LenVMEvaluation:
+    """The prompt MRE (and its standard error) of ``baseline`` on ``records``, in its own ``baseline.gamma``.
+
+    It predicts ``L_hat`` at ``s_0`` only, so ``value_mse`` and ``positionwise_re`` are NaN (``—`` in
+    :func:`format_report`).
+
+    Raises:
+        ValueError: no or malformed records (see :func:`evaluate_constant`).
+    """
+    groups = group_by_prompt(records)
+    prompt_mre, prompt_mre_se = _prompt_mre(baseline._predict(groups), groups, baseline.gamma)
+    return LenVMEvaluation(
+        value_mse=math.nan,
+        prompt_mre=prompt_mre,
+        prompt_mre_se=prompt_mre_se,
+        positionwise_re=dict.fromkeys(FRACTIONS, math.nan),
+        num_prompts=len(groups),
+        num_completions=sum(len(group) for group in groups.values()),
+        num_censored=sum(rec["finish_reason"] == "length" for group in groups.values() for rec in group),
+    )
+
+
+def noise_floor(records: Sequence[dict], gamma: float, *, num_bootstrap: int = 200,
+                seed: int = 0) -> tuple[float, float]:
+    """The prompt MRE an oracle gets on ``records``: ``(mean, standard error)`` over prompts.
+
+    The oracle knows each prompt's true ``E[gamma**L]``; its error comes only from ``L_GT`` being estimated
+    from the prompt's ``K`` samples. Per prompt this is :func:`~lenvm_rl.core.noise_floor_relative_errors`, a
+    nonparametric bootstrap (``num_bootstrap`` resamples, seeded by ``seed``) that slightly underestimates the
+    floor. No predictor of ``L_GT`` can expect a lower prompt MRE on these records. Censored samples count at
+    their lower bound, as in the prompt MRE.
+
+    Raises:
+        ValueError: no or malformed records, or a prompt with fewer than 2 samples.
+    """
+    groups = group_by_prompt(records)
+    _at_least_two_samples(groups, "the noise floor")
+    lengths, mask = _group_lengths(groups)
+    generator = torch.Generator().manual_seed(seed)
+    errors = noise_floor_relative_errors(lengths, gamma, num_bootstrap=num_bootstrap, generator=generator, mask=mask)
+    return mean_and_standard_error(errors)
+
+
+def split_half_mre(records: Sequence[dict], gamma: float, *, num_splits: int = 20,
+                   seed: int = 0) -> tuple[float, float]:
+    """The prompt MRE of half of each prompt's samples predicting the other half: ``(mean, standard error)``
+    over prompts.
+
+    Per prompt this is :func:`~lenvm_rl.core.split_half_relative_errors` (``num_splits`` random splits, seeded
+    by ``seed``; both halves predict each other). It is what re-sampling the prompt ``K/2`` times achieves
+    against a ``K/2``-sample ground truth. Censored samples count at their lower bound, as in the prompt MRE.
+
+    Raises:
+        ValueError: no or malformed records, or a prompt with fewer than 2 samples.
+    """
+    groups = group_by_prompt(records)
+    _at_least_two_samples(groups, "the split-half MRE")
+    lengths, mask = _group_lengths(groups)
+    generator = torch.Generator().manual_seed(seed)
+    return mean_and_standard_error(split_half_relative_errors(lengths, gamma, num_splits=num_splits,
+                                                              generator=generator, mask=mask))
+
+
+# ----------------------------------------------------------------------------- policy evaluation
+
+
+@dataclass
+class PolicyEvaluation:
+    """Lengths and GSM8K answers of a policy's completions: one row of the before/after table.
+
+    Every metric is a mean over prompts of the per-prompt mean over its samples, and its ``*_se`` is the
+    standard error of that mean *over prompts* (:func:`~lenvm_rl.core.mean_and_standard_error` of the
+    per-prompt means): prompts are the independent units, the samples of one prompt are correlated.
+    With the same number of samples per prompt the mean equals the plain mean over completions. An
+    ``*_se`` is NaN with fewer than two prompts.
+
+    Attributes:
+        mean_length: completion tokens, EOS included; a completion cut at the length limit counts the
+            tokens it has (a lower bound of its length).
+        truncated_frac: fraction of completions with ``finish_reason == "length"`` (no EOS).
+        answer_rate: fraction with a parseable ``#### N`` answer (:func:`lenvm_rl.rewards.gsm8k_format_reward`).
+        accuracy: fraction whose answer equals the gold one (:func:`lenvm_rl.rewards.gsm8k_correctness_reward`).
+        num_prompts, num_completions: counts of distinct prompts and of records.
+    """
+
+    mean_length: float
+    mean_length_se: float
+    truncated_frac: float
+    truncated_frac_se: float
+    answer_rate: float
+    answer_rate_se: float
+    accuracy: float
+    accuracy_se: float
+    num_prompts: int
+    num_completions: int
+
+
+POLICY_COLUMNS = {"mean_length": "mean length", "truncated_frac": "truncated", "answer_rate": "answer rate",
+                  "accuracy": "accuracy"}
+"""The metrics of a :class:`PolicyEvaluation` (each has a ``*_se`` companion) and their column titles."""
+
+
+def evaluate_policy(records: Sequence[dict], answers, tokenizer) -> PolicyEvaluation:
+    """Mean length, truncated fraction, answer rate and accuracy of rollout ``records``, with standard errors.
+
+    Args:
+        records: rollout records (:mod:`lenvm_rl.data.rollouts`), e.g. ``n`` samples of each held-out prompt.
+        answers: the gold answer of each prompt, indexed by the records' ``prompt_index`` (a list whose
+            entry ``i`` belongs to ``prompt_index == i``, or a mapping); a full GSM8K solution ending in
+            ``#### N`` or a bare number.
+        tokenizer: decodes ``completion_ids`` (special tokens skipped) into the text that is parsed.
+
+    Raises:
+        ValueError: malformed records (see :func:`~lenvm_rl.data.group_by_prompt`), a prompt with no gold
+            answer, or a gold answer that is not a number.
+    """
+    from lenvm_rl.rewards import gsm8k_correctness_reward, gsm8k_format_reward
+
+    groups = group_by_prompt(records)
+    ordered = [rec for group in groups.values() for rec in group]
+    golds = []
+    for rec in ordered:
+        try:
+            golds.append(answers[rec["prompt_index"]])
+        except (IndexError, KeyError):
+            raise ValueError(f"no gold answer for prompt_index={rec['prompt_index']}: answers has "
+                             f"{len(answers)} entries, indexed by prompt_index") from None
+    texts = tokenizer.batch_decode([rec["completion_ids"] for rec in ordered], skip_special_tokens=True)
+    per_completion = {
+        "mean_length": [rec["completion_length"] for rec in ordered],
+        "truncated_frac": [rec["finish_reason"] == "length" for rec in ordered],
+        "answer_rate": gsm8k_format_reward(texts),
+        "accuracy": gsm8k_correctness_reward(texts, answer=golds),
+    }
+    group_sizes = [len(group) for group in groups.values()]
+    row = {}
+    for name, values in per_completion.items():
+        per_prompt = torch.tensor(values, dtype=torch.float32).split(group_sizes)
+        prompt_means = torch.tensor([mean_and_standard_error(x)[0] for x in per_prompt])
+        row[name], row[f"{name}_se"] = mean_and_standard_error(prompt_means)
+    return PolicyEvaluation(**row, num_prompts=len(groups), num_completions=len(ordered))
+
+
+def format_policy_table(rows: dict[str, PolicyEvaluation]) -> str:
+    """A plain-text table, one row per named evaluation (e.g. ``before`` and ``after`` training), each cell
+    ``mean ± standard error``; all rows must cover the same numbers of prompts and completions."""
+    if not rows:
+        raise ValueError("rows is empty: nothing to report")
+    first = next(iter(rows.values()))
+    counts = (first.num_prompts, first.num_completions)
     for name, row in rows.items():
-        cells = [f"{row.value_mse:.4g}", f"{row.prompt_mre:.1%}"] + [f"{e:.1%}" for e in row.positionwise_re.values()]
-        lines.append("  ".join([f"{name:<{name_width}}"] + [f"{c:>{w}}" for c, w in zip(cells, widths)]))
+        if (row.num_prompts, row.num_completions) != counts:
+            raise ValueError(f"row {name!r} covers {row.num_prompts} prompts / {row.num_completions} completions, "
+                             f"the first row {counts[0]} / {counts[1]}; a table compares the same held-out set")
+    def cell(row: PolicyEvaluation, name: str) -> str:
+        mean, se = getattr(row, name), getattr(row, f"{name}_se")
+        if name == "mean_length":
+            return f"{mean:.1f} ± {se:.1f}"
+        return f"{mean:.1%} ± {se:.1%}"
+
+    cells = {name: [cell(row, metric) for metric in POLICY_COLUMNS] for name, row in rows.items()}
+    name_width = max(len("policy"), *(len(name) for name in rows))
+    titles = list(POLICY_COLUMNS.values())
+    widths = [max(len(title), *(len(c[i]) for c in cells.values())) for i, title in enumerate(titles)]
+    lines = [
+        f"{counts[0]} held-out prompts / {counts[1]} completions; mean ± standard error over prompts",
+        "  ".join([f"{'policy':<{name_width}}"] + [f"{t:>{w}}" for t, w in zip(titles, widths)]),
+    ]
+    for name, row_cells in cells.items():
+        lines.append("  ".join([f"{name:<{name_width}}"] + [f"{c:>{w}}" for c, w in zip(row_cells, widths)]))
     return "\n".join(lines)
 
 
@@ -196,10 +464,7 @@ def _evaluate(groups: dict[int, list[dict]], sequence_values: list[Tensor], gamm
     # ones as lower bounds.
     first_rows = torch.tensor([0] + [len(group) for group in groups.values()][:-1]).cumsum(0)
     s0_values = values[first_rows, prompt_lengths[first_rows] - 1]
-    group_lengths = [torch.tensor([rec["completion_length"] for rec in group]) for group in groups.values()]
-    lengths = pad_sequence(group_lengths, batch_first=True)
-    length_mask = pad_sequence([torch.ones(len(g), dtype=torch.bool) for g in group_lengths], batch_first=True)
-    prompt_mre = prompt_boundary_mre(s0_values, lengths, gamma, length_mask).item()
+    prompt_mre, prompt_mre_se = _prompt_mre(value_to_length(s0_values, gamma), groups, gamma)
 
     if terminated.any():
         value_mse = value_regression_loss(values, targets, target_mask).item()
@@ -217,8 +482,30 @@ def _evaluate(groups: dict[int, list[dict]], sequence_values: list[Tensor], gamm
     return LenVMEvaluation(
         value_mse=value_mse,
         prompt_mre=prompt_mre,
+        prompt_mre_se=prompt_mre_se,
         positionwise_re=positionwise_re,
         num_prompts=len(groups),
         num_completions=len(records),
         num_censored=int((~terminated).sum()),
     )
+
+
+def _group_lengths(groups: dict[int, list[dict]]) -> tuple[Tensor, Tensor]:
+    """Right-padded ``(N, K)`` completion lengths of each prompt (censored ones at their lower bound) and the
+    bool validity mask, in the order of ``groups``."""
+    group_lengths = [torch.tensor([rec["completion_length"] for rec in group]) for group in groups.values()]
+    lengths = pad_sequence(group_lengths, batch_first=True)
+    mask = pad_sequence([torch.ones(len(g), dtype=torch.bool) for g in group_lengths], batch_first=True)
+    return lengths, mask
+
+
+def _prompt_mre(predicted_lengths: Tensor, groups: dict[int, list[dict]], gamma: float) -> tuple[float, float]:
+    """Prompt MRE and its standard error over prompts, for ``(N,)`` predicted lengths in the order of ``groups``."""
+    lengths, mask = _group_lengths(groups)
+    return mean_and_standard_error(prompt_relative_errors(predicted_lengths, lengths, gamma, mask))
+
+
+def _at_least_two_samples(groups: dict[int, list[dict]], what: str) -> None:
+    for index, group in groups.items():
+        if len(group) < 2:
+            raise ValueError(f"{what} needs at least 2 samples per prompt; prompt_index={index} has {len(group)}")

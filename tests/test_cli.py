@@ -117,3 +117,47 @@ def test_pretrain_rejects_gamma_outside_the_unit_interval(tmp_path):
     for gamma in (0.0, 1.0, 1.2):
         with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\)"):
             PretrainScriptArguments(train_rollouts=str(tmp_path / "r.jsonl"), gamma=gamma)
+
+
+def write_rollouts(path, lengths_by_prompt, censored=()):
+    """A rollout JSONL: prompt ``i`` has ``i + 2`` prompt tokens and one completion per length in its list."""
+    with open(path, "w") as f:
+        for i, lengths in enumerate(lengths_by_prompt):
+            for s, length in enumerate(lengths):
+                f.write(json.dumps({"prompt_index": i, "sample_index": s, "prompt_ids": list(range(10, 12 + i)),
+                                    "completion_ids": [20 + s] * length, "completion_length": length,
+                                    "finish_reason": "length" if (i, s) in censored else "eos"}) + "\n")
+    return str(path)
+
+
+def test_evaluate_prints_the_baselines_noise_floor_and_split_half(tiny_checkpoint, tmp_path, capsys):
+    train = write_rollouts(tmp_path / "train.jsonl", [[3, 5], [6, 6], [9, 7]], censored={(2, 0)})
+    test = write_rollouts(tmp_path / "test.jsonl", [[2, 4, 3], [5, 5, 8]])
+    model = ["--model", str(tiny_checkpoint)]
+    assert main(["evaluate", *model, "--rollouts", test, "--baseline-rollouts", train, "--bootstrap", "20"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "2 prompts / 6 completions / 0 censored"
+    names = ["LenVM", "constant baseline", "prompt-length regression", "noise floor (oracle vs K samples)",
+             "split-half (K/2 vs K/2)"]
+    assert [line[: len(name)] for line, name in zip(lines[2:], names)] == names and len(lines) == 7
+    assert all(re.search(r"\d+\.\d% ± \d+\.\d%", line) for line in lines[2:])
+    assert lines[4].split()[2] == "—"  # the regression predicts at s_0 only
+
+    # without training rollouts: no baseline rows; JSON has every row; the seed makes the references reproducible
+    reports = []
+    for _ in range(2):
+        assert main(["evaluate", *model, "--rollouts", test, "--format", "json", "--seed", "3"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert reports[0] == reports[1] and list(reports[0]) == ["LenVM", *names[3:]]
+    assert set(reports[0][names[3]]) == {"prompt_mre", "prompt_mre_se"} and "prompt_mre_se" in reports[0]["LenVM"]
+
+
+def test_evaluate_skips_references_a_single_sample_cannot_give(tiny_checkpoint, tmp_path, capsys):
+    test = write_rollouts(tmp_path / "test.jsonl", [[2, 4], [5]])
+    assert main(["evaluate", "--model", str(tiny_checkpoint), "--rollouts", test]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 3  # header, columns, LenVM
+    assert "note: no noise floor (oracle vs K samples) row: the noise floor needs at least 2 samples per prompt; " \
+           "prompt_index=1 has 1" in captured.err and "note: no split-half (K/2 vs K/2) row" in captured.err
+    assert main(["evaluate", "--model", str(tiny_checkpoint), "--rollouts", test, "--bootstrap", "0"]) == 2
+    assert "lenvm-rl evaluate: error: --bootstrap must be >= 1, got 0" in capsys.readouterr().err

@@ -9,10 +9,19 @@ from lenvm_rl import LenVM
 from lenvm_rl.core import length_to_value, prompt_boundary_mre, value_to_length
 from lenvm_rl.evaluation import (
     FRACTIONS,
+    NOISE_FLOOR_ROW,
+    SPLIT_HALF_ROW,
+    PromptLengthBaseline,
     constant_baseline_value,
     evaluate_constant,
     evaluate_lenvm,
+    evaluate_policy,
+    evaluate_prompt_length_baseline,
+    format_policy_table,
     format_report,
+    noise_floor,
+    prompt_length_baseline,
+    split_half_mre,
 )
 
 GAMMA = 0.9
@@ -91,6 +100,9 @@ def test_constant_head_metrics_by_hand(constant_model):
     # L_GT: prompt 0 ln(mean(0.9, 0.81)) / ln 0.9 = ln(0.855) / ln 0.9 = 1.486836; prompt 1: 4.
     l_gt = [1.48683602265324, 4.0]
     assert result.prompt_mre == pytest.approx(sum(abs(L_HAT - l) / l for l in l_gt) / 2, rel=1e-5)
+    # standard error over 2 prompts: |e_0 - e_1| / 2
+    e_0, e_1 = (abs(L_HAT - l) / l for l in l_gt)
+    assert result.prompt_mre_se == pytest.approx(abs(e_0 - e_1) / 2, rel=1e-5)
     # k = floor(f * L); remaining L - k. L=1: 1,1,1,1; L=2: 2,2,1,1; L=4: 4,3,2,1.
     remaining = {0.0: [1, 2, 4], 0.25: [1, 2, 3], 0.5: [1, 1, 2], 0.75: [1, 1, 1]}
     for f, rem in remaining.items():
@@ -198,8 +210,159 @@ def test_format_report_lists_every_row_and_its_numbers(constant_model):
     assert all(c in lines[1] for c in ("value MSE", "prompt MRE", "RE@0%", "RE@25%", "RE@50%", "RE@75%"))
     for line, (name, row) in zip(lines[2:], rows.items()):
         assert line.startswith(name)
-        assert f"{row.value_mse:.4g}" in line and f"{row.prompt_mre:.1%}" in line
+        assert f"{row.value_mse:.4g}" in line and f"{row.prompt_mre:.1%} ± {row.prompt_mre_se:.1%}" in line
         assert all(f"{e:.1%}" in line for e in row.positionwise_re.values())
     assert len(lines) == 4
     with pytest.raises(ValueError, match="other records"):
         format_report({**rows, "other": evaluate_constant(-0.5, RECORDS[:2], GAMMA)})
+
+
+# ----------------------------------------------------------------------------- prompt-length baseline, references
+
+
+def linear_records(prompt_tokens, samples=2, slope=2, intercept=1, first_index=0):
+    """Records whose every completion has exactly ``slope * P + intercept`` tokens, P the prompt's tokens."""
+    return [make_record(first_index + i, s, list(range(1, p + 1)), slope * p + intercept)
+            for i, p in enumerate(prompt_tokens) for s in range(samples)]
+
+
+def test_prompt_length_baseline_recovers_an_exact_linear_relation():
+    baseline = prompt_length_baseline(linear_records([2, 3, 5, 8]), GAMMA)
+    assert isinstance(baseline, PromptLengthBaseline) and baseline.gamma == GAMMA
+    assert (baseline.slope, baseline.intercept) == pytest.approx((2.0, 1.0), abs=1e-4)
+    test = linear_records([4, 1, 6], samples=3, first_index=10)
+    assert baseline.predict_lengths(test).tolist() == pytest.approx([9.0, 3.0, 13.0], abs=1e-3)  # prompt_index order
+    row = evaluate_prompt_length_baseline(baseline, test)
+    assert row.prompt_mre == pytest.approx(0.0, abs=1e-4) and row.prompt_mre_se == pytest.approx(0.0, abs=1e-4)
+    assert math.isnan(row.value_mse) and all(math.isnan(e) for e in row.positionwise_re.values())
+    assert list(row.positionwise_re) == list(FRACTIONS)
+    assert (row.num_prompts, row.num_completions, row.num_censored) == (3, 9, 0)
+
+
+def test_prompt_length_baseline_targets_predictions_and_errors():
+    # targets are return-consistent lengths, censored samples at their lower bound: prompt A (3 tokens) samples 1
+    # and 2 -> L_GT 1.4868; prompt B (2 tokens) samples 4 (eos) and 3 (cut) -> 3.4868. Two points: an exact line.
+    train = RECORDS[:2] + [make_record(1, 0, PROMPT_B, 4), make_record(1, 1, PROMPT_B, 3, "length")]
+    baseline = prompt_length_baseline(train, GAMMA)
+    assert (baseline.slope, baseline.intercept) == pytest.approx((-2.0, 7.4868360), abs=1e-4)
+    # predictions are clamped to 1 token: 8 prompt tokens -> 7.4868 - 16 < 1
+    far = [make_record(0, 0, list(range(8)), 2), make_record(0, 1, list(range(8)), 2)]
+    assert baseline.predict_lengths(far).tolist() == [1.0]
+    row = evaluate_prompt_length_baseline(baseline, far)
+    assert row.prompt_mre == pytest.approx(0.5) and math.isnan(row.prompt_mre_se)  # |1 - 2| / 2, one prompt
+    with pytest.raises(ValueError, match="at least 2 training prompts, got 1"):
+        prompt_length_baseline(RECORDS[:2], GAMMA)
+    with pytest.raises(ValueError, match="all 2 training prompts have 3 tokens: the slope"):
+        prompt_length_baseline(RECORDS[:2] + [make_record(5, 0, [1, 2, 3], 4)], GAMMA)
+    with pytest.raises(ValueError, match="records is empty"):
+        prompt_length_baseline([], GAMMA)
+
+
+def test_noise_floor_and_split_half_by_hand():
+    # prompt 0: samples 1 and 2; prompt 1: samples 4 and 4 (every resample and split gives 0 error)
+    records = RECORDS[:2] + [make_record(1, 0, PROMPT_B, 4), make_record(1, 1, PROMPT_B, 4)]
+    # split-half with two samples: (|1 - 2| / 2 + |2 - 1| / 1) / 2 = 0.75 and 0 -> mean 0.375, SE 0.375
+    assert split_half_mre(records, GAMMA, num_splits=3) == pytest.approx((0.375, 0.375))
+    # noise floor of prompt 0: resamples {1, 1}, {2, 2} w.p. 1/4 each, {1, 2} (error 0) w.p. 1/2
+    l_gt = 1.48683602265324
+    floor_0 = ((l_gt - 1) / 1 + (2 - l_gt) / 2) / 4
+    mean, se = noise_floor(records, GAMMA, num_bootstrap=1000, seed=3)
+    assert mean == pytest.approx(floor_0 / 2, abs=0.01) and se == pytest.approx(mean, rel=1e-5)
+    assert noise_floor(records, GAMMA, num_bootstrap=50, seed=1) == noise_floor(list(reversed(records)), GAMMA,
+                                                                                num_bootstrap=50, seed=1)
+    for function in (noise_floor, split_half_mre):
+        with pytest.raises(ValueError, match="at least 2 samples per prompt; prompt_index=1 has 1"):
+            function(RECORDS, GAMMA)
+
+
+def test_format_report_with_a_prediction_only_row_and_references(constant_model):
+    baseline = PromptLengthBaseline(slope=0.0, intercept=2.0, gamma=GAMMA)
+    rows = {"LenVM": evaluate_lenvm(constant_model, RECORDS),
+            "prompt-length regression": evaluate_prompt_length_baseline(baseline, RECORDS)}
+    lines = format_report(rows, {NOISE_FLOOR_ROW: (0.0123, 0.0046), SPLIT_HALF_ROW: (0.25, math.nan)}).splitlines()
+    assert len(lines) == 6 and lines[0] == "2 prompts / 3 completions / 0 censored"
+    regression = lines[3].split()
+    assert lines[3].startswith("prompt-length regression")
+    assert regression[2] == "—" and regression[-4:] == ["—"] * 4
+    row = rows["prompt-length regression"]
+    assert f"{row.prompt_mre:.1%} ± {row.prompt_mre_se:.1%}" in lines[3]
+    assert lines[4].startswith(NOISE_FLOOR_ROW) and "1.2% ± 0.5%" in lines[4] and lines[4].count("—") == 5
+    assert lines[5].startswith(SPLIT_HALF_ROW) and "25.0%" in lines[5] and "±" not in lines[5]  # no SE: mean only
+    assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
+
+
+# ----------------------------------------------------------------------------- policy evaluation
+
+
+def text_record(tokenizer, prompt_index, sample_index, text, finish_reason="eos"):
+    """A rollout record whose completion is ``text`` (+ EOS when it ended), tokenized like a sampled one."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if finish_reason == "eos":
+        ids = ids + [tokenizer.eos_token_id]
+    return {"prompt_index": prompt_index, "sample_index": sample_index, "prompt_ids": [1, 2 + prompt_index],
+            "completion_ids": ids, "completion_length": len(ids), "finish_reason": finish_reason}
+
+
+def policy_records(tokenizer):
+    # prompt 0 (gold 7): right; parseable but wrong.  prompt 1 (gold 12): right; cut at the limit with no answer.
+    return [
+        text_record(tokenizer, 0, 0, "3 + 4 = 7\n#### 7"),
+        text_record(tokenizer, 0, 1, "#### 8"),
+        text_record(tokenizer, 1, 0, "It is 12.\n#### 12"),
+        text_record(tokenizer, 1, 1, "Let me think about twelve", finish_reason="length"),
+    ]
+
+
+def test_evaluate_policy_by_hand(smollm2_tokenizer):
+    records = policy_records(smollm2_tokenizer)
+    row = evaluate_policy(records, ["She has 3 + 4 = 7 apples.\n#### 7", "12"], smollm2_tokenizer)
+    # per-prompt means, then mean and standard error over the 2 prompts: SE = |a - b| / 2 for two values
+    lengths = [[r["completion_length"] for r in records[:2]], [r["completion_length"] for r in records[2:]]]
+    means = [sum(x) / 2 for x in lengths]
+    assert row.mean_length == pytest.approx(sum(means) / 2)
+    assert row.mean_length_se == pytest.approx(abs(means[0] - means[1]) / 2)
+    assert (row.truncated_frac, row.truncated_frac_se) == pytest.approx((0.25, 0.25))  # 0 and 1/2
+    assert (row.answer_rate, row.answer_rate_se) == pytest.approx((0.75, 0.25))  # 1 and 1/2
+    assert (row.accuracy, row.accuracy_se) == pytest.approx((0.5, 0.0))  # 1/2 and 1/2
+    assert (row.num_prompts, row.num_completions) == (2, 4)
+    # the EOS token is not part of the parsed text: "#### 7<|im_end|>" is the answer 7
+    assert smollm2_tokenizer.decode(records[0]["completion_ids"]).endswith("#### 7<|im_end|>")
+
+
+def test_evaluate_policy_weights_prompts_equally_and_ignores_record_order(smollm2_tokenizer):
+    records = policy_records(smollm2_tokenizer) + [text_record(smollm2_tokenizer, 1, 2, "#### 12")]
+    answers = {0: "#### 7", 1: "#### 12"}  # a mapping works as well as a list
+    row = evaluate_policy(records, answers, smollm2_tokenizer)
+    assert row.accuracy == pytest.approx((1 / 2 + 2 / 3) / 2)  # not the pooled 3/5
+    assert row.num_completions == 5
+    shuffled = evaluate_policy(list(reversed(records)), answers, smollm2_tokenizer)
+    assert vars(shuffled) == pytest.approx(vars(row))
+
+
+def test_evaluate_policy_errors_and_single_prompt(smollm2_tokenizer):
+    records = policy_records(smollm2_tokenizer)
+    with pytest.raises(ValueError, match="no gold answer for prompt_index=1"):
+        evaluate_policy(records, ["#### 7"], smollm2_tokenizer)
+    with pytest.raises(ValueError, match="gold answer at row 2 cannot be parsed"):
+        evaluate_policy(records, ["7", "twelve"], smollm2_tokenizer)
+    with pytest.raises(ValueError, match="records is empty"):
+        evaluate_policy([], ["7"], smollm2_tokenizer)
+    one = evaluate_policy(records[:2], ["7"], smollm2_tokenizer)
+    assert one.accuracy == 0.5 and math.isnan(one.accuracy_se)  # no spread over prompts with one prompt
+
+
+def test_format_policy_table(smollm2_tokenizer):
+    records = policy_records(smollm2_tokenizer)
+    before = evaluate_policy(records, ["7", "12"], smollm2_tokenizer)
+    after = evaluate_policy(records, ["9", "12"], smollm2_tokenizer)  # accuracy 0 and 1/2
+    lines = format_policy_table({"before": before, "after": after}).splitlines()
+    assert lines[0].startswith("2 held-out prompts / 4 completions")
+    assert all(c in lines[1] for c in ("mean length", "truncated", "answer rate", "accuracy"))
+    assert lines[2].split()[0] == "before" and lines[3].split()[0] == "after"
+    assert f"{before.mean_length:.1f} ± {before.mean_length_se:.1f}" in lines[2]
+    assert "25.0% ± 25.0%" in lines[2] and "75.0% ± 25.0%" in lines[2] and lines[2].endswith("50.0% ± 0.0%")
+    assert lines[3].endswith("25.0% ± 25.0%")
+    with pytest.raises(ValueError, match="same held-out set"):
+        format_policy_table({"before": before, "after": evaluate_policy(records[:2], ["7"], smollm2_tokenizer)})
+    with pytest.raises(ValueError, match="rows is empty"):
+        format_policy_table({})

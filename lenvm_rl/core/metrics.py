@@ -1,4 +1,6 @@
-"""Masked statistics for logging and evaluation: means, spreads, explained variance, correlation.
+"""Masked statistics for logging and evaluation: means, spreads, explained variance, correlation, and the
+per-prompt relative errors behind the prompt-boundary MRE with its baselines (a linear fit, split halves, the
+bootstrap noise floor).
 
 Everything here is a pure torch function (no model, no I/O).
 
@@ -11,15 +13,29 @@ a docstring says otherwise. Data are shifted by their first valid entry before c
 identical values give a variance of exactly 0 (a constant ``0.1`` in float32 would otherwise leave
 rounding noise and a meaningless ratio).
 
-Numerics. Inputs are upcast to float32 and tensor results are 0-dim float32.
+Numerics. Inputs are upcast to float32 and tensor results are 0-dim float32, except the per-prompt errors
+(``(N,)`` float32) and :func:`fit_linear` (Python floats, fitted in float64).
+
+Per-prompt errors. ``lengths`` ``(N, K)`` holds ``K`` sampled completion lengths of each of ``N`` prompts and
+``mask`` (optional, ``(N, K)``, nonzero = valid sample) allows a ragged ``K``; ground truths are the
+return-consistent lengths of :func:`~lenvm_rl.core.length_math.return_consistent_length`.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
-from lenvm_rl.core.length_math import _check_ndim, _check_shape
+from lenvm_rl.core.length_math import (
+    _check_ndim,
+    _check_nonnegative,
+    _check_shape,
+    _log_gamma,
+    return_consistent_length,
+)
 
 __all__ = [
     "masked_mean",
@@ -27,6 +43,10 @@ __all__ = [
     "explained_variance",
     "pearson_correlation",
     "mean_and_standard_error",
+    "prompt_relative_errors",
+    "fit_linear",
+    "split_half_relative_errors",
+    "noise_floor_relative_errors",
 ]
 
 
@@ -133,3 +153,196 @@ def mean_and_standard_error(x: Tensor) -> tuple[float, float]:
         return mean, float("nan")
     centered = _centered(x, torch.ones_like(x, dtype=torch.bool))
     return mean, (centered.square().sum() / (n - 1) / n).sqrt().item()
+
+
+# ----------------------------------------------------------------------------- prompt-boundary errors and baselines
+
+
+def _valid_samples(lengths: Tensor, mask: Tensor | None, minimum: int) -> Tensor:
+    """Validate ``lengths`` (N, K) and ``mask``; return the bool validity mask, each row with >= ``minimum``."""
+    _check_ndim("lengths", lengths, 2, "(N, K)")
+    valid = torch.ones(lengths.shape, dtype=torch.bool) if mask is None else mask.bool()
+    _check_shape("mask", valid, lengths.shape, "lengths")
+    counts = valid.sum(dim=1)
+    if bool((counts < minimum).any()):
+        row = int((counts < minimum).nonzero()[0, 0])
+        raise ValueError(f"lengths row {row} has {int(counts[row])} valid sample(s); this needs at least {minimum}")
+    _check_nonnegative("lengths", lengths.float()[valid])
+    return valid
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _relative_error(predicted: Tensor, ground_truth: Tensor, what: str) -> Tensor:
+    """``|predicted - ground_truth| / ground_truth``, refusing a ground truth of 0 (an all-zero row)."""
+    if bool((ground_truth <= 0).any()):
+        row = int((ground_truth <= 0).nonzero()[0, 0])
+        raise ValueError(f"{what} of lengths row {row} has a return-consistent length of 0 (all its lengths are "
+                         "0); the relative error is undefined")
+    return (predicted - ground_truth).abs() / ground_truth
+
+
+def prompt_relative_errors(
+    predicted_lengths: Tensor, lengths: Tensor, gamma: float, mask: Tensor | None = None
+) -> Tensor:
+    """Per-prompt relative error of a predicted length: ``e_n = |L_hat_n - L_GT_n| / L_GT_n``.
+
+    ``L_GT_n = ln(mean_i gamma**L_ni) / ln(gamma)`` over the valid samples of row ``n``
+    (:func:`~lenvm_rl.core.length_math.return_consistent_length`). Their mean is the prompt-boundary MRE
+    (:func:`~lenvm_rl.core.length_math.prompt_boundary_mre` for ``L_hat = value_to_length(V(s_0))``); the
+    per-prompt errors give its standard error over prompts (:func:`mean_and_standard_error`).
+
+    Args:
+        predicted_lengths: (N,) predicted lengths ``L_hat >= 0`` (``inf`` allowed: error ``inf``).
+        lengths: (N, K) sampled completion lengths (>= 0).
+        gamma: discount in (0, 1).
+        mask: optional (N, K) bool/0-1, nonzero = valid sample; every row needs one.
+    Returns:
+        float32 (N,), each ``>= 0``.
+    Raises:
+        ValueError: bad shapes, negative or NaN lengths, a row with no valid sample, or a row whose ground
+            truth is 0 (all its lengths 0).
+    """
+    _log_gamma(gamma)
+    _check_ndim("predicted_lengths", predicted_lengths, 1, "(N,)")
+    _check_ndim("lengths", lengths, 2, "(N, K)")
+    _check_shape("predicted_lengths", predicted_lengths, lengths.shape[:1], "lengths.shape[:1]")
+    predicted = predicted_lengths.float()
+    _check_nonnegative("predicted_lengths", predicted)
+    ground_truth = return_consistent_length(lengths, gamma, mask)
+    return _relative_error(predicted, ground_truth, "the ground truth")
+
+
+def fit_linear(x: Tensor, y: Tensor) -> tuple[float, float]:
+    """Ordinary least squares line ``y ~ slope * x + intercept``.
+
+    ``slope = sum (x - mean x)(y - mean y) / sum (x - mean x)**2``, ``intercept = mean y - slope * mean x``,
+    computed in float64.
+
+    Args:
+        x, y: (N,), the same shape, finite, ``N >= 2``.
+    Returns:
+        ``(slope, intercept)`` as Python floats.
+    Raises:
+        ValueError: bad shapes, fewer than 2 points, non-finite entries, or zero variance in ``x`` (all ``x``
+            equal: the slope is undefined).
+    """
+    _check_ndim("x", x, 1, "(N,)")
+    _check_shape("y", y, x.shape, "x")
+    if x.shape[0] < 2:
+        raise ValueError(f"x and y need at least 2 points for a line, got {x.shape[0]}")
+    x, y = x.double(), y.double()
+    for name, tensor in (("x", x), ("y", y)):
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} must be finite (no NaN or inf)")
+    x_centered = x - x.mean()
+    sxx = x_centered.square().sum().item()
+    if sxx == 0.0:
+        raise ValueError(f"x has zero variance (all {x.shape[0]} entries equal {x[0].item()}): the slope is undefined")
+    slope = (x_centered * (y - y.mean())).sum().item() / sxx
+    return slope, y.mean().item() - slope * x.mean().item()
+
+
+def split_half_relative_errors(
+    lengths: Tensor,
+    gamma: float,
+    *,
+    num_splits: int = 20,
+    generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Per-prompt relative error of one half of a prompt's samples predicting the other half.
+
+    For row ``n`` with ``k_n`` valid samples, each split draws a uniformly random partition into halves ``A``
+    (``floor(k_n / 2)`` samples) and ``B`` (``ceil(k_n / 2)``); with ``L_A``, ``L_B`` the return-consistent
+    lengths of the halves, each half predicts the other and the split scores
+    ``(|L_A - L_B| / L_B + |L_B - L_A| / L_A) / 2``; ``e_n`` is the mean over ``num_splits`` splits.
+
+    This is the prompt MRE of an empirical predictor that has ``k/2`` samples of the prompt, scored
+    against a ``k/2``-sample ground truth: sampling noise on both sides, an upper reference for the noise floor
+    (:func:`noise_floor_relative_errors`). With two samples ``a, b`` every split gives
+    ``(|a - b| / b + |a - b| / a) / 2``.
+
+    Args:
+        lengths: (N, K) sampled completion lengths (>= 0).
+        gamma: discount in (0, 1).
+        num_splits: random partitions per row (>= 1).
+        generator: ``torch.Generator`` for reproducible splits; ``None`` draws from torch's global RNG.
+        mask: optional (N, K) bool/0-1, nonzero = valid sample.
+    Returns:
+        float32 (N,), each ``>= 0``.
+    Raises:
+        ValueError: bad shapes, negative or NaN lengths, ``num_splits < 1``, a row with fewer than 2 valid
+            samples, or a half whose lengths are all 0.
+    """
+    _log_gamma(gamma)
+    _check_count("num_splits", num_splits)
+    valid = _valid_samples(lengths, mask, minimum=2)
+    lengths = lengths.float()
+    half = (valid.sum(dim=1) // 2)[:, None]
+    total = torch.zeros(lengths.shape[0], dtype=torch.float64)
+    for _ in range(num_splits):
+        keys = torch.rand(lengths.shape, generator=generator).masked_fill(~valid, math.inf)
+        rank = keys.argsort(dim=1).argsort(dim=1)  # invalid samples rank last
+        first = valid & (rank < half)
+        second = valid & (rank >= half)
+        length_a = return_consistent_length(lengths, gamma, first)
+        length_b = return_consistent_length(lengths, gamma, second)
+        errors = (_relative_error(length_a, length_b, "a split half")
+                  + _relative_error(length_b, length_a, "a split half")) / 2
+        total += errors.double()
+    return (total / num_splits).float()
+
+
+def noise_floor_relative_errors(
+    lengths: Tensor,
+    gamma: float,
+    *,
+    num_bootstrap: int = 200,
+    generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Per-prompt relative error of an oracle that knows each prompt's true ``E[gamma**L]``, scored against
+    a ground truth from the prompt's ``k`` samples: the best prompt MRE any predictor can expect.
+
+    Nonparametric (empirical) bootstrap. Row ``n``'s empirical distribution of its ``k_n`` valid samples
+    stands in for the prompt's true length distribution, so the oracle prediction is the return-consistent
+    length of all its samples, ``L_oracle = ln(mean_i gamma**L_i) / ln(gamma)``. Each of ``num_bootstrap``
+    replicates draws ``k_n`` samples with replacement from them, ``L*_b = ln(mean_j gamma**L*_bj) / ln(gamma)``,
+    and ``e_n = mean_b |L_oracle - L*_b| / L*_b``.
+
+    The result slightly *underestimates* the floor: the empirical distribution has less spread than the true
+    one (its variance is ``(k - 1) / k`` times the unbiased estimate), and with ``k = 1`` it would see none, so
+    rows need at least 2 samples. A row whose samples are all equal gets exactly 0.
+
+    Args:
+        lengths: (N, K) sampled completion lengths (>= 0).
+        gamma: discount in (0, 1).
+        num_bootstrap: resamples per row (>= 1).
+        generator: ``torch.Generator`` for reproducible resamples; ``None`` draws from torch's global RNG.
+        mask: optional (N, K) bool/0-1, nonzero = valid sample.
+    Returns:
+        float32 (N,), each ``>= 0``.
+    Raises:
+        ValueError: bad shapes, negative or NaN lengths, ``num_bootstrap < 1``, a row with fewer than 2 valid
+            samples, or a resample whose lengths are all 0.
+    """
+    _log_gamma(gamma)
+    _check_count("num_bootstrap", num_bootstrap)
+    valid = _valid_samples(lengths, mask, minimum=2)
+    lengths = lengths.float()
+    oracle = return_consistent_length(lengths, gamma, valid)
+    # Valid samples moved to the front of each row (stable), so a resample index is uniform on [0, k_n).
+    order = (~valid).to(torch.uint8).argsort(dim=1, stable=True)
+    packed = lengths.gather(1, order)
+    counts = valid.sum(dim=1, keepdim=True)
+    slots = torch.arange(lengths.shape[1])[None, :] < counts  # a resample has k_n samples, like its row
+    total = torch.zeros(lengths.shape[0], dtype=torch.float64)
+    for _ in range(num_bootstrap):
+        picks = torch.minimum((torch.rand(lengths.shape, generator=generator) * counts).long(), counts - 1)
+        resampled = return_consistent_length(packed.gather(1, picks), gamma, slots)
+        total += _relative_error(oracle, resampled, "a bootstrap resample").double()
+    return (total / num_bootstrap).float()
