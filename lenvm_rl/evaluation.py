@@ -420,6 +420,7 @@ def format_policy_table(rows: dict[str, PolicyEvaluation]) -> str:
         if (row.num_prompts, row.num_completions) != counts:
             raise ValueError(f"row {name!r} covers {row.num_prompts} prompts / {row.num_completions} completions, "
                              f"the first row {counts[0]} / {counts[1]}; a table compares the same held-out set")
+
     def cell(row: PolicyEvaluation, name: str) -> str:
         mean, se = getattr(row, name), getattr(row, f"{name}_se")
         if name == "mean_length":
