@@ -30,7 +30,8 @@ trained on those fixed features, and evaluated on the cached held-out prompt bou
     #    file lists, --positions, --eval-positions and --bf16 must be those of step 1)
     python bench/bench_pretrain.py variants --train-rollouts $TRAIN --eval-rollouts $EVAL \
         --positions all --eval-positions boundary --bf16 --boundary-weights 1 10 100 --learning-rates 1e-3 3e-4 \
-        --epochs 1 3 --s0-epochs 10 30 100 300 --output bench/results/variants-gsm8k.json
+        --epochs 1 3 --s0-learning-rates 1e-3 3e-4 1e-4 3e-5 --s0-epochs 3 10 30 100 300 \
+        --output bench/results/variants-gsm8k.json
 
 Features. For every record the trunk (``LenVM.trunk``, no grad, float32 or ``--bf16`` autocast) runs
 over ``prompt_ids + completion_ids`` and keeps the hidden state of each target state ``s_0 .. s_L``
