@@ -42,6 +42,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lenvm_rl.trainers.grpo_trainer import restore_deepspeed_config, whole_model_loading
+
 __all__ = ["DEFAULT_POLICY", "INSTRUCTION", "GRPOScriptArguments", "main", "make_parser"]
 
 DEFAULT_POLICY = "smollm2-135m"
@@ -202,7 +204,7 @@ def main(script_args: GRPOScriptArguments, training_args, model_args) -> dict:
     critic = None
     if lenvm is not None:
         # A frozen critic, whole on every process (not partitioned by ZeRO-3: it only scores completions).
-        with _whole_models(training_args):
+        with whole_model_loading(training_args):
             critic = LenVM.from_pretrained(lenvm, dtype=model_args.dtype,
                                            trust_remote_code=training_args.trust_remote_code)
 
@@ -339,36 +341,14 @@ def _check_settings(script_args: GRPOScriptArguments, training_args) -> None:
 
 
 @contextlib.contextmanager
-def _whole_models(training_args):
-    """Models loaded inside are whole on every process: DeepSpeed ZeRO-3's partitioned initialisation is off."""
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        _restore_deepspeed_config(training_args)
-
-
-@contextlib.contextmanager
 def _sampling(state, training_args):
     """Main-process sampling with whole models; the other processes wait at the end.
 
     No barrier on an error: the failing process exits and the launcher stops the others.
     """
-    with _whole_models(training_args):
+    with whole_model_loading(training_args):
         yield
     state.wait_for_everyone()
-
-
-def _restore_deepspeed_config(training_args) -> None:
-    """Point transformers' global DeepSpeed config back at the GRPO run's (ZeRO-3 loads the policy partitioned)."""
-    from transformers.integrations.deepspeed import set_hf_deepspeed_config
-
-    if getattr(training_args, "hf_deepspeed_config", None) is not None:
-        set_hf_deepspeed_config(training_args.hf_deepspeed_config)
-    elif getattr(training_args, "deepspeed_plugin", None) is not None:
-        training_args.deepspeed_plugin.set_deepspeed_weakref()
 
 
 def _load_policy(path, model_args, training_args):
@@ -488,7 +468,7 @@ def resolve_lenvm(script_args, training_args, model_args, state, policy_path, mo
             return str(final)
         _pretrain_lenvm(script_args, training_args, model_args, state, policy_path, rollouts, folder / "lenvm.partial",
                         eval_rollouts if _same_sampler(eval_rollouts, rollouts) else None)
-        _restore_deepspeed_config(training_args)  # the pretraining arguments replaced it
+        restore_deepspeed_config(training_args)  # the pretraining arguments replaced it
         if state.is_main_process:
             partial = folder / "lenvm.partial"
             (partial / AUTO_MARKER).write_text(json.dumps({"key": folder.name, "settings": settings}, indent=2))

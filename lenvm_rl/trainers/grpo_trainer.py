@@ -18,6 +18,7 @@ which TRL's loss accepts. Every formula is a :mod:`lenvm_rl.core` call; the trai
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
@@ -44,11 +45,36 @@ from lenvm_rl.core import (
 from lenvm_rl.critics import LenVMCritic
 from lenvm_rl.modeling import LenVM
 
-__all__ = ["LengthAwareGRPOConfig", "LengthAwareGRPOTrainer"]
+__all__ = ["LengthAwareGRPOConfig", "LengthAwareGRPOTrainer", "restore_deepspeed_config", "whole_model_loading"]
 
 ESTIMATORS = ("lenvm", "group", "kimi", "none")
 CRITIC_DIR = "length_critic"
 """Subdirectory of a checkpoint holding the refit critic head and its optimizer."""
+
+
+def restore_deepspeed_config(args) -> None:
+    """Point transformers' global DeepSpeed config back at the run's ``args`` (ZeRO-3 loads the policy partitioned)."""
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config
+
+    if getattr(args, "hf_deepspeed_config", None) is not None:
+        set_hf_deepspeed_config(args.hf_deepspeed_config)
+    elif getattr(args, "deepspeed_plugin", None) is not None:
+        args.deepspeed_plugin.set_deepspeed_weakref()
+
+
+@contextlib.contextmanager
+def whole_model_loading(args):
+    """Models loaded inside are whole on every process: DeepSpeed ZeRO-3's partitioned initialisation is off.
+
+    For models that are not trained by the DeepSpeed engine, such as a frozen length critic that only scores.
+    """
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        restore_deepspeed_config(args)
 
 
 @dataclass
@@ -186,8 +212,9 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
                                  "a LenVM or a LenVM checkpoint path")
             return None
         if not isinstance(length_critic, LenVMCritic):
-            length_critic = LenVMCritic(length_critic, lam=args.length_lam, batch_size=args.length_critic_batch_size,
-                                        device=self.accelerator.device)
+            with whole_model_loading(args):  # a frozen critic is whole on every process, never ZeRO-3 partitioned
+                length_critic = LenVMCritic(length_critic, lam=args.length_lam,
+                                            batch_size=args.length_critic_batch_size, device=self.accelerator.device)
         elif length_critic.lam != args.length_lam:
             raise ValueError(f"the LenVMCritic has lam={length_critic.lam} but length_lam={args.length_lam}; "
                              "make them agree")

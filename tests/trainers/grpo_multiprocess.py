@@ -1,10 +1,15 @@
 """One GRPO step with the "group" twin, launched with 1 or 2 accelerate processes by test_grpo_trainer.py.
 
     accelerate launch --multi_gpu --num_processes 2 tests/trainers/grpo_multiprocess.py OUT_DIR {none,batch,refit}
+    accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 2 --mixed_precision no \
+        tests/trainers/grpo_multiprocess.py OUT_DIR critic-path CRITIC_DIR
 
 The completions come from a deterministic ``rollout_func`` keyed by each completion's global index, so
 1 and 2 processes see the same global batch: 24 completions in groups of 8, so with 2 processes of 12
 rows the middle group is split across them. Each rank writes its rows and advantages to OUT_DIR.
+``refit`` runs the "lenvm" estimator with a critic refit and each rank also writes its value head, which
+must be the same on every rank; ``critic-path`` loads the "lenvm" critic from a checkpoint directory
+(under ZeRO-3 it must be loaded whole, not partitioned).
 """
 
 import json
@@ -52,10 +57,13 @@ class DumpingTrainer(LengthAwareGRPOTrainer):
         return output
 
 
-def main(out_dir: str, mode: str) -> None:
+def main(out_dir: str, mode: str, critic_path: str | None = None) -> None:
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # use_cpu=True below starts gloo for 2 processes
+    critic = tiny_lenvm() if mode == "refit" else critic_path
     if mode == "refit":
         length = dict(length_estimator="lenvm", length_critic_refit_steps=2, length_critic_learning_rate=1e-2)
+    elif mode == "critic-path":
+        length = dict(length_estimator="lenvm")
     else:
         length = dict(length_estimator="group", length_gamma=0.8, length_normalize=mode)
     args = LengthAwareGRPOConfig(
@@ -64,11 +72,11 @@ def main(out_dir: str, mode: str) -> None:
         bf16=False, seed=0, disable_tqdm=True, length_coef=0.5, **length)
     trainer = DumpingTrainer(tiny_policy(), reward_funcs=constant_reward, args=args,
                              train_dataset=prompt_dataset(48), processing_class=tiny_tokenizer(),
-                             rollout_func=rollout_func, length_critic=tiny_lenvm() if mode == "refit" else None)
+                             rollout_func=rollout_func, length_critic=critic)
     trainer.train()
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # tears the gloo group down before exit
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

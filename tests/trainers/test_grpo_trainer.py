@@ -259,14 +259,15 @@ def test_peft_policy_trains(tmp_path):
 # ----------------------------------------------------------------------------- two processes
 
 
-def launch(out: Path, procs: int, mode: str) -> list[dict]:
+def launch(out: Path, procs: int, mode: str, *extra: str, launcher: tuple[str, ...] = ()) -> list[dict]:
     """Run grpo_multiprocess.py on ``procs`` real processes (gloo on CPU); returns every rank's rows by index."""
     script = REPO / "tests" / "trainers" / "grpo_multiprocess.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs)]
-    command += ["--multi_gpu"] if procs > 1 else ["--cpu"]
-    result = subprocess.run([*command, str(script), str(out), mode], capture_output=True, text=True, env=env,
-                            timeout=600, cwd=REPO)
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(procs)]
+    if not launcher:
+        command += ["--multi_gpu"] if procs > 1 else ["--cpu"]
+    result = subprocess.run([*command, str(script), str(out), mode, *extra], capture_output=True, text=True,
+                            env=env, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [row for path in sorted(out.glob("rank*.json")) for row in json.loads(path.read_text())]
     assert len({r["rank"] for r in rows}) == procs
@@ -299,3 +300,13 @@ def test_refit_keeps_the_critic_head_identical_across_processes(tmp_path):
     initial = tiny_lenvm().v_head.state_dict()
     assert heads[0] == heads[1]  # each rank saw other completions: only the all-reduce keeps them equal
     assert any(torch.tensor(heads[0][k]).ne(v).any() for k, v in initial.items())
+
+
+def test_a_critic_path_loads_whole_under_zero3(tmp_path):
+    pytest.importorskip("deepspeed")
+    critic_dir = tmp_path / "critic"
+    tiny_lenvm().save_pretrained(critic_dir)
+    tiny_tokenizer().save_pretrained(critic_dir)
+    zero3 = ("--config_file", str(REPO / "recipes" / "accelerate" / "zero3.yaml"), "--mixed_precision", "no")
+    rows = launch(tmp_path / "run", 2, "critic-path", str(critic_dir), launcher=zero3)
+    assert all(math.isfinite(a) for r in rows for a in r["advantages"])
