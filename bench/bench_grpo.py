@@ -144,6 +144,9 @@ def train(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
     dataset, _, _ = gsm8k_problems(args.train_prompts, 0)
     arms = args.arms.split(",")
+    clash = [arm for arm in arms if (out / arm).resolve() == Path(args.lenvm).resolve()]
+    if clash:
+        raise ValueError(f"--lenvm {args.lenvm} is the output directory of arm {clash[0]!r}; keep the critic elsewhere")
     for target in range(args.chunk, args.steps + args.chunk, args.chunk):
         target = min(target, args.steps)
         for arm in arms:

@@ -4,11 +4,11 @@
 #     GSM8K rollouts of the policy itself at the RL temperature (200 questions x 8, T 0.7), 1 epoch;
 #  2. every RL arm, round-robin in chunks of 4 steps (bench_grpo.py train);
 #  3. held-out samples of every arm and of the base policy, then the table and the PNG.
-# OUT (default bench/results/grpo) holds checkpoints; LENVM (default $OUT/lenvm) the critic.
+# OUT (default bench/results/grpo) holds checkpoints; LENVM (default $OUT/critic) the critic.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/grpo}
-LENVM=${LENVM:-$OUT/lenvm}
+LENVM=${LENVM:-$OUT/critic}
 TRAIN="bench/rollouts/gsm8k_train200_n8_t0.7.rows0-139.jsonl bench/rollouts/gsm8k_train200_n8_t0.7.rows140-199.jsonl"
 if [ ! -f "$LENVM/value_head.safetensors" ]; then
   last=$(ls -d "$LENVM"/checkpoint-* 2>/dev/null | sort -V | tail -n 1 || true)
