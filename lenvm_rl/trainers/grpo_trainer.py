@@ -297,15 +297,18 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
             self._log_advantage_share(mode, output["advantages"], advantages, action_mask)
             output["advantages"] = advantages
 
-        self._log_length_metrics(mode, terminated, all_lengths, critic_out, action_mask)
+        mc_returns = None
+        if critic_out is not None:  # the fresh Monte-Carlo returns (lam = 1, bootstrapped only at truncation)
+            _, mc_returns = length_gae(critic_out.values, action_mask, critic_out.final_values,
+                                       self.length_critic.gamma, 1.0)
+        self._log_length_metrics(mode, terminated, all_lengths, critic_out, mc_returns, action_mask)
         if self.critic_optimizer is not None and mode == "train":
-            self._refit_critic(mode, output, action_mask, critic_out)
+            self._refit_critic(mode, output, action_mask, mc_returns)
         return output
 
     # ------------------------------------------------------------------ critic refit
-    def _refit_critic(self, mode, output, action_mask, critic_out):
+    def _refit_critic(self, mode, output, action_mask, targets):
         """Refit the critic's head on the fresh Monte-Carlo returns (lam = 1, bootstrapped only at truncation)."""
-        _, targets = length_gae(critic_out.values, action_mask, critic_out.final_values, self.length_gamma, 1.0)
         reduce = None
         if self.accelerator.num_processes > 1:
             def reduce(grad):
@@ -357,7 +360,7 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["length/abs_advantage"].append(length_abs.item())
         self._metrics[mode]["length/abs_advantage_share"].append((length_abs / (length_abs + task_abs)).item())
 
-    def _log_length_metrics(self, mode, terminated, all_lengths, critic_out, action_mask):
+    def _log_length_metrics(self, mode, terminated, all_lengths, critic_out, mc_returns, action_mask):
         metrics = self._metrics[mode]
         metrics["length/truncated_frac"].append(1.0 - self.accelerator.gather(terminated).float().mean().item())
         metrics["length/realised"].append(all_lengths.float().mean().item())
@@ -368,8 +371,6 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         metrics["length/predicted_s0"].append(predicted[started].mean().item())
         metrics["length/predicted_realised_corr"].append(
             pearson_correlation(predicted[started], all_lengths[started].float()).item())
-        _, mc_returns = length_gae(critic_out.values, action_mask, critic_out.final_values, self.length_critic.gamma,
-                                   1.0)
         values, mask = self._gather_rows(critic_out.values, action_mask)
         returns, _ = self._gather_rows(mc_returns, action_mask)
         metrics["length/critic_explained_variance"].append(explained_variance(values, returns, mask).item())
