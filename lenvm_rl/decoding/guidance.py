@@ -1,0 +1,305 @@
+"""LenVM guidance as a ``transformers`` logits processor, scoring candidates on the LenVM's own KV cache.
+
+>>> processor = LenVMLogitsProcessor(lenvm, constraint="equal", target=128, top_k=16)   # doctest: +SKIP
+>>> processor.begin(attention_mask)                                                     # doctest: +SKIP
+>>> policy.generate(input_ids, attention_mask=attention_mask, do_sample=True, temperature=1.0, top_k=0,
+...                 logits_processor=LogitsProcessorList([processor]))                   # doctest: +SKIP
+
+Each call scores every candidate ``x`` of the step with ``V(s_t + x)`` in **one** LenVM forward: the
+token chosen at the previous step (or the whole prompt, on the first call) is folded in front of the
+``K`` candidates, the candidates sit side by side at the same position under a 4D attention mask
+(each sees the prefix and itself only), and the cache is cropped back to the prefix afterwards. So
+a step never re-encodes the prefix. ``scoring="naive"`` re-encodes ``prefix + x`` for every
+candidate instead: the reference the cached path is tested against, and the benchmark's baseline.
+
+The mode math is in :mod:`lenvm_rl.core.decoding`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from transformers import LogitsProcessor
+
+from lenvm_rl.core import (
+    CONSTRAINTS,
+    constraint_mask,
+    length_to_value,
+    logits_to_length,
+    select_candidates,
+    soft_equal,
+    tilt,
+)
+from lenvm_rl.modeling import LenVM
+
+__all__ = ["GuidanceConfig", "GuidanceStep", "LenVMLogitsProcessor", "check_vocabulary"]
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """What the guidance does at each step.
+
+    Args:
+        constraint: ``None`` for exponential tilting with ``beta``; ``"equal"``, ``"at_most"`` or
+            ``"at_least"`` for a hard constraint on the completion length ``target`` (tokens, EOS
+            included); ``"soft_equal"`` tilts so the expected ``u`` hits the target's.
+        target: token target, > 0; required by (and only allowed with) a constraint.
+        beta: tilt strength for ``constraint=None``: ``p'(x) ∝ p(x) exp(beta u(x))`` with
+            ``u = -V``; ``beta < 0`` favours shorter continuations, ``beta = 0`` is the base model.
+        top_k, top_p, min_p: the candidate set (see :func:`lenvm_rl.core.select_candidates`).
+        temperature: applied to the policy's scores before the candidate set and the mode; leave
+            ``generate``'s own ``temperature`` at 1.0.
+    """
+
+    constraint: Literal["equal", "at_most", "at_least", "soft_equal"] | None = None
+    target: int | None = None
+    beta: float = 0.0
+    top_k: int = 16
+    top_p: float = 1.0
+    min_p: float = 0.0
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.constraint is not None and self.constraint not in CONSTRAINTS:
+            raise ValueError(f"constraint must be None (tilt) or one of {CONSTRAINTS}, got {self.constraint!r}")
+        if self.constraint is None:
+            if self.target is not None:
+                raise ValueError(f"target={self.target!r} needs a constraint (one of {CONSTRAINTS})")
+        else:
+            if self.target is None:
+                raise ValueError(f"constraint={self.constraint!r} needs a target (tokens > 0)")
+            if isinstance(self.target, bool) or not isinstance(self.target, int) or self.target <= 0:
+                raise ValueError(f"target must be a positive integer number of tokens, got {self.target!r}")
+            if self.beta != 0.0:
+                raise ValueError(f"beta={self.beta!r} applies to tilting only (constraint=None), "
+                                 f"not to constraint={self.constraint!r}")
+        if not math.isfinite(self.beta):
+            raise ValueError(f"beta must be finite, got {self.beta!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+
+
+@dataclass
+class GuidanceStep:
+    """One step's candidates, all (B, K): token ids, base log-probs, set mask, LenVM logits ``z`` of
+    ``s_t + x`` (before the terminal-EOS override), and the guided log-probs (``-inf`` outside)."""
+
+    ids: Tensor
+    logprobs: Tensor
+    mask: Tensor
+    lenvm_logits: Tensor
+    guided: Tensor
+
+
+def _tokenizer_name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+
+
+def check_vocabulary(policy_tokenizer, lenvm_tokenizer) -> None:
+    """Raise ``ValueError`` naming both tokenizers unless they map the same strings to the same ids."""
+    if policy_tokenizer is None or lenvm_tokenizer is None or policy_tokenizer is lenvm_tokenizer:
+        return
+    policy_vocab, lenvm_vocab = policy_tokenizer.get_vocab(), lenvm_tokenizer.get_vocab()
+    if policy_vocab != lenvm_vocab:
+        differing = sorted(set(policy_vocab.items()) ^ set(lenvm_vocab.items()))[:3]
+        raise ValueError(
+            f"the policy tokenizer {_tokenizer_name(policy_tokenizer)!r} ({len(policy_vocab)} tokens) and the LenVM "
+            f"tokenizer {_tokenizer_name(lenvm_tokenizer)!r} ({len(lenvm_vocab)} tokens) differ (e.g. {differing}); "
+            "the LenVM may be smaller than the policy but must share its vocabulary"
+        )
+
+
+def _crop(cache, n: int) -> None:
+    """Drop the last ``n`` positions of a ``transformers`` cache (a negative length crops from the end)."""
+    if n:
+        cache.crop(-n)
+
+
+class LenVMLogitsProcessor(LogitsProcessor):
+    """Re-weights the policy's next-token scores with a :class:`LenVM` (LENVM.md section 5).
+
+    Returns scores whose softmax is the guided distribution over the candidate set (``-inf``
+    elsewhere), so greedy and sampling ``generate`` both work. Hard constraints leave one candidate.
+
+    Args:
+        lenvm: the length value model; it may be smaller than the policy but must share its vocabulary.
+        config: a :class:`GuidanceConfig` (or give its fields as keyword arguments).
+        eos_token_id: EOS id(s); a candidate EOS reaches the terminal state, whose value is 0 by
+            definition, so its ``u`` and remaining length are set to exactly 0.
+        pad_token_id: the left-padding id, used to find padding when :meth:`begin` was not called.
+        scoring: ``"cached"`` (one forward per step on the LenVM's KV cache) or ``"naive"``
+            (re-encode ``prefix + x`` for every candidate; slow, the reference).
+        policy_tokenizer, lenvm_tokenizer: when both are given their vocabularies must agree.
+
+    A processor follows one ``generate`` call at a time: it notices a new call (the inputs no longer
+    extend what it has seen) and starts over. Call :meth:`begin` with the prompt attention mask
+    before each call with left padding (:func:`~lenvm_rl.decoding.guided_generate` does).
+    """
+
+    def __init__(
+        self,
+        lenvm: LenVM,
+        config: GuidanceConfig | None = None,
+        *,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        scoring: Literal["cached", "naive"] = "cached",
+        policy_tokenizer=None,
+        lenvm_tokenizer=None,
+        **config_kwargs,
+    ):
+        if config is not None and config_kwargs:
+            raise ValueError(f"give either config or its fields, not both (got {sorted(config_kwargs)})")
+        self.config = config if config is not None else GuidanceConfig(**config_kwargs)
+        if scoring not in ("cached", "naive"):
+            raise ValueError(f"scoring must be 'cached' or 'naive', got {scoring!r}")
+        check_vocabulary(policy_tokenizer, lenvm_tokenizer)
+        self.vocab_checked = policy_tokenizer is not None and lenvm_tokenizer is not None
+        self.lenvm = lenvm.eval()
+        self.scoring = scoring
+        eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        self.eos_token_ids = torch.tensor(eos, dtype=torch.long)
+        self.pad_token_id = pad_token_id
+        self.last_step: GuidanceStep | None = None
+        self.state_logits: list[Tensor] = []  # cached scoring: LenVM logit of s_t at each step, (B,) each
+        self._prompt_mask: Tensor | None = None
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget the cache and the sequence seen so far."""
+        self._cache = None
+        self._seen: Tensor | None = None  # (B, S) tokens in the cache
+        self._key_mask: Tensor | None = None  # (B, S) 1 for real tokens in the cache
+        self._prompt_length = 0
+        self.state_logits = []
+
+    def begin(self, attention_mask: Tensor | None) -> "LenVMLogitsProcessor":
+        """Start a new generation whose prompt has this (B, P) attention mask (0 = left padding)."""
+        self.reset()
+        self._prompt_mask = None if attention_mask is None else attention_mask.detach().long()
+        return self
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.lenvm.parameters()).device
+
+    def _check_vocab(self, scores: Tensor) -> None:
+        lenvm_vocab = self.lenvm.config.vocab_size
+        if not self.vocab_checked and scores.shape[-1] != lenvm_vocab:
+            raise ValueError(
+                f"the policy scores {scores.shape[-1]} tokens but the LenVM's vocabulary has {lenvm_vocab} "
+                f"({self.lenvm.config.name_or_path!r}); the LenVM must share the policy's vocabulary "
+                "(pass policy_tokenizer= and lenvm_tokenizer= to check by tokenizer when only the padding differs)"
+            )
+
+    def _start(self, input_ids: Tensor) -> None:
+        self.reset()
+        mask = self._prompt_mask
+        if mask is None or tuple(mask.shape) != tuple(input_ids.shape):
+            mask = torch.ones_like(input_ids)
+            if self.pad_token_id is not None:  # leading pad tokens are left padding
+                mask = ((input_ids != self.pad_token_id).long().cumsum(-1) > 0).long()
+        self._prompt_length = input_ids.shape[1]
+        self._key_mask = mask.to(input_ids.device).long()
+        self._prompt_mask = None
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        self._check_vocab(scores)
+        cfg = self.config
+        ids, logprobs, mask = select_candidates(scores / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                                min_p=cfg.min_p)
+        if int(ids.max()) >= self.lenvm.config.vocab_size:
+            raise ValueError(
+                f"candidate token {int(ids.max())} is outside the LenVM's vocabulary of "
+                f"{self.lenvm.config.vocab_size} (the policy scores {scores.shape[-1]})"
+            )
+        continuing = (
+            self._seen is not None
+            and input_ids.shape[0] == self._seen.shape[0]
+            and input_ids.shape[1] == self._seen.shape[1] + 1
+            and torch.equal(input_ids[:, : self._seen.shape[1]], self._seen)
+        )
+        if self._seen is None or not continuing:
+            self._start(input_ids)
+            new_ids = input_ids
+        else:
+            new_ids = input_ids[:, -1:]
+            self._key_mask = torch.cat([self._key_mask, torch.ones_like(new_ids)], dim=1)
+        self._seen = input_ids
+        if self.scoring == "cached":
+            lenvm_logits = self._score_cached(new_ids, ids)
+        else:
+            lenvm_logits = self._score_naive(input_ids, ids)
+        guided = self._guide(logprobs, mask, ids, lenvm_logits, generated=input_ids.shape[1] - self._prompt_length)
+        self.last_step = GuidanceStep(ids=ids, logprobs=logprobs, mask=mask, lenvm_logits=lenvm_logits, guided=guided)
+        out = torch.full_like(scores, -math.inf)
+        return out.scatter(1, ids.to(scores.device), guided.to(out.dtype))
+
+    def _guide(self, logprobs: Tensor, mask: Tensor, ids: Tensor, lenvm_logits: Tensor, generated: int) -> Tensor:
+        cfg, gamma = self.config, self.lenvm.gamma
+        terminal = torch.isin(ids, self.eos_token_ids.to(ids.device))
+        u = torch.where(terminal, 0.0, torch.sigmoid(lenvm_logits))
+        if cfg.constraint is None:
+            return tilt(logprobs, u, mask, cfg.beta)
+        remaining = float(cfg.target - (generated + 1))  # tokens after the candidate, to reach the target
+        if cfg.constraint == "soft_equal":
+            target_u = length_to_value(torch.tensor(max(remaining, 0.0)), gamma, convention="u")
+            return soft_equal(logprobs, u, mask, target_u)
+        lengths = torch.where(terminal, 0.0, logits_to_length(lenvm_logits, gamma))
+        allowed = constraint_mask(lengths, mask, cfg.constraint, remaining)
+        return torch.log_softmax(logprobs.masked_fill(~allowed, -math.inf), dim=-1)
+
+    # ------------------------------------------------------------------ scoring
+    def _score_cached(self, new_ids: Tensor, cand: Tensor) -> Tensor:
+        """LenVM logits (B, K) of ``s_t + x``: ``new_ids`` (B, m) extend the cache, candidates ride along."""
+        device = self._device
+        new_ids, cand = new_ids.to(device), cand.to(device)
+        key_mask = self._key_mask.to(device).bool()  # (B, past + m)
+        batch, m = new_ids.shape
+        k = cand.shape[1]
+        past = key_mask.shape[1] - m
+        positions = key_mask.long().cumsum(-1) - 1
+        new_positions = positions[:, past:].clamp(min=0)
+        cand_positions = (positions[:, -1] + 1)[:, None].expand(batch, k)
+        # allowed[b, q, j]: query q (m new tokens, then k candidates) may attend key j (past, new, candidates)
+        kv = torch.arange(past + m + k, device=device)
+        query_at = torch.cat([past + torch.arange(m, device=device), past + m + torch.arange(k, device=device)])
+        real_key = torch.cat([key_mask, key_mask.new_zeros(batch, k)], dim=1)  # candidates: only themselves
+        before = torch.cat([kv[None, :] <= query_at[:m, None],
+                            (kv[None, :] < past + m).expand(k, -1)], dim=0)  # causal prefix of each query
+        allowed = (before[None] & real_key[:, None, :]) | (kv[None, :] == query_at[:, None])[None]
+        dtype = next(self.lenvm.backbone.parameters()).dtype
+        mask4d = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+        hidden, self._cache = self.lenvm.trunk(
+            torch.cat([new_ids, cand], dim=1), mask4d[:, None], torch.cat([new_positions, cand_positions], dim=1),
+            cache=self._cache, use_cache=True,
+        )
+        _crop(self._cache, k)
+        z = self.lenvm.v_head(hidden[:, m - 1 :])
+        self.state_logits.append(z[:, 0].float().cpu())
+        return z[:, 1:].float()
+
+    def _score_naive(self, input_ids: Tensor, cand: Tensor) -> Tensor:
+        """LenVM logits (B, K) of ``s_t + x``, re-encoding the whole prefix for every candidate."""
+        device = self._device
+        input_ids, cand = input_ids.to(device), cand.to(device)
+        key_mask = self._key_mask.to(device)
+        mask = torch.cat([key_mask, torch.ones_like(key_mask[:, :1])], dim=1)
+        columns = []
+        for j in range(cand.shape[1]):
+            out = self.lenvm(torch.cat([input_ids, cand[:, j : j + 1]], dim=1), mask)
+            columns.append(out.logits[:, -1])
+        return torch.stack(columns, dim=1).float()
