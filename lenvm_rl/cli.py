@@ -6,6 +6,8 @@
     lenvm-rl rollout --model smollm2-135m --prompts prompts.jsonl -n 8 --output rollouts.jsonl
     lenvm-rl pretrain --model_name_or_path smollm2-135m --train_rollouts rollouts.jsonl --output_dir my-lenvm
     lenvm-rl evaluate --model ./my-lenvm --rollouts held_out.jsonl --baseline-rollouts rollouts.jsonl
+    lenvm-rl generate --policy smollm2-135m --lenvm ./my-lenvm --prompt "..." --constraint equal --target 128
+    lenvm-rl analyze --model ./my-lenvm --input completions.jsonl --html trace.html
     lenvm-rl demo
 
 Model arguments take a LenVM checkpoint directory, a Hub id, or a short name of an embedded
@@ -259,6 +261,60 @@ def cmd_evaluate(args) -> None:
         print(format_report(rows, references))
 
 
+def cmd_generate(args) -> None:
+    from lenvm_rl.data import load_prompts
+    from lenvm_rl.decoding import GuidanceConfig
+    from lenvm_rl.decoding.pipelines import generate_completions
+
+    prompts = list(args.prompt or [])
+    try:
+        if args.input:
+            prompts += load_prompts(args.input, prompt_column=args.prompt_column)
+        guidance = GuidanceConfig(constraint=args.constraint, target=args.target, beta=args.beta, top_k=args.top_k,
+                                  top_p=args.top_p, min_p=args.min_p, temperature=args.temperature)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    if not prompts:
+        raise CLIError("give at least one --prompt or an --input JSONL file")
+    if args.lenvm is None and (args.constraint is not None or args.beta != 0.0):
+        raise CLIError("--constraint and --beta need a --lenvm")
+    try:
+        generate_completions(
+            policy=args.policy, lenvm=args.lenvm, prompts=prompts, guidance=guidance, out=sys.stdout, fmt=args.format,
+            max_new_tokens=args.max_new_tokens, do_sample=args.sample, batch_size=args.batch_size, seed=args.seed,
+            gamma=args.gamma, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
+
+
+def cmd_analyze(args) -> None:
+    from lenvm_rl.decoding.pipelines import analyze_completions, read_completions
+
+    if args.input and (args.prompt or args.completion):
+        raise CLIError("give either --input or --prompt with --completion, not both")
+    if args.input:
+        try:
+            records = read_completions(args.input)
+        except (FileNotFoundError, ValueError) as err:
+            raise CLIError(f"--input: {err}") from None
+    elif args.prompt is not None and args.completion is not None:
+        records = [{"prompt": args.prompt, "completion": args.completion}]
+    else:
+        raise CLIError("give --input, or --prompt with --completion")
+    if not 0 <= args.index < len(records):  # before loading the model
+        raise CLIError(f"--index {args.index} is out of range for {len(records)} completions")
+    predictor = _load_predictor(args)
+    for record in records:
+        if "completion_ids" not in record:
+            record["completion_ids"] = predictor.tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
+    try:
+        analyze_completions(predictor, records, out=sys.stdout, fmt=args.format, top=args.top,
+                            min_count=args.min_count, html_path=args.html, index=args.index)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lenvm-rl", description="Length Value Models: predict, trace, "
                                      "sample rollouts, pretrain, evaluate.")
@@ -356,6 +412,54 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the noise-floor resamples and the split-half partitions (default: 0)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("generate", help="generate with LenVM guidance (tilt or a length target)",
+                       description="Generate with a policy, guided by a LenVM: exponential tilting with --beta "
+                                   "(< 0: shorter) or a --constraint on the completion length --target (tokens, "
+                                   "EOS included). Without --lenvm the policy decodes alone.")
+    p.add_argument("--policy", required=True, help="policy: model directory, Hub id or short name")
+    p.add_argument("--lenvm", default=None,
+                   help="LenVM checkpoint (it may be smaller than the policy but must share its vocabulary)")
+    p.add_argument("--prompt", action="append", help="a prompt (user message); repeat for several")
+    p.add_argument("--input", help="JSONL file, one object per line with 'prompt' (text) or 'messages' (chat)")
+    p.add_argument("--prompt-column", default=None,
+                   help="JSONL field holding the prompt (default: messages if present, else prompt)")
+    p.add_argument("--constraint", choices=["equal", "at_most", "at_least", "soft_equal"], default=None,
+                   help="length constraint with --target (default: none, tilt with --beta)")
+    p.add_argument("--target", type=int, default=None, help="target completion length in tokens, > 0")
+    p.add_argument("--beta", type=float, default=0.0,
+                   help="tilt p'(x) ∝ p(x) exp(beta u(x)), u = -V; beta < 0 favours shorter (default: 0)")
+    p.add_argument("--top-k", type=int, default=16, help="candidates scored per step (default: 16)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus threshold within the top-k (default: 1.0)")
+    p.add_argument("--min-p", type=float, default=0.0, help="min-p threshold within the top-k (default: 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="policy temperature (default: 1.0)")
+    p.add_argument("--sample", action="store_true", help="sample from the guided distribution (default: greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="length limit (default: 256)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--gamma", type=float, default=None, help="the LenVM's discount when its config lacks it")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="model dtype")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code (off by default)")
+    p.add_argument("--format", choices=["text", "jsonl"], default="text",
+                   help="output: text, or JSONL records with the realised length in tokens (default: text)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("analyze", help="value trace, TD residuals, length tokens and an HTML view",
+                       description="Length analysis with a LenVM: the per-token value trace and TD residuals of "
+                                   "a completion, the tokens that most raise or lower the predicted end over a "
+                                   "set of completions, and an HTML page coloured by predicted remaining length.")
+    model_args(p)
+    p.add_argument("--input", default=None,
+                   help="JSONL with 'prompt' and 'completion_ids' (rollouts, or lenvm-rl generate --format jsonl)")
+    p.add_argument("--prompt", default=None, help="the prompt (user message), with --completion")
+    p.add_argument("--completion", default=None, help="the completion text (append the EOS token if it ended)")
+    p.add_argument("--index", type=int, default=0, help="which completion to trace and draw (default: 0)")
+    p.add_argument("--top", type=int, default=10, help="length tokens listed each way (default: 10)")
+    p.add_argument("--min-count", type=int, default=3, help="occurrences a length token needs (default: 3)")
+    p.add_argument("--html", default=None, help="write the HTML view of the traced completion here")
+    p.add_argument("--format", choices=["table", "jsonl"], default="table", help="output format (default: table)")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("demo", help="offline pipeline demo: rollouts, value pretraining, predictions",
                        description="Offline demo on the embedded backbone: sample rollouts on generated "

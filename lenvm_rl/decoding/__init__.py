@@ -1,5 +1,24 @@
-"""LenVM-guided decoding for ``transformers`` ``generate``, its evaluation, and length analysis tools."""
+"""LenVM-guided decoding for ``transformers`` ``generate`` (LENVM.md section 5), its evaluation, and length analysis.
 
+- :class:`LenVMLogitsProcessor`: tilting and length constraints as a ``LogitsProcessor``, scoring every
+  candidate in one LenVM forward on the LenVM's own KV cache; :func:`guided_generate` wraps ``generate``;
+- :mod:`~lenvm_rl.decoding.evaluation`: LIFEBench length score, accuracy vs length against a token budget;
+- :mod:`~lenvm_rl.decoding.analysis`: TD residuals, length tokens, an HTML view of a trace.
+
+The mode math is in :mod:`lenvm_rl.core.decoding`.
+"""
+
+from lenvm_rl.decoding.analysis import LengthToken, horizon_shifts, length_tokens, trace_html, trace_td_residuals
+from lenvm_rl.decoding.evaluation import (
+    LengthReport,
+    TradeoffPoint,
+    budget_baseline,
+    length_instruction,
+    length_report,
+    length_score_benchmark,
+    plot_tradeoff,
+    tradeoff_sweep,
+)
 from lenvm_rl.decoding.generate import GuidedCompletion, guided_generate
 from lenvm_rl.decoding.guidance import GuidanceConfig, GuidanceStep, LenVMLogitsProcessor, check_vocabulary
 
@@ -8,6 +27,19 @@ __all__ = [
     "GuidanceStep",
     "GuidedCompletion",
     "LenVMLogitsProcessor",
+    "LengthReport",
+    "LengthToken",
+    "TradeoffPoint",
+    "budget_baseline",
     "check_vocabulary",
     "guided_generate",
+    "horizon_shifts",
+    "length_instruction",
+    "length_report",
+    "length_score_benchmark",
+    "length_tokens",
+    "plot_tradeoff",
+    "trace_html",
+    "trace_td_residuals",
+    "tradeoff_sweep",
 ]
