@@ -69,6 +69,37 @@ variant is evaluated on the held-out prompts (prompt MRE ± SE over prompts, as 
 were cached with ``--eval-positions all``), beside the constant baseline, the prompt-length regression,
 the split-half MRE and the noise floor, per held-out file and on all of them. All variants are chosen
 on the held-out set: read the best row as optimistic.
+
+``curve`` is the learning curve of issue 9 (item 3): fixed head recipes, fitted on boundary features
+(``s_0`` only, cheap: the trunk runs on each distinct prompt once) of growing training subsets, and
+evaluated on the same held-out prompts::
+
+    R=bench/rollouts
+    TRAIN="$R/gsm8k_train200_n8_t0.7.rows0-139.jsonl $R/gsm8k_train200_n8_t0.7.rows140-199.jsonl \
+        $R/gsm8k_train200-799_n2_t0.7.vllm.jsonl $R/gsm8k_train800-1599_n1_t0.7.vllm.jsonl \
+        $R/gsm8k_train1600-3199_n1_t0.7.vllm.jsonl"
+    EVAL="$R/gsm8k_test50_n16_t0.7.jsonl $R/gsm8k_test50-199_n8_t0.7.vllm.jsonl"
+    # features (resumable; about 20 min for the 3,400 distinct prompts on one loaded core), then the table
+    OMP_NUM_THREADS=1 python bench/bench_pretrain.py curve --train-rollouts $TRAIN --eval-rollouts $EVAL --bf16 \
+        --cache-dir bench/results/features/smollm2-135m-curve --extract-only
+    OMP_NUM_THREADS=1 python bench/bench_pretrain.py curve --train-rollouts $TRAIN --eval-rollouts $EVAL --bf16 \
+        --cache-dir bench/results/features/smollm2-135m-curve --rows 200x8 800x2 1600x1 200x1 400x1 800x1 3200x1 \
+        --output bench/results/curve-gsm8k.json --plot docs/learning_curve_gsm8k.png
+
+A row ``PxK`` takes samples ``0 .. K-1`` of the questions ``prompt_index 0 .. P-1`` (``curve_mask``; it stops if
+any is missing, e.g. a file still being sampled), so 200x8, 800x2 and 1600x1 hold 1,600 completions each and
+a ``Px1`` row contains the smaller ones. One ``gamma`` for all rows (of all the training rollouts; each row's
+own is in the JSON). Per row: the ``s_0`` head (the ``variants`` row ``s_0 only``: ``--head-lr`` 3e-5,
+``--head-epochs`` 30, ``--s0-batch-size`` 16, seed ``--seed``; the same run is also evaluated after
+``--head-also-epochs`` for the JSON), its mean over ``--head-seeds``, the ridge probe (``--ridge-alpha``
+1e3), and, fitted on the row's records, the constant baseline and the prompt-length regression of
+``lenvm_rl.evaluation`` and its value-space twin (``CURVE_PREDICTORS``); the split-half MRE and noise floor of
+each held-out set. Each gets the held-out prompt MRE ± SE over prompts, the value MSE at ``s_0`` and the RE at
+0 % of the trajectory (both over the EOS-terminated held-out completions, as ``evaluate_lenvm``). The RE at
+25/50/75 % is not measured: these predictors see ``s_0`` only. The slope is the least-squares change of the
+MRE per doubling of the prompts over the ``Px1`` rows; the JSON also gives where that line reaches
+``--target-mre`` on the first held-out file. The head recipe and the ridge penalty were picked on the
+held-out set (``variants``); the curve holds them fixed.
 """
 
 from __future__ import annotations
@@ -385,8 +416,11 @@ def fit_value_head(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.T
 def fit_ridge(hidden: torch.Tensor, targets: torch.Tensor, alpha: float):
     """Closed-form ridge regression of ``targets`` on standardised ``hidden`` (unpenalised intercept), float64.
 
-    Returns ``predict(hidden) -> values`` clamped into the range of the training targets: a linear probe
-    is unbounded, and a value at or below -1 would predict an infinite length.
+    Returns ``predict(hidden) -> values`` clamped into the range of the training targets above -1: a linear
+    probe is unbounded, and a value at or below -1 would predict an infinite length. (A target of -1 is a
+    censored completion's, ``censored="infinite"``; with one sample per prompt there are such targets, and a
+    clamp at -1 would let the probe predict infinite lengths. Clamped at the lowest finite-length target, it
+    predicts at most the longest completion it was fitted on.)
     """
     x = hidden.double()
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
@@ -394,7 +428,8 @@ def fit_ridge(hidden: torch.Tensor, targets: torch.Tensor, alpha: float):
     y = targets.double() - targets.double().mean()
     coef = torch.linalg.solve(z.T @ z + alpha * torch.eye(z.shape[1], dtype=torch.float64), z.T @ y)
     intercept = targets.double().mean()
-    low, high = targets.min().item(), targets.max().item()
+    finite = targets[targets > -1]
+    low, high = (finite.min().item() if len(finite) else -1.0), targets.max().item()
 
     def predict(states: torch.Tensor) -> torch.Tensor:
         return (((states.double() - mean) / std) @ coef + intercept).clamp(low, high).float()
@@ -415,6 +450,11 @@ class HeldOut:
         if prompts.tolist() != list(self.groups):
             raise ValueError(f"{name}: the cached prompts differ from those of the rollout records; delete the cache")
         self.s0_hidden = features["hidden"][rows]
+        # the EOS-terminated completions (their prompt's position in ``groups``, their length L) for the s_0 metrics
+        ended = [(i, rec["completion_length"]) for i, group in enumerate(self.groups.values()) for rec in group
+                 if rec["finish_reason"] == "eos"]
+        self.ended_prompt = torch.tensor([i for i, _ in ended], dtype=torch.long)
+        self.ended_length = torch.tensor([n for _, n in ended], dtype=torch.long)
         self.all_positions = all_positions
         if all_positions:  # value MSE over the states of EOS-terminated completions, as evaluate_lenvm
             ended = features["terminated"]
@@ -423,10 +463,13 @@ class HeldOut:
     def evaluate_values(self, s0_values: torch.Tensor, all_values: torch.Tensor | None = None) -> dict:
         """Prompt MRE ± SE from ``V(s_0)`` per prompt, and value MSE from values at every cached state.
 
-        ``num_infinite`` counts prompts predicted at ``V(s_0) = -1`` (a saturated head): an infinite length,
-        so an infinite MRE.
+        Also from ``V(s_0)`` alone, over the EOS-terminated completions (as ``evaluate_lenvm``'s value MSE and
+        RE; a censored completion's target is unknown): ``s0_value_mse``, ``mean (V(s_0) - G_0)**2`` with
+        ``G_0 = -(1 - gamma**L)``, and ``re_at_0``, ``evaluate_lenvm``'s positionwise RE at 0 % of the trajectory
+        (``core.positionwise_relative_error`` at fraction 0). ``num_infinite`` counts prompts predicted at
+        ``V(s_0) = -1`` (a saturated head): an infinite length, so an infinite MRE.
         """
-        from lenvm_rl.core import value_regression_loss, value_to_length
+        from lenvm_rl.core import length_to_value, positionwise_relative_error, value_regression_loss, value_to_length
         from lenvm_rl.evaluation import _prompt_mre
 
         lengths = value_to_length(s0_values, self.gamma)
@@ -435,8 +478,16 @@ class HeldOut:
         if all_values is not None and len(self.targets):
             mse = value_regression_loss(all_values[None], self.targets[None].float(),
                                         torch.ones(1, len(self.targets), dtype=torch.bool)).item()
-        return {"prompt_mre": mre, "prompt_mre_se": se, "value_mse": mse,
-                "num_infinite": int(torch.isinf(lengths).sum())}
+        s0_mse = re_at_0 = math.nan
+        if len(self.ended_length):
+            v0 = s0_values.float()[self.ended_prompt]
+            s0_mse = torch.mean((v0 - length_to_value(self.ended_length, self.gamma).float()) ** 2).item()
+            # completion-aligned values V(s_t) = V(s_0) for t < L: only the fraction-0 step is read
+            steps = torch.arange(int(self.ended_length.max()))[None, :] < self.ended_length[:, None]
+            re_at_0 = positionwise_relative_error(v0[:, None].expand(steps.shape), steps, (0.0,),
+                                                  gamma=self.gamma).item()
+        return {"prompt_mre": mre, "prompt_mre_se": se, "value_mse": mse, "s0_value_mse": s0_mse,
+                "re_at_0": re_at_0, "num_infinite": int(torch.isinf(lengths).sum())}
 
     def evaluate_head(self, head) -> dict:
         return self.evaluate_values(head_values(head, self.s0_hidden),
@@ -448,19 +499,34 @@ def _baselines(train_records: list[dict], held_out: HeldOut, gamma: float) -> di
         constant_baseline_value,
         evaluate_constant,
         evaluate_prompt_length_baseline,
-        noise_floor,
         prompt_length_baseline,
-        split_half_mre,
     )
 
     constant = evaluate_constant(constant_baseline_value(train_records, gamma), held_out.records, gamma)
     regression = evaluate_prompt_length_baseline(prompt_length_baseline(train_records, gamma), held_out.records)
     rows = {name: {"prompt_mre": row.prompt_mre, "prompt_mre_se": row.prompt_mre_se, "value_mse": row.value_mse}
             for name, row in (("constant baseline", constant), ("prompt-length regression", regression))}
-    for name, (mre, se) in (("split-half (K/2 vs K/2)", split_half_mre(held_out.records, gamma)),
-                            ("noise floor (oracle vs K samples)", noise_floor(held_out.records, gamma))):
-        rows[name] = {"prompt_mre": mre, "prompt_mre_se": se, "value_mse": math.nan}
-    return rows
+    return rows | _references(held_out, gamma)
+
+
+def _references(held_out: HeldOut, gamma: float) -> dict[str, dict]:
+    """The split-half MRE and the noise floor of a held-out set (``lenvm_rl.evaluation``), as table cells."""
+    from lenvm_rl.evaluation import NOISE_FLOOR_ROW, SPLIT_HALF_ROW, noise_floor, split_half_mre
+
+    return {name: {"prompt_mre": mre, "prompt_mre_se": se, "value_mse": math.nan}
+            for name, (mre, se) in ((SPLIT_HALF_ROW, split_half_mre(held_out.records, gamma)),
+                                    (NOISE_FLOOR_ROW, noise_floor(held_out.records, gamma)))}
+
+
+def _baseline_s0_values(train_records: list[dict], held_out: HeldOut, gamma: float) -> dict[str, torch.Tensor]:
+    """``V(s_0)`` per held-out prompt of the constant baseline and the prompt-length regression fitted on
+    ``train_records`` (``lenvm_rl.evaluation``), for ``HeldOut.evaluate_values``."""
+    from lenvm_rl.core import length_to_value
+    from lenvm_rl.evaluation import constant_baseline_value, prompt_length_baseline
+
+    regression = prompt_length_baseline(train_records, gamma)
+    return {"constant baseline": torch.full((len(held_out.groups),), constant_baseline_value(train_records, gamma)),
+            "prompt-length regression": length_to_value(regression.predict_lengths(held_out.records), gamma)}
 
 
 def format_variants_table(rows: list[dict], sets: list[HeldOut]) -> str:
@@ -489,6 +555,38 @@ def _load_lenvm(model_name: str, gamma: float, device: str):
     return LenVM.from_backbone(model_name, gamma=gamma, device=device).eval()
 
 
+def _extract_all(args, gamma: float, positions: str, eval_positions: str):
+    """Cache (resumably) the features of every ``--train-rollouts`` and ``--eval-rollouts`` file.
+
+    Returns ``(cache root, training folders, held-out folders)``; the trunk is loaded only if a chunk is missing.
+    """
+    eval_paths = args.eval_rollouts or []
+    root = Path(args.cache_dir) if args.cache_dir else feature_cache_root(args.model, args.train_rollouts + eval_paths)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    load_model = functools.cache(lambda: _load_lenvm(args.model, gamma, device))
+    settings = dict(gamma=gamma, model_name=args.model, batch_size=args.batch_size, chunk_records=args.chunk_records,
+                    bf16=args.bf16, feature_dtype=args.feature_dtype)
+    start = time.perf_counter()
+    train_dirs = [extract_features(load_model, p, root, positions=positions, **settings) for p in args.train_rollouts]
+    eval_dirs = [extract_features(load_model, p, root, positions=eval_positions, **settings) for p in eval_paths]
+    print(f"features under {root} (gamma={gamma:.6f}, {time.perf_counter() - start:.0f} s; "
+          f"{torch.get_num_threads()} threads)", flush=True)
+    return root, train_dirs, eval_dirs
+
+
+def _held_out_sets(eval_paths, eval_dirs, all_positions: bool, gamma: float) -> list[HeldOut]:
+    """One ``HeldOut`` per held-out file and, with several files, one more named ``all held-out`` for their union."""
+    from lenvm_rl.data import read_rollouts
+
+    eval_parts = [load_features(d) for d in eval_dirs]
+    sets = [HeldOut(Path(p).name, read_rollouts(p), part, all_positions, gamma)
+            for p, part in zip(eval_paths, eval_parts)]
+    if len(sets) > 1:
+        sets.append(HeldOut("all held-out", read_rollouts(eval_paths), _concat_features(eval_parts), all_positions,
+                            gamma))
+    return sets
+
+
 def variants(args) -> None:
     from lenvm_rl.data import gamma_from_records, read_rollouts
 
@@ -498,30 +596,14 @@ def variants(args) -> None:
     eval_paths = args.eval_rollouts or []
     train_records = read_rollouts(args.train_rollouts)
     gamma = gamma_from_records(train_records)
-    root = Path(args.cache_dir) if args.cache_dir else feature_cache_root(args.model, args.train_rollouts + eval_paths)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    load_model = functools.cache(lambda: _load_lenvm(args.model, gamma, device))
-    settings = dict(gamma=gamma, model_name=args.model, batch_size=args.batch_size, chunk_records=args.chunk_records,
-                    bf16=args.bf16, feature_dtype=args.feature_dtype)
-    start = time.perf_counter()
-    train_dirs = [extract_features(load_model, p, root, positions=args.positions, **settings)
-                  for p in args.train_rollouts]
-    eval_dirs = [extract_features(load_model, p, root, positions=args.eval_positions, **settings) for p in eval_paths]
-    print(f"features under {root} (gamma={gamma:.6f}, {time.perf_counter() - start:.0f} s; "
-          f"{torch.get_num_threads()} threads)", flush=True)
+    root, train_dirs, eval_dirs = _extract_all(args, gamma, args.positions, args.eval_positions)
     if args.extract_only:
         return
     if not eval_paths:
         raise SystemExit("variants needs --eval-rollouts to evaluate the variants (or pass --extract-only)")
 
     train = _concat_features([load_features(d) for d in train_dirs])
-    eval_parts = [load_features(d) for d in eval_dirs]
-    all_positions = args.eval_positions == "all"
-    sets = [HeldOut(Path(p).name, read_rollouts(p), part, all_positions, gamma)
-            for p, part in zip(eval_paths, eval_parts)]
-    if len(sets) > 1:
-        sets.append(HeldOut("all held-out", read_rollouts(eval_paths), _concat_features(eval_parts), all_positions,
-                            gamma))
+    sets = _held_out_sets(eval_paths, eval_dirs, args.eval_positions == "all", gamma)
 
     def evaluate(head):
         return {s.name: s.evaluate_head(head) for s in sets}
@@ -585,9 +667,294 @@ def variants(args) -> None:
     print(f"wrote {output}")
 
 
+# ------------------------------------------------------------------- curve: accuracy against the number of prompts
+
+def parse_curve_row(text: str) -> tuple[int, int]:
+    """``"800x2"`` -> ``(800, 2)``: that many prompts (rows ``0 .. P-1``) times samples per prompt."""
+    try:
+        prompts, samples = (int(part) for part in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise ValueError(f"a curve row is PROMPTSxSAMPLES, e.g. 800x2; got {text!r}") from None
+    if prompts < 2 or samples < 1:
+        raise ValueError(f"a curve row needs at least 2 prompts and 1 sample per prompt; got {text!r}")
+    return prompts, samples
+
+
+def curve_mask(prompt_index: torch.Tensor, sample_index: torch.Tensor, prompts: int, samples: int) -> torch.Tensor:
+    """The records (or cached rows) of one curve row: ``prompt_index < prompts`` and ``sample_index < samples``.
+
+    A row of ``P x K`` takes the first ``K`` samples of each of the prompts ``0 .. P-1`` (``prompt_index`` is the
+    question's row in the data set), so rows with the same number of completions differ only in how they are split
+    and a growing row contains the smaller ones. Raises ``ValueError`` unless every one of the ``P x K`` (prompt,
+    sample) pairs is present exactly once.
+    """
+    prompt_index, sample_index = torch.as_tensor(prompt_index), torch.as_tensor(sample_index)
+    mask = (prompt_index >= 0) & (prompt_index < prompts) & (sample_index >= 0) & (sample_index < samples)
+    keys = prompt_index[mask] * samples + sample_index[mask]
+    distinct = torch.unique(keys)
+    if len(distinct) != len(keys):
+        raise ValueError(f"{prompts}x{samples}: {len(keys) - len(distinct)} duplicate (prompt_index, sample_index) "
+                         "pairs; pass each rollout file once")
+    if len(distinct) != prompts * samples:
+        found = torch.zeros(prompts * samples, dtype=torch.bool)
+        found[distinct] = True
+        first = int((~found).nonzero()[0, 0])
+        raise ValueError(f"{prompts}x{samples}: {prompts * samples - len(distinct)} of the {prompts * samples} "
+                         f"completions are missing (first: prompt_index {first // samples}, sample_index "
+                         f"{first % samples}); sample them first")
+    return mask
+
+
+def fit_slope(prompts, mres) -> dict:
+    """Least squares ``MRE = slope * log2(prompts) + intercept``: the MRE change per doubling of the prompts.
+
+    ``slope_se`` is the textbook standard error from the residuals (NaN with 2 points); the points share one
+    held-out set, so their errors are correlated and it is only a rough guide.
+    """
+    x = torch.tensor([math.log2(p) for p in prompts], dtype=torch.float64)
+    y = torch.tensor(list(mres), dtype=torch.float64)
+    if len(x) < 2 or bool((x == x[0]).all()):
+        raise ValueError(f"a slope needs at least 2 distinct numbers of prompts, got {list(prompts)}")
+    dx = x - x.mean()
+    slope = float((dx * (y - y.mean())).sum() / (dx ** 2).sum())
+    intercept = float(y.mean() - slope * x.mean())
+    residuals = y - (slope * x + intercept)
+    se = math.sqrt(float((residuals ** 2).sum()) / (len(x) - 2) / float((dx ** 2).sum())) if len(x) > 2 else math.nan
+    return {"slope": slope, "slope_se": se, "intercept": intercept}
+
+
+def prompts_for_target(fit: dict, target: float) -> float:
+    """The number of prompts at which the fitted line reaches ``target`` (inf if it never does: slope >= 0)."""
+    if fit["slope"] >= 0:
+        return math.inf
+    return 2.0 ** ((target - fit["intercept"]) / fit["slope"])
+
+
+SEED_MEAN = "s_0 head, mean of seeds"
+VALUE_SPACE_REGRESSION = "prompt-length regression, value space"
+CURVE_PREDICTORS = ("s_0 head", SEED_MEAN, "ridge probe", "constant baseline", "prompt-length regression",
+                    VALUE_SPACE_REGRESSION)
+"""The curve's predictors. ``s_0 head`` is the run of ``--seed``; ``prompt-length regression`` is
+``lenvm_rl.evaluation.prompt_length_baseline`` (a fit of each training prompt's return-consistent length, which with
+one sample per prompt is that sample's length: it fits the mean length, longer than the return-consistent one);
+its ``value space`` twin is the least-squares line of the prompt-mean ``G_0`` on the prompt's token count (clamped
+as ``fit_ridge``)."""
+
+
+def seed_mean(cells: list[dict]) -> dict:
+    """One cell from the cells of several seeds: means, and ``seed_sd`` (standard deviation of the MRE over seeds)."""
+    mres = [cell["prompt_mre"] for cell in cells]
+    mean = {key: statistics.fmean(cell[key] for cell in cells)
+            for key in ("prompt_mre", "prompt_mre_se", "s0_value_mse", "re_at_0")}
+    return mean | {"seed_sd": statistics.stdev(mres) if len(mres) > 1 else math.nan, "seeds": len(cells),
+                   "num_infinite": max(cell["num_infinite"] for cell in cells), "value_mse": math.nan}
+
+
+MSE_PREDICTORS = ("s_0 head", "ridge probe", "constant baseline", VALUE_SPACE_REGRESSION)
+
+
+def format_curve_table(rows: list[dict], sets: list[str], mse_set: str) -> str:
+    """Markdown: one line per training row; per predictor ``MRE ± SE`` (percent, SE over prompts) on each of
+    ``sets`` separated by ``/`` (the seed mean: ``MRE (sd over seeds)``); then the value MSE at ``s_0`` on
+    ``mse_set`` of the predictors of ``MSE_PREDICTORS``."""
+    def mre(cell):
+        if math.isinf(cell["prompt_mre"]):
+            return f"∞ ({cell['num_infinite']} at V = -1)"
+        spread = cell["seed_sd"] if "seed_sd" in cell else cell["prompt_mre_se"]
+        return f"{100 * cell['prompt_mre']:.1f} {'(' if 'seed_sd' in cell else '± '}{100 * spread:.1f}" + \
+            (")" if "seed_sd" in cell else "")
+
+    head = ["prompts × samples", "completions"] + list(CURVE_PREDICTORS)
+    head += [f"value MSE at s_0, {mse_set}: " + " / ".join(MSE_PREDICTORS)]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for row in rows:
+        cells = [f"{row['prompts']} × {row['samples']}", str(row["completions"])]
+        cells += [" / ".join(mre(row["eval"][name][s]) for s in sets) for name in CURVE_PREDICTORS]
+        cells.append(" / ".join(f"{row['eval'][name][mse_set]['s0_value_mse']:.4f}" for name in MSE_PREDICTORS))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curve(result: dict, path) -> None:
+    """MRE against the number of training prompts (log x), one panel per held-out set in ``result["table_sets"]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = result["table_sets"]
+    growing = sorted((r for r in result["rows"] if r["samples"] == 1), key=lambda r: r["prompts"])
+    fixed = [r for r in result["rows"] if r["samples"] > 1 or r["completions"] == result["fixed_completions"]]
+    figure, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), sharey=True, squeeze=False)
+    styles = {SEED_MEAN: ("C0", "o"), "s_0 head": ("C9", "."), "ridge probe": ("C1", "s"),
+              "constant baseline": ("C7", "^"), "prompt-length regression": ("C2", "v"),
+              VALUE_SPACE_REGRESSION: ("C4", "D")}
+    for ax, name in zip(axes[0], sets):
+        for predictor, (color, marker) in styles.items():
+            x = [r["prompts"] for r in growing]
+            y = [100 * r["eval"][predictor][name]["prompt_mre"] for r in growing]
+            e = [100 * r["eval"][predictor][name]["prompt_mre_se"] for r in growing]
+            label = predictor if predictor != "s_0 head" else f"s_0 head, seed {result['recipes']['s_0 head']['seed']}"
+            ax.errorbar(x, y, yerr=e, color=color, marker=marker, capsize=3, label=f"{label} (P × 1)",
+                        alpha=0.5 if predictor == "s_0 head" else 1.0)
+            for r in fixed:
+                if r["samples"] > 1:
+                    ax.plot(r["prompts"], 100 * r["eval"][predictor][name]["prompt_mre"], color=color,
+                            marker=marker, markerfacecolor="none", markersize=9, linestyle="none")
+                    if predictor == SEED_MEAN:
+                        ax.annotate(f"{r['prompts']}×{r['samples']}", (r["prompts"],
+                                    100 * r["eval"][predictor][name]["prompt_mre"]), textcoords="offset points",
+                                    xytext=(6, 4), fontsize=8, color=color)
+            fit = result["slopes"][predictor][name]
+            xs = [min(x), max(x)]
+            ax.plot(xs, [100 * (fit["slope"] * math.log2(v) + fit["intercept"]) for v in xs], color=color,
+                    linestyle=":", linewidth=1)
+        for label, (mre, _) in result["references"][name].items():
+            ax.axhline(100 * mre, color="k", linestyle="--" if "noise" in label else "-.", linewidth=1, label=label)
+        if name == sets[0] and result.get("target_mre"):
+            ax.axhline(100 * result["target_mre"], color="C3", linewidth=1,
+                       label=f"target {100 * result['target_mre']:.1f} %")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([r["prompts"] for r in growing], [str(r["prompts"]) for r in growing])
+        ax.set_xlabel("training prompts (log scale); hollow markers: P × K with K > 1")
+        ax.set_title(f"{name} ({result['held_out'][name]['prompts']} prompts)", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out prompt MRE (%), ± SE over prompts")
+    figure.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8)
+    figure.suptitle("Prompt-boundary length prediction vs training prompts (SmolLM2-135M-Instruct trunk, GSM8K, "
+                    "T 0.7); dotted: least-squares lines over the P × 1 rows", fontsize=10)
+    figure.tight_layout(rect=(0, 0.13, 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def curve(args) -> None:
+    from lenvm_rl.data import gamma_from_records, group_by_prompt, read_rollouts
+
+    rows_spec = [parse_curve_row(text) for text in args.rows]
+    eval_paths = args.eval_rollouts or []
+    train_records = read_rollouts(args.train_rollouts)
+    gamma = gamma_from_records(train_records)  # one gamma for every row: that of all the training rollouts
+    root, train_dirs, eval_dirs = _extract_all(args, gamma, "boundary", "boundary")
+    if args.extract_only:
+        return
+    if not eval_paths:
+        raise SystemExit("curve needs --eval-rollouts (or pass --extract-only)")
+    train = _concat_features([load_features(d) for d in train_dirs])
+    sets = _held_out_sets(eval_paths, eval_dirs, False, gamma)
+    record_prompt = torch.tensor([r["prompt_index"] for r in train_records])
+    record_sample = torch.tensor([r.get("sample_index", 0) for r in train_records])
+    references = {s.name: {name: (cell["prompt_mre"], cell["prompt_mre_se"])
+                           for name, cell in _references(s, gamma).items()} for s in sets}
+    epochs = sorted({args.head_epochs, *args.head_also_epochs})
+
+    rows = []
+    for prompts, samples in rows_spec:
+        start = time.perf_counter()
+        keep = curve_mask(record_prompt, record_sample, prompts, samples).tolist()
+        row_records = [r for r, k in zip(train_records, keep) if k]
+        cached = curve_mask(train["prompt_index"], train["sample_index"], prompts, samples)
+        part = {key: value[cached] for key, value in train.items()}
+        _, s0_rows, s0_targets = boundary_rows(part)
+        s0_hidden = part["hidden"][s0_rows]
+
+        def fit_head(hidden, targets, seed, at):
+            return {epoch: {s.name: result for s, result in zip(sets, results)}
+                    for epoch, _, results, _ in fit_value_head(
+                        hidden, targets, torch.ones(len(targets)), learning_rate=args.head_lr, epochs=at,
+                        batch_size=args.s0_batch_size, seed=seed, weight_decay=args.weight_decay,
+                        evaluate=lambda head: [s.evaluate_head(head) for s in sets])}
+
+        by_epoch = fit_head(s0_hidden, s0_targets, args.seed, epochs)
+        by_seed = {args.seed: by_epoch[args.head_epochs]}
+        by_seed |= {seed: fit_head(s0_hidden, s0_targets, seed, [args.head_epochs])[args.head_epochs]
+                    for seed in args.head_seeds if seed != args.seed}
+        predict = fit_ridge(s0_hidden, s0_targets, args.ridge_alpha)
+        evaluation = {"s_0 head": by_epoch[args.head_epochs],
+                      SEED_MEAN: {s.name: seed_mean([cells[s.name] for cells in by_seed.values()]) for s in sets},
+                      "ridge probe": {s.name: s.evaluate_values(predict(s.s0_hidden)) for s in sets}}
+        baselines = {s.name: _baseline_s0_values(row_records, s, gamma) for s in sets}
+        for name in ("constant baseline", "prompt-length regression"):
+            evaluation[name] = {s.name: s.evaluate_values(baselines[s.name][name]) for s in sets}
+        # prompt_index order, that of boundary_rows and of HeldOut.groups
+        train_tokens = torch.tensor([[len(g[0]["prompt_ids"])] for g in group_by_prompt(row_records).values()])
+        line = fit_ridge(train_tokens.float(), s0_targets, 0.0)
+        evaluation[VALUE_SPACE_REGRESSION] = {
+            s.name: s.evaluate_values(line(torch.tensor([[len(g[0]["prompt_ids"])] for g in s.groups.values()],
+                                                        dtype=torch.float32))) for s in sets}
+        row = {"prompts": prompts, "samples": samples, "completions": len(row_records),
+               "censored": sum(r["finish_reason"] == "length" for r in row_records),
+               "own_gamma": gamma_from_records(row_records), "eval": {name: evaluation[name] for name in
+                                                                      CURVE_PREDICTORS},
+               "s_0 head by epoch": {str(e): v for e, v in by_epoch.items()},
+               "s_0 head by seed": {str(seed): v for seed, v in by_seed.items()},
+               "seconds": time.perf_counter() - start}
+        rows.append(row)
+        print(f"{prompts} x {samples}: " + "; ".join(
+            f"{name} " + ", ".join(f"{100 * cell['prompt_mre']:.1f} %" for cell in evaluation[name].values())
+            for name in CURVE_PREDICTORS) + f" ({row['seconds']:.0f} s)", flush=True)
+
+    table_sets = [sets[0].name, sets[-1].name] if len(sets) > 1 else [sets[0].name]
+    growing = sorted((r for r in rows if r["samples"] == 1), key=lambda r: r["prompts"])
+    slopes, needed = {}, {}
+    if len({r["prompts"] for r in growing}) >= 2:
+        for name in CURVE_PREDICTORS:
+            slopes[name] = {s.name: fit_slope([r["prompts"] for r in growing],
+                                              [r["eval"][name][s.name]["prompt_mre"] for r in growing]) for s in sets}
+            needed[name] = prompts_for_target(slopes[name][sets[0].name], args.target_mre)
+    result = {
+        "command": " ".join(sys.argv), "gamma": gamma, "train_rollouts": args.train_rollouts,
+        "eval_rollouts": eval_paths, "cache_dir": str(root), "positions": "boundary", "bf16": args.bf16,
+        "feature_dtype": args.feature_dtype,
+        "recipes": {"s_0 head": {"learning_rate": args.head_lr, "epochs": args.head_epochs,
+                                 "batch_size": args.s0_batch_size, "weight_decay": args.weight_decay,
+                                 "seed": args.seed, "seeds": sorted({args.seed, *args.head_seeds}),
+                                 "target": "prompt mean of G_0 over the row's samples"},
+                    "ridge probe": {"alpha": args.ridge_alpha}},
+        "held_out": {s.name: {"prompts": len(s.groups), "completions": len(s.records)} for s in sets},
+        "table_sets": table_sets, "fixed_completions": max(p * k for p, k in rows_spec if k > 1) if any(
+            k > 1 for _, k in rows_spec) else None,
+        "references": references, "target_mre": args.target_mre, "target_set": sets[0].name,
+        "slopes": slopes, "prompts_for_target": needed,
+        "target_reached_by": [[name, row["prompts"], row["samples"]] for row in rows for name in CURVE_PREDICTORS
+                              if row["eval"][name][sets[0].name]["prompt_mre"] <= args.target_mre],
+        "rows": rows,
+        "not_measured": "RE at 25/50/75 % of the trajectory: the s_0 head, the ridge probe and the baselines predict "
+                        "at the prompt boundary only, and only s_0 states are cached; RE at 0 % is re_at_0",
+    }
+    print()
+    print(f"gamma = {gamma:.6f} (all training rollouts); s_0 head: lr {args.head_lr:g}, {args.head_epochs} epochs, "
+          f"batch {args.s0_batch_size}, seed {args.seed}; ridge alpha {args.ridge_alpha:g}; features: {root}")
+    print("prompt MRE ± SE over held-out prompts (%), value MSE at s_0 over EOS-terminated held-out completions")
+    print(format_curve_table(rows, table_sets, sets[-1].name))
+    for s in sets:
+        print(f"{s.name}: " + ", ".join(f"{name} {100 * mre:.1f} ± {100 * se:.1f} %"
+                                        for name, (mre, se) in references[s.name].items()))
+    for name, by_set in slopes.items():
+        reach = needed[name]
+        reach = ("never (slope >= 0)" if math.isinf(reach) else f"~{reach:.0f} prompts" if reach < 1e6
+                 else f"~{reach:.1e} prompts" if reach < 1e30 else "never in practice")
+        print(f"slope per doubling of P x 1 prompts, {name}: " + ", ".join(
+            f"{n} {100 * f['slope']:+.2f} ± {100 * f['slope_se']:.2f} pp" for n, f in by_set.items())
+            + f"; the line reaches {100 * args.target_mre:.1f} % on {sets[0].name} at {reach}")
+    reached = [f"{name} at {row['prompts']} x {row['samples']}" for row in rows for name in CURVE_PREDICTORS
+               if row["eval"][name][sets[0].name]["prompt_mre"] <= args.target_mre]
+    print(f"target {100 * args.target_mre:.1f} % on {sets[0].name}: "
+          + (f"reached by {', '.join(reached)}" if reached else "not reached by any row"))
+    print("not measured: " + result["not_measured"])
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(f"wrote {output}")
+    if args.plot and slopes:
+        plot_curve(result, args.plot)
+        print(f"wrote {args.plot}")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["throughput", "pretrain", "variants"])
+    parser.add_argument("part", choices=["throughput", "pretrain", "variants", "curve"])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--train-rollouts", required=True, nargs="+", help="rollout file(s); shards are merged")
     parser.add_argument("--eval-rollouts", nargs="+", help="held-out rollout file(s) (pretrain, variants)")
@@ -629,10 +996,30 @@ def parse_args(argv=None):
                          help="ridge penalties of the linear probe on standardised s_0 states (none: skip)")
     variant.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (LenVMConfig's: 0)")
     variant.add_argument("--seed", type=int, default=0, help="head initialisation and shuffling")
-    variant.add_argument("--output", default="bench/results/variants-gsm8k.json", help="JSON of the variant table")
-    return parser.parse_args(argv)
+    variant.add_argument("--output", help="JSON of the table (default bench/results/variants-gsm8k.json, "
+                                          "curve: bench/results/curve-gsm8k.json)")
+    learning = parser.add_argument_group("curve: fixed head recipes against the number of training prompts "
+                                         "(also --cache-dir, --chunk-records, --feature-dtype, --device, "
+                                         "--extract-only, --s0-batch-size, --weight-decay, --seed)")
+    learning.add_argument("--rows", nargs="+", default=["200x8", "800x2", "1600x1", "200x1", "400x1", "800x1",
+                                                        "3200x1"],
+                          help="training rows PROMPTSxSAMPLES: the first SAMPLES samples of prompt_index 0..PROMPTS-1")
+    learning.add_argument("--head-lr", type=float, default=3e-5, help="learning rate of the s_0 head")
+    learning.add_argument("--head-epochs", type=int, default=30, help="epochs of the s_0 head (the fixed recipe)")
+    learning.add_argument("--head-also-epochs", type=int, nargs="*", default=[10, 100],
+                          help="further epochs at which the same run is evaluated (JSON only: a sensitivity check)")
+    learning.add_argument("--head-seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4],
+                          help="seeds of the s_0 head whose mean MRE is reported beside the --seed run")
+    learning.add_argument("--ridge-alpha", type=float, default=1e3, help="penalty of the ridge probe")
+    learning.add_argument("--target-mre", type=float, default=0.188,
+                          help="target prompt MRE on the first held-out file (issue 9: 0.7x the constant, 18.8 %%)")
+    learning.add_argument("--plot", help="PNG of MRE against the number of prompts (e.g. docs/learning_curve.png)")
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = f"bench/results/{'curve' if args.part == 'curve' else 'variants'}-gsm8k.json"
+    return args
 
 
 if __name__ == "__main__":
     arguments = parse_args()
-    {"throughput": throughput, "pretrain": pretrain, "variants": variants}[arguments.part](arguments)
+    {"throughput": throughput, "pretrain": pretrain, "variants": variants, "curve": curve}[arguments.part](arguments)
