@@ -5,20 +5,25 @@
 - :mod:`lenvm_rl.predict`: :class:`LengthPredictor`, length prediction and traces;
 - :mod:`lenvm_rl.critics`: :class:`LenVMCritic`, a frozen LenVM as a token-level length critic;
 - :mod:`lenvm_rl.trainers`: value pretraining and length-aware GRPO (:class:`LengthAwareGRPOTrainer`);
+- :mod:`lenvm_rl.decoding`: LenVM-guided ``generate`` (:class:`LenVMLogitsProcessor`) and length analysis;
 - :mod:`lenvm_rl.rewards`: GSM8K correctness and format rewards;
 - :mod:`lenvm_rl.data`, :mod:`lenvm_rl.evaluation`: rollouts, value datasets, held-out evaluation.
 """
 
 from lenvm_rl.critics import LenVMCritic, LenVMCriticOutput
+from lenvm_rl.decoding import GuidanceConfig, GuidedCompletion, LenVMLogitsProcessor, guided_generate
 from lenvm_rl.modeling import LenVM, LenVMOutput, ValueHead
 from lenvm_rl.predict import LengthPrediction, LengthPredictor, LengthTrace
 from lenvm_rl.trainers import LengthAwareGRPOConfig, LengthAwareGRPOTrainer
 
 __version__ = "0.1.0"
 __all__ = [
+    "GuidanceConfig",
+    "GuidedCompletion",
     "LenVM",
     "LenVMCritic",
     "LenVMCriticOutput",
+    "LenVMLogitsProcessor",
     "LenVMOutput",
     "LengthAwareGRPOConfig",
     "LengthAwareGRPOTrainer",
@@ -27,4 +32,5 @@ __all__ = [
     "LengthTrace",
     "ValueHead",
     "__version__",
+    "guided_generate",
 ]
