@@ -101,6 +101,8 @@ def guided_generate(
             max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id, repetition_penalty=None,
             logits_processor=LogitsProcessorList([processor] if processor is not None else []), **sampling,
         )
+        if processor is not None:
+            processor.reset()  # frees the LenVM's cache
         generated = out[:, input_ids.shape[1] :].cpu()
         lengths, ended = finish_reasons(generated, eos_ids)
         for row, prompt in enumerate(batch):

@@ -143,7 +143,12 @@ class LenVMLogitsProcessor(LogitsProcessor):
 
     A processor follows one ``generate`` call at a time: it notices a new call (the inputs no longer
     extend what it has seen) and starts over. Call :meth:`begin` with the prompt attention mask
-    before each call with left padding (:func:`~lenvm_rl.decoding.guided_generate` does).
+    before each call with left padding (:func:`~lenvm_rl.decoding.guided_generate` does). Greedy and
+    sampling are supported; beam search reorders rows between steps, which makes the processor start
+    over (correct, but it re-encodes every step).
+
+    Cost: each step forwards ``1 + K`` tokens through the LenVM (``P + K`` on the first), under a
+    ``(B, 1, 1 + K, S + 1 + K)`` mask; keep ``top_k`` small (16 is the paper's setting).
     """
 
     def __init__(
