@@ -8,6 +8,7 @@
     lenvm-rl evaluate --model ./my-lenvm --rollouts held_out.jsonl --baseline-rollouts rollouts.jsonl
     lenvm-rl generate --policy smollm2-135m --lenvm ./my-lenvm --prompt "..." --constraint equal --target 128
     lenvm-rl analyze --model ./my-lenvm --input completions.jsonl --html trace.html
+    lenvm-rl serve --model ./my-lenvm --port 30010
     lenvm-rl demo
 
 Model arguments take a LenVM checkpoint directory, a Hub id, or a short name of an embedded
@@ -315,12 +316,28 @@ def cmd_analyze(args) -> None:
         raise CLIError(str(err)) from None
 
 
+def cmd_serve(args) -> None:
+    from lenvm_rl.serving import require_serving_dependencies
+
+    try:
+        require_serving_dependencies()
+    except ImportError as err:
+        raise CLIError(str(err)) from None
+    if args.max_batch_tokens < 1:
+        raise CLIError(f"--max-batch-tokens must be >= 1, got {args.max_batch_tokens}")
+    predictor = _load_predictor(args)
+    from lenvm_rl.serving import serve
+
+    serve(predictor, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
+          max_batch_size=args.batch_size)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lenvm-rl", description="Length Value Models: predict, trace, "
                                      "sample rollouts, pretrain, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def model_args(p, default=None):
+    def model_args(p, default=None, batch_size=16):
         p.add_argument("--model", required=default is None, default=default,
                        help="LenVM checkpoint directory, Hub id, or embedded short name "
                             f"({', '.join(EMBEDDED_MODELS)}: untrained head)")
@@ -329,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                        help="backbone dtype (the head always runs in float32); default: as saved")
         p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
-        p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default: 16)")
+        p.add_argument("--batch-size", type=int, default=batch_size,
+                       help=f"sequences per forward pass (default: {batch_size})")
         p.add_argument("--trust-remote-code", action="store_true",
                        help="allow custom modelling code from the checkpoint (off by default)")
 
@@ -479,6 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate of the value head; the backbone stays frozen (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of problems, sampling and training (default: 0)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="HTTP length-prediction server (/encode, /tree_value, /predict, /health)",
+                       description="Serve a LenVM over HTTP with the reference serving protocol (/encode, "
+                                   "/tree_value, /flush_cache) plus /predict and /health, batching concurrent "
+                                   "requests. Needs pip install 'lenvm-rl[serve]'. SIGTERM finishes in-flight "
+                                   "requests, then exits.")
+    model_args(p, batch_size=64)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=30010, help="port (default: 30010)")
+    p.add_argument("--max-batch-tokens", type=int, default=16384,
+                   help="padded tokens per forward pass; a request holding more gets HTTP 413 (default: 16384)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,182 @@
+"""The LenVM HTTP server: FastAPI endpoints over a :class:`~lenvm_rl.serving.batcher.DynamicBatcher`.
+
+Endpoints (request bodies in :mod:`lenvm_rl.serving.validation`):
+
+- ``POST /encode``: one ``{"embedding": [z_0, ..., z_{n-1}], "meta_info": {"prompt_tokens": n}}`` per
+  sequence, a list for a batch and a single object for a flat ``input_ids``; ``z`` is the value head's
+  raw output, ``V = -sigmoid(z)``, ``length = ln(1 + V) / ln(gamma)``.
+- ``POST /tree_value``: one ``{"embedding": [z(prefix + c_1), ..., z(prefix + c_k)], "meta_info": ...}``
+  per prefix (a list, or one object for a flat prefix), all candidates in one forward, none cached.
+- ``GET|POST /flush_cache``: ``{"success": true, ...}``; the server keeps no prefix cache to flush.
+- ``POST /predict``: ``{"gamma": g, "untrained": bool, "predictions": [{"value": V, "length": l,
+  "prompt_tokens": n}, ...]}`` at the prompt boundary (chat template applied).
+- ``GET /health``: ``{"status": "ok", ...}`` with the model, its limits and batching counters.
+
+Bad requests get ``{"error": {"message": ..., "type": ..., "code": status}}`` with a 4xx status; the
+server keeps serving. On SIGTERM uvicorn stops accepting, finishes in-flight requests, then the
+batcher finishes its queue and ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+import torch
+
+from lenvm_rl.core import logits_to_length
+from lenvm_rl.modeling import LenVM
+from lenvm_rl.predict import LengthPredictor
+from lenvm_rl.serving import require_serving_dependencies
+from lenvm_rl.serving.batcher import DynamicBatcher
+from lenvm_rl.serving.validation import (
+    RequestError,
+    check_budget,
+    parse_body,
+    parse_encode,
+    parse_predict,
+    parse_tree_value,
+)
+
+require_serving_dependencies()
+
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+
+__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "create_app", "serve"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
+_ERROR_TYPES = {400: "BadRequest", 413: "PayloadTooLarge", 422: "InvalidRequest", 503: "Unavailable"}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": _ERROR_TYPES.get(status, "Error"), "code": status}},
+                        status_code=status)
+
+
+def _items(logits: list[torch.Tensor], single: bool):
+    items = [{"embedding": z.tolist(), "meta_info": {"prompt_tokens": len(z)}} for z in logits]
+    return items[0] if single else items
+
+
+def create_app(
+    model: LenVM | LengthPredictor,
+    *,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_size: int = 64,
+    max_wait_s: float = 0.002,
+) -> FastAPI:
+    """A FastAPI app serving ``model`` (a :class:`LengthPredictor`, or a bare :class:`LenVM` without ``/predict``).
+
+    Args:
+        model: the LenVM, with its tokenizer when given as a :class:`LengthPredictor` (``/predict``
+            needs it).
+        max_batch_tokens: padded tokens per forward pass; a request holding more gets a 413.
+        max_batch_size: rows (sequences or prefixes) per forward pass; 1 turns batching off.
+        max_wait_s: how long the batcher waits for more requests after the first of a batch.
+    """
+    predictor = model if isinstance(model, LengthPredictor) else None
+    lenvm = predictor.model if predictor is not None else model
+    vocab_size = lenvm.config.vocab_size
+    batcher = DynamicBatcher(lenvm, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                             max_wait_s=max_wait_s)
+    parameter = next(lenvm.parameters())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(batcher.stop)
+
+    app = FastAPI(title="lenvm-rl serve", summary="LenVM length prediction", lifespan=lifespan)
+    app.state.batcher = batcher
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, err: RequestError):
+        return _error(err.status, err.message)
+
+    async def run(kind: str, rows: list) -> list[torch.Tensor]:
+        try:
+            future = batcher.submit(kind, rows)
+        except RuntimeError as err:  # stopping
+            raise RequestError(str(err), status=503) from None
+        return await asyncio.wrap_future(future)
+
+    @app.post("/encode")
+    async def encode(request: Request):
+        sequences, single = parse_encode(parse_body(await request.body()), vocab_size=vocab_size,
+                                         max_tokens=max_batch_tokens)
+        return _items(await run("encode", sequences), single)
+
+    @app.post("/tree_value")
+    async def tree_value(request: Request):
+        rows, single = parse_tree_value(parse_body(await request.body()), vocab_size=vocab_size,
+                                        max_tokens=max_batch_tokens)
+        return _items(await run("tree", rows), single)
+
+    @app.api_route("/flush_cache", methods=["GET", "POST"])
+    async def flush_cache():
+        return {"success": True, "message": "Cache flushed (this server keeps no prefix cache)."}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        prompts = parse_predict(parse_body(await request.body()))
+        if predictor is None:
+            raise RequestError("/predict needs the model's tokenizer, which this server was started without",
+                               status=503)
+        try:
+            encoded = [predictor.encode_prompt(p) for p in prompts]
+        except Exception as err:  # a chat template rejecting the messages, ...
+            raise RequestError(f"could not tokenize the prompts: {err}") from None
+        check_budget(sum(map(len, encoded)), max_batch_tokens)
+        last = torch.stack([z[-1] for z in await run("encode", encoded)])
+        values, lengths = (-torch.sigmoid(last)).tolist(), logits_to_length(last, lenvm.gamma).tolist()
+        return {
+            "gamma": lenvm.gamma,
+            "untrained": predictor.untrained,
+            "predictions": [{"value": v, "length": n, "prompt_tokens": len(ids)}
+                            for v, n, ids in zip(values, lengths, encoded)],
+        }
+
+    @app.get("/health")
+    async def health():
+        stats = batcher.stats
+        body = {
+            "status": "ok" if batcher.running else "unavailable",
+            "model": str(lenvm.config.name_or_path),
+            "gamma": lenvm.gamma,
+            "vocab_size": vocab_size,
+            "device": str(parameter.device),
+            "dtype": str(parameter.dtype).removeprefix("torch."),
+            "max_batch_tokens": max_batch_tokens,
+            "max_batch_size": max_batch_size,
+            "predict": predictor is not None,
+            "batches": stats.batches,
+            "rows": stats.rows,
+            "requests": stats.requests,
+            "max_rows_per_batch": stats.max_rows,
+        }
+        return JSONResponse(body, status_code=200 if batcher.running else 503)
+
+    return app
+
+
+def serve(
+    model: LenVM | LengthPredictor,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 30010,
+    log_level: str = "info",
+    **app_kwargs,
+) -> None:
+    """Run :func:`create_app` under uvicorn until SIGINT/SIGTERM; in-flight requests finish first."""
+    import uvicorn
+
+    app = create_app(model, **app_kwargs)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
+    uvicorn.Server(config).run()

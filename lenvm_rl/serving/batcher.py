@@ -1,0 +1,182 @@
+"""Dynamic batching: one worker thread owns the model; concurrent requests share its forward passes.
+
+A request is a list of rows of one kind: ``"encode"`` rows are token sequences (every token's logit
+``z`` comes back), ``"tree"`` rows are ``(prefix, candidates)`` pairs (``z`` of each one-token
+extension comes back). The worker takes everything queued (waiting ``max_wait_s`` for more after the
+first request), sorts the rows of each kind by length and packs them into batches whose padded size,
+``rows * width`` tokens, stays under ``max_batch_tokens``, with at most ``max_batch_size`` rows. A
+request's future resolves once all its rows are done; rows of different requests never mix up
+because each row carries its request and index.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from lenvm_rl.modeling import LenVM
+from lenvm_rl.serving.scoring import tree_values
+
+__all__ = ["DynamicBatcher", "row_tokens"]
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["encode", "tree"]
+
+
+def row_tokens(kind: Kind, row) -> int:
+    """Tokens one row puts through the model: the sequence, or the prefix plus its candidates."""
+    return len(row) if kind == "encode" else len(row[0]) + len(row[1])
+
+
+@dataclass
+class _Job:
+    kind: Kind
+    rows: list
+    future: Future
+    results: list = field(default_factory=list)
+    pending: int = 0
+
+
+@dataclass
+class BatchStats:
+    """Counters for ``/health``: forward passes run, rows and requests served, largest batch (rows)."""
+
+    batches: int = 0
+    rows: int = 0
+    requests: int = 0
+    max_rows: int = 0
+
+
+class DynamicBatcher:
+    """Groups rows of concurrent requests into length-sorted batches under a token budget.
+
+    Args:
+        model: the LenVM; only the worker thread calls it after :meth:`start`.
+        max_batch_tokens: padded tokens (rows x width) per forward pass; a request must fit in it.
+        max_batch_size: rows per forward pass.
+        max_wait_s: how long the worker waits for more requests after the first one of a batch.
+    """
+
+    def __init__(self, model: LenVM, *, max_batch_tokens: int = 16384, max_batch_size: int = 64,
+                 max_wait_s: float = 0.002):
+        if max_batch_tokens < 1 or max_batch_size < 1:
+            raise ValueError(f"max_batch_tokens and max_batch_size must be >= 1, got {max_batch_tokens}, "
+                             f"{max_batch_size}")
+        self.model = model.eval()
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.stats = BatchStats()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "DynamicBatcher":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lenvm-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish every queued request, then end the worker."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, kind: Kind, rows: list) -> Future:
+        """Queue a request; its future resolves to one float32 CPU tensor of logits per row, in order."""
+        if kind not in ("encode", "tree"):
+            raise ValueError(f"kind must be 'encode' or 'tree', got {kind!r}")
+        total = sum(row_tokens(kind, row) for row in rows)
+        if total > self.max_batch_tokens:
+            raise ValueError(f"{total} tokens exceed the batch budget of {self.max_batch_tokens}")
+        if not self.running:
+            raise RuntimeError("the batcher is not running")
+        job = _Job(kind, rows, Future(), results=[None] * len(rows), pending=len(rows))
+        if not rows:
+            job.future.set_result([])
+        else:
+            self._queue.put(job)
+        return job.future
+
+    # ------------------------------------------------------------------ worker
+    def _collect(self, first: _Job | None) -> tuple[list[_Job], bool]:
+        """``first`` plus whatever arrives within ``max_wait_s``; after a stop sentinel, only what is queued."""
+        jobs, stop = ([], True) if first is None else ([first], False)
+        deadline = time.monotonic() + (0.0 if stop else self.max_wait_s)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return jobs, stop
+            if job is None:
+                stop, deadline = True, 0.0  # finish what is queued, then end
+            else:
+                jobs.append(job)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            jobs, stop = self._collect(self._queue.get())
+            for kind in ("encode", "tree"):
+                rows = [(job, i) for job in jobs if job.kind == kind for i in range(len(job.rows))]
+                for batch in self.plan(kind, rows):
+                    self._run_batch(kind, batch)
+
+    def plan(self, kind: Kind, rows: list[tuple[_Job, int]]) -> list[list[tuple[_Job, int]]]:
+        """Length-sorted batches (longest first) whose ``rows * width`` stays within the token budget."""
+        rows = sorted(rows, key=lambda r: row_tokens(kind, r[0].rows[r[1]]), reverse=True)
+        batches, current, width = [], [], 0
+        for job, i in rows:
+            n = row_tokens(kind, job.rows[i])
+            w = max(width, n)
+            if current and (w * (len(current) + 1) > self.max_batch_tokens or len(current) >= self.max_batch_size):
+                batches.append(current)
+                current, w = [], n
+            current.append((job, i))
+            width = w
+        if current:
+            batches.append(current)
+        return batches
+
+    def _run_batch(self, kind: Kind, batch: list[tuple[_Job, int]]) -> None:
+        live = [(job, i) for job, i in batch if not job.future.done()]
+        if not live:
+            return
+        try:
+            with torch.inference_mode():
+                if kind == "encode":
+                    outs = self.model.score([job.rows[i] for job, i in live], batch_size=len(live))
+                    results = [out.logits for out in outs]
+                else:
+                    results = tree_values(self.model, [job.rows[i][0] for job, i in live],
+                                          [job.rows[i][1] for job, i in live])
+        except Exception as err:  # e.g. out of memory: fail these requests, keep serving
+            logger.exception("LenVM batch of %d %s rows failed", len(live), kind)
+            for job, _ in live:
+                if not job.future.done():
+                    job.future.set_exception(err)
+            return
+        self.stats.batches += 1
+        self.stats.rows += len(live)
+        self.stats.max_rows = max(self.stats.max_rows, len(live))
+        for (job, i), result in zip(live, results):
+            job.results[i] = result
+            job.pending -= 1
+            if job.pending == 0 and not job.future.done():
+                self.stats.requests += 1
+                job.future.set_result(job.results)
