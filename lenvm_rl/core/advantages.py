@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lenvm_rl.core.length_math import _check_ndim, _check_nonnegative, _check_shape, gae, length_to_value
-from lenvm_rl.core.metrics import masked_std
+from lenvm_rl.core.metrics import masked_mean, masked_std
 
 __all__ = [
     "group_mean",
@@ -37,6 +37,7 @@ __all__ = [
     "combine_advantages",
     "per_token_advantages",
     "scale_by_std",
+    "whiten",
     "discounted_returns",
 ]
 
@@ -271,6 +272,31 @@ def scale_by_std(x: Tensor, mask: Tensor, reference: Tensor, reference_mask: Ten
         raise ValueError("reference_mask has no nonzero entry: the std is undefined")
     std = masked_std(reference, reference_mask)
     return torch.where(mask.bool(), x.float() / (std + eps), 0.0)
+
+
+def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """Advantage whitening: ``(x - mean) / sqrt(var + eps)`` over the valid positions (PPO's normalisation).
+
+    Mean and population variance are taken over ``mask`` of the whole tensor (one batch).
+
+    Args:
+        x: (B, T).
+        mask: (B, T) bool or 0/1 with at least one nonzero entry.
+        eps: finite, ``> 0``.
+    Returns:
+        float32 (B, T), 0 where ``mask`` is 0.
+    """
+    _check_finite("eps", eps)
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    _check_ndim("x", x, 2, "(B, T)")
+    _check_shape("mask", mask, x.shape, "x")
+    valid = mask.bool()
+    if not bool(valid.any()):
+        raise ValueError("mask has no nonzero entry: there is nothing to whiten")
+    mean = masked_mean(x, valid)
+    std = masked_std(x, valid)
+    return torch.where(valid, (x.float() - mean) / torch.sqrt(std.square() + eps), 0.0)
 
 
 def discounted_returns(rewards: Tensor, completion_mask: Tensor, gamma: float) -> Tensor:

@@ -73,6 +73,12 @@ def _log_gamma(gamma: float) -> float:
     return math.log(gamma)
 
 
+def _check_discount(gamma: float) -> None:
+    """A return's discount may be 1 (undiscounted), unlike the gamma of a length value."""
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+
+
 def _check_lam(lam: float) -> None:
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam!r}")
@@ -419,7 +425,7 @@ def td_residuals(
     Returns:
         float32 (B, T), 0 at masked positions.
     """
-    _log_gamma(gamma)
+    _check_discount(gamma)
     _check_rl_inputs(values, completion_mask, final_values)
     _check_shape("rewards", rewards, values.shape, "values")
     mask = completion_mask.bool()

@@ -41,6 +41,8 @@ __all__ = [
     "masked_mean",
     "masked_std",
     "explained_variance",
+    "clip_fraction",
+    "approx_kl",
     "pearson_correlation",
     "mean_and_standard_error",
     "prompt_relative_errors",
@@ -114,6 +116,37 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     variance = _masked_variance(returns, mask)
     residual_variance = _masked_variance(returns - values.float(), mask)
     return torch.where(variance > 0, 1.0 - residual_variance / variance, torch.nan)
+
+
+def clip_fraction(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, clip_range: float) -> Tensor:
+    """Share of action tokens whose ratio ``exp(logprobs - old_logprobs)`` lies outside ``[1 - eps, 1 + eps]``.
+
+    Args:
+        logprobs, old_logprobs, mask: (B, T).
+        clip_range: eps.
+    Returns:
+        0-dim float32; NaN when no position is valid.
+    """
+    _check_shape("old_logprobs", old_logprobs, logprobs.shape, "logprobs")
+    _check_shape("mask", mask, logprobs.shape, "logprobs")
+    ratio = torch.exp(torch.where(mask.bool(), logprobs.float() - old_logprobs.float(), 0.0))
+    return masked_mean(((ratio - 1.0).abs() > clip_range).float(), mask)
+
+
+def approx_kl(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """How far an update moved the policy: ``mean_t 0.5 * (logprobs_t - old_logprobs_t)^2`` over ``mask``.
+
+    A second-order estimate of ``KL(pi_old || pi)`` on the sampled tokens (as in TRL's PPO and CleanRL).
+
+    Args:
+        logprobs, old_logprobs, mask: (B, T).
+    Returns:
+        0-dim float32; NaN when no position is valid.
+    """
+    _check_shape("old_logprobs", old_logprobs, logprobs.shape, "logprobs")
+    _check_shape("mask", mask, logprobs.shape, "logprobs")
+    log_ratio = torch.where(mask.bool(), logprobs.float() - old_logprobs.float(), 0.0)
+    return masked_mean(0.5 * log_ratio.square(), mask)
 
 
 def pearson_correlation(x: Tensor, y: Tensor) -> Tensor:

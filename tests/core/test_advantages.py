@@ -296,7 +296,10 @@ def test_scale_by_std_and_discounted_returns_bad_inputs():
 def test_bad_gamma(gamma):
     with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\), got"):
         group_length_advantages(t([1.0, 2.0]), gamma, 2)
-    with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\), got"):
+    if gamma == 1 and gamma is not True:  # a return may be undiscounted; a length value may not
+        assert discounted_returns(torch.ones(1, 2), torch.ones(1, 2), gamma).tolist() == [[2.0, 1.0]]
+        return
+    with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\], got"):
         discounted_returns(torch.ones(1, 2), torch.ones(1, 2), gamma)
 
 

@@ -504,8 +504,6 @@ GAMMA_CALLS = [
     lambda g: monte_carlo_targets(torch.ones(1, 3), t([1], torch.long), t([2], torch.long),
                                   torch.tensor([True]), g),
     lambda g: length_rewards(RL_MASK, g),
-    lambda g: td_residuals(RL_REWARDS, RL_VALUES, RL_MASK, RL_FINAL, g),
-    lambda g: gae(RL_REWARDS, RL_VALUES, RL_MASK, RL_FINAL, g, 0.5),
     lambda g: length_gae(RL_VALUES, RL_MASK, RL_FINAL, g, 0.5),
     lambda g: potential_shaping(RL_VALUES, RL_MASK, RL_FINAL, g),
     lambda g: return_consistent_length(t([[1.0]]), g),
@@ -519,6 +517,24 @@ GAMMA_CALLS = [
 def test_bad_gamma(call, gamma):
     with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\), got"):
         call(gamma)
+
+
+RETURN_CALLS = [  # a task return may be undiscounted (PPO's gamma = 1); a length value may not
+    lambda g: td_residuals(RL_REWARDS, RL_VALUES, RL_MASK, RL_FINAL, g),
+    lambda g: gae(RL_REWARDS, RL_VALUES, RL_MASK, RL_FINAL, g, 0.5),
+]
+
+
+@pytest.mark.parametrize("gamma", [0, 0.0, 1.5, -0.5, math.nan, True])
+@pytest.mark.parametrize("call", RETURN_CALLS)
+def test_bad_return_discount(call, gamma):
+    with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\], got"):
+        call(gamma)
+
+
+@pytest.mark.parametrize("call", RETURN_CALLS)
+def test_an_undiscounted_return_is_allowed(call):
+    call(1.0)
 
 
 @pytest.mark.parametrize("lam", [-0.1, 1.5])
