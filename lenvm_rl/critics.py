@@ -30,7 +30,7 @@ from torch import Tensor
 from lenvm_rl.core import length_gae, logits_to_length, potential_shaping, value_regression_loss
 from lenvm_rl.modeling import LenVM
 
-__all__ = ["LenVMCritic", "LenVMCriticOutput"]
+__all__ = ["LenVMCritic", "LenVMCriticOutput", "completion_layout", "gather_states"]
 
 
 @dataclass
@@ -45,6 +45,8 @@ class LenVMCriticOutput:
         shaping: (B, T) the potential-based shaping reward ``F_t = gamma V(s_{t+1}) - V(s_t)``.
         lengths: (B, T) predicted remaining tokens at ``s_t``.
         terminated: (B,) bool, whether each completion ended with EOS (given or inferred).
+        hidden_states, final_hidden_states: (B, T, H) and (B, H), the trunk's states at ``s_t`` and
+            ``s_T`` (only with ``return_hidden=True``; meaningless at padding positions).
     """
 
     values: Tensor
@@ -54,6 +56,8 @@ class LenVMCriticOutput:
     shaping: Tensor
     lengths: Tensor
     terminated: Tensor
+    hidden_states: Tensor | None = None
+    final_hidden_states: Tensor | None = None
 
 
 class LenVMCritic:
@@ -156,21 +160,26 @@ class LenVMCritic:
         completion_mask: Tensor,
         terminated: Tensor | None = None,
         action_mask: Tensor | None = None,
+        return_hidden: bool = False,
     ) -> LenVMCriticOutput:
         """Score a batch. Prompt (B, P) left-padded, completion (B, T) right-padded; masks 0/1 or bool.
 
         ``terminated`` (B,) bool defaults to "the last real completion token is an EOS id".
         ``action_mask`` (B, T) defaults to ``completion_mask``; it must lie inside ``completion_mask``.
+        ``return_hidden`` also returns the trunk's hidden states (see :meth:`hidden_states`), on the
+        LenVM's device, for a second head on the same forward.
         """
         prompt_mask, completion_mask, action_mask, terminated = self._check_inputs(
             prompt_ids, prompt_mask, completion_ids, completion_mask, terminated, action_mask
         )
-        values, logits, final_values = [], [], []
+        values, logits, final_values, hidden = [], [], [], []
         for rows in torch.arange(prompt_ids.shape[0]).split(self.batch_size):
-            v, z, f = self._score_rows(prompt_ids[rows], prompt_mask[rows], completion_ids[rows], completion_mask[rows])
+            v, z, f, h = self._score_rows(prompt_ids[rows], prompt_mask[rows], completion_ids[rows],
+                                          completion_mask[rows], return_hidden)
             values.append(v)
             logits.append(z)
             final_values.append(f)
+            hidden.append(h)
         out_device = completion_ids.device
         values = torch.cat(values).to(out_device)
         logits = torch.cat(logits).to(out_device)
@@ -186,6 +195,8 @@ class LenVMCritic:
             shaping=shaping,
             lengths=lengths,
             terminated=terminated,
+            hidden_states=torch.cat([h[0] for h in hidden]) if return_hidden else None,
+            final_hidden_states=torch.cat([h[1] for h in hidden]) if return_hidden else None,
         )
 
     def _check_inputs(self, prompt_ids, prompt_mask, completion_ids, completion_mask, terminated, action_mask):
@@ -229,36 +240,32 @@ class LenVMCritic:
         eos = torch.as_tensor(self.eos_token_ids, device=completion_ids.device)
         return mask.any(dim=1) & torch.isin(last_token, eos)
 
-    def _layout(self, prompt_ids, prompt_mask, completion_ids, completion_mask):
-        """Concatenate one micro-batch, trimmed to its real columns, on the LenVM's device.
-
-        Returns ``(input_ids, attention_mask, state_index, last_index)``: ``state_index`` (b, T) is the
-        column of the token before each completion position (the state ``s_t``), ``last_index`` (b,) the
-        column of the last real token (the state ``s_T`` after the completion).
-        """
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        columns = attention_mask.any(dim=0).nonzero().squeeze(1)
-        first, end = int(columns[0]), int(columns[-1]) + 1
-        input_ids, attention_mask = input_ids[:, first:end], attention_mask[:, first:end]
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        last_real = torch.where(attention_mask, positions, -1).cummax(dim=1).values  # last real column <= j
-        before = torch.cat([last_real.new_full((last_real.shape[0], 1), -1), last_real[:, :-1]], dim=1)
-        columns = torch.arange(completion_ids.shape[1], device=input_ids.device) + prompt_ids.shape[1] - first
-        state_index = before.index_select(1, columns.clamp(max=input_ids.shape[1] - 1)).clamp(min=0)
-        device = self.device
-        return (input_ids.to(device), attention_mask.long().to(device), state_index.to(device),
-                last_real[:, -1].to(device))
-
-    def _score_rows(self, prompt_ids, prompt_mask, completion_ids, completion_mask):
-        input_ids, attention_mask, state_index, last_index = self._layout(
-            prompt_ids, prompt_mask, completion_ids, completion_mask
+    def _score_rows(self, prompt_ids, prompt_mask, completion_ids, completion_mask, return_hidden):
+        input_ids, attention_mask, state_index, last_index = completion_layout(
+            prompt_ids, prompt_mask, completion_ids, completion_mask, self.device
         )
-        out = self.model(input_ids, attention_mask)
-        values = out.values.gather(1, state_index)
-        logits = out.logits.gather(1, state_index)
-        final_values = out.values.gather(1, last_index[:, None]).squeeze(1)
-        return values, logits, final_values
+        hidden, final_hidden = gather_states(self.model.trunk(input_ids, attention_mask)[0], state_index, last_index)
+        out = self.model.head(torch.cat([hidden, final_hidden[:, None]], dim=1),
+                              torch.ones(hidden.shape[0], hidden.shape[1] + 1, dtype=torch.bool, device=hidden.device))
+        values, final_values = out.values[:, :-1], out.values[:, -1]
+        return values, out.logits[:, :-1], final_values, (hidden, final_hidden) if return_hidden else None
+
+    def hidden_states(self, prompt_ids, prompt_mask, completion_ids, completion_mask) -> tuple[Tensor, Tensor]:
+        """The LenVM trunk's hidden states at the states ``s_t`` (B, T, H) and at ``s_T`` (B, H), no grad.
+
+        Laid out like :attr:`LenVMCriticOutput.values`; entries at padding positions are meaningless. A
+        second value head on the same (frozen) trunk reads these, so one forward serves both heads.
+        """
+        hidden, final_hidden = [], []
+        with torch.no_grad():
+            for rows in torch.arange(prompt_ids.shape[0]).split(self.batch_size):
+                input_ids, attention_mask, state_index, last_index = completion_layout(
+                    prompt_ids[rows], prompt_mask[rows], completion_ids[rows], completion_mask[rows], self.device
+                )
+                h, f = gather_states(self.model.trunk(input_ids, attention_mask)[0], state_index, last_index)
+                hidden.append(h)
+                final_hidden.append(f)
+        return torch.cat(hidden), torch.cat(final_hidden)
 
     # ------------------------------------------------------------------ refit
     def refit(
@@ -283,15 +290,7 @@ class LenVMCritic:
         ``reduce_gradients`` (e.g. an all-reduce mean across processes) is applied to every head gradient
         before each step, so data-parallel copies of the head stay identical. Returns the losses.
         """
-        hidden = []
-        with torch.no_grad():
-            for rows in torch.arange(prompt_ids.shape[0]).split(self.batch_size):
-                input_ids, attention_mask, state_index, _ = self._layout(
-                    prompt_ids[rows], prompt_mask[rows].bool(), completion_ids[rows], completion_mask[rows].bool()
-                )
-                states, _ = self.model.trunk(input_ids, attention_mask)
-                hidden.append(states.gather(1, state_index[..., None].expand(-1, -1, states.shape[-1])))
-        hidden = torch.cat(hidden)
+        hidden, _ = self.hidden_states(prompt_ids, prompt_mask, completion_ids, completion_mask)
         targets = targets.to(hidden.device)
         target_mask = target_mask.bool().to(hidden.device)
         head = self.model.v_head
@@ -311,6 +310,37 @@ class LenVMCritic:
             head.requires_grad_(False)
             optimizer.zero_grad(set_to_none=True)
         return losses
+
+
+def completion_layout(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
+                      device: torch.device | str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Concatenate a TRL-layout batch, trimmed to its real columns, on ``device``.
+
+    Returns ``(input_ids, attention_mask, state_index, last_index)``: ``state_index`` (B, T) is the
+    column of the token before each completion position (the state ``s_t``: the last prompt token
+    for ``t = 0``), ``last_index`` (B,) the column of the last real token (the state ``s_T`` after
+    the completion).
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask.bool(), completion_mask.bool()], dim=1)
+    columns = attention_mask.any(dim=0).nonzero().squeeze(1)
+    first, end = int(columns[0]), int(columns[-1]) + 1
+    input_ids, attention_mask = input_ids[:, first:end], attention_mask[:, first:end]
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last_real = torch.where(attention_mask, positions, -1).cummax(dim=1).values  # last real column <= j
+    before = torch.cat([last_real.new_full((last_real.shape[0], 1), -1), last_real[:, :-1]], dim=1)
+    columns = torch.arange(completion_ids.shape[1], device=input_ids.device) + prompt_ids.shape[1] - first
+    state_index = before.index_select(1, columns.clamp(max=input_ids.shape[1] - 1)).clamp(min=0)
+    return (input_ids.to(device), attention_mask.long().to(device), state_index.to(device),
+            last_real[:, -1].to(device))
+
+
+def gather_states(hidden_states: Tensor, state_index: Tensor, last_index: Tensor) -> tuple[Tensor, Tensor]:
+    """Hidden states (B, S, H) read at ``state_index`` (B, T) and ``last_index`` (B,): (B, T, H) and (B, H)."""
+    width = hidden_states.shape[-1]
+    hidden = hidden_states.gather(1, state_index[..., None].expand(-1, -1, width))
+    final_hidden = hidden_states.gather(1, last_index[:, None, None].expand(-1, 1, width)).squeeze(1)
+    return hidden, final_hidden
 
 
 def _eos_ids(lenvm: LenVM, eos_token_id) -> list[int]:

@@ -266,18 +266,7 @@ class LenVM(nn.Module):
         Arguments as in :meth:`forward`. With :meth:`head` this is the forward pass split in two, so a
         caller can run the trunk once and the head many times (e.g. refitting the head on fixed states).
         """
-        if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-        trunk = self._causal_lm.base_model
-        cache_arg = _cache_argument(type(trunk))
-        outputs = trunk(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            **{cache_arg: cache},
-        )
-        return outputs.last_hidden_state, outputs[cache_arg] if use_cache else None
+        return run_trunk(self._causal_lm, input_ids, attention_mask, position_ids, cache=cache, use_cache=use_cache)
 
     def head(self, hidden_states: torch.Tensor, mask: torch.Tensor) -> LenVMOutput:
         """The value head on hidden states (B, S, H): ``values``, ``logits`` (B, S) float32, 0 where ``mask`` is 0."""
@@ -324,6 +313,33 @@ class LenVM(nn.Module):
 
 # ---------------------------------------------------------------------- loading helpers
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+
+
+def run_trunk(
+    causal_lm: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    cache=None,
+    use_cache: bool = False,
+) -> tuple[torch.Tensor, object | None]:
+    """A causal LM's trunk (no LM head): final hidden states (B, S, H) and the cache (``None`` unless ``use_cache``).
+
+    Positions are derived from ``attention_mask`` (``cumsum - 1``) unless given, so a sequence gets the
+    same states whatever its padding side. A PEFT-wrapped model runs with its active adapters.
+    """
+    if position_ids is None:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+    trunk = causal_lm.base_model
+    cache_arg = _cache_argument(type(trunk))
+    outputs = trunk(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=use_cache,
+        **{cache_arg: cache},
+    )
+    return outputs.last_hidden_state, outputs[cache_arg] if use_cache else None
 
 
 def _model_dir(name_or_path: str | os.PathLike) -> Path:

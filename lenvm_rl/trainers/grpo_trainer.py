@@ -264,10 +264,9 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         all_lengths = self.accelerator.gather(lengths)
         task_rewards = (self._rewards_per_func * self.reward_weights.to(self._rewards_per_func.device)).nansum(dim=1)
 
-        critic_out = None
-        if self.length_critic is not None:
-            critic_out = self.length_critic(output["prompt_ids"], output["prompt_mask"], output["completion_ids"],
-                                            completion_mask, terminated=terminated, action_mask=action_mask)
+        critic_out = self._score_length(output, terminated, action_mask)
+        task_advantages = self._task_advantages(mode, output, task_rewards[local], terminated, action_mask,
+                                                critic_out)
 
         length_advantages = None
         if args.length_estimator == "lenvm" and args.length_mode == "advantage":
@@ -292,10 +291,11 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
             if args.length_normalize == "batch":
                 length_advantages = scale_by_std(length_advantages, action_mask, *self._gather_rows(
                     length_advantages, action_mask))
-            advantages = combine_advantages(output["advantages"], length_advantages, args.length_coef, action_mask,
-                                            gate)
-            self._log_advantage_share(mode, output["advantages"], advantages, action_mask)
+            advantages = combine_advantages(task_advantages, length_advantages, args.length_coef, action_mask, gate)
+            self._log_advantage_share(mode, task_advantages, advantages, action_mask)
             output["advantages"] = advantages
+        else:
+            output["advantages"] = task_advantages
 
         mc_returns = None
         if critic_out is not None:  # the fresh Monte-Carlo returns (lam = 1, bootstrapped only at truncation)
@@ -305,6 +305,17 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         if self.critic_optimizer is not None and mode == "train":
             self._refit_critic(mode, output, action_mask, mc_returns)
         return output
+
+    def _score_length(self, output, terminated, action_mask):
+        """The length critic on the fresh completions (``None`` without one)."""
+        if self.length_critic is None:
+            return None
+        return self.length_critic(output["prompt_ids"], output["prompt_mask"], output["completion_ids"],
+                                  output["completion_mask"], terminated=terminated, action_mask=action_mask)
+
+    def _task_advantages(self, mode, output, task_rewards, terminated, action_mask, critic_out):
+        """The task advantage beside which the length term goes: GRPO's group-normalised (B,) one."""
+        return output["advantages"]
 
     # ------------------------------------------------------------------ critic refit
     def _refit_critic(self, mode, output, action_mask, targets):

@@ -1,0 +1,437 @@
+"""PPO with a trained task critic and a frozen LenVM length critic (LENVM.md §6).
+
+TRL removed its ``PPOTrainer`` in 1.13; this one keeps TRL's conventions and runs on TRL's GRPO
+machinery (generation with HF or vLLM, reward functions and reward models, PEFT, DeepSpeed, logging,
+checkpoints), which :class:`~lenvm_rl.LengthAwareGRPOTrainer` already extends with the length term.
+What PPO changes is the task advantage, which comes from GAE on a trained critic, and the loss.
+
+One PPO iteration, top to bottom:
+
+1. Rollouts: TRL samples ``generation_batch_size`` completions (``num_generations`` per prompt) and
+   scores them with the reward functions.
+2. Rewards per token (:func:`~lenvm_rl.core.ppo_token_rewards`): ``-kl_coef * KL_t`` at every action,
+   plus the task score at the last one (minus ``missing_eos_penalty`` if the completion never ended).
+3. GAE (:func:`~lenvm_rl.core.gae`) on the task critic's values, with ``V = 0`` after an EOS and the
+   bootstrap ``V(s_T)`` after a truncation; optional whitening (:func:`~lenvm_rl.core.whiten`).
+4. The length term, as in GRPO: ``A_t = A_task_t + s * gate * A_len_t``, with ``A_len`` from the frozen
+   LenVM (its own gamma and ``length_lam``) or a sequence-level twin.
+5. ``num_ppo_epochs`` passes over ``num_mini_batches`` mini-batches, each one optimizer step of
+   :func:`~lenvm_rl.core.clipped_policy_loss` ``+ vf_coef *`` :func:`~lenvm_rl.core.clipped_value_loss`.
+
+The math is all :mod:`lenvm_rl.core`; this module only coordinates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from dataclasses import dataclass, field
+
+import torch
+from accelerate.utils import broadcast, is_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import get_scheduler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl.trainer.utils import add_fused_lm_head
+
+from lenvm_rl.core import (
+    approx_kl,
+    clip_fraction,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    kl_estimate,
+    masked_mean,
+    ppo_token_rewards,
+    whiten,
+)
+from lenvm_rl.core.losses import KL_ESTIMATORS
+from lenvm_rl.critics import completion_layout, gather_states
+from lenvm_rl.modeling import TaskValueModel
+from lenvm_rl.trainers.grpo_trainer import LengthAwareGRPOConfig, LengthAwareGRPOTrainer, whole_model_loading
+
+__all__ = ["PPOConfig", "PPOTrainer"]
+
+TASK_CRITIC_MODES = ("head", "lora", "separate")
+VALUE_MODEL_DIR = "value_model"
+"""Subdirectory of the output directory (and of each checkpoint) holding the task critic."""
+VALUE_STATE_DIR = "value_model_state"
+"""Subdirectory of a checkpoint holding the critic's trainable tensors, optimizer and scheduler (for resuming)."""
+
+
+@dataclass
+class PPOConfig(LengthAwareGRPOConfig):
+    """Configuration of :class:`PPOTrainer`: TRL's ``GRPOConfig`` (generation, rewards, logging), the length
+    term of ``LengthAwareGRPOConfig`` and PPO's own settings.
+
+    Batches: one optimizer step takes a *mini-batch* of ``per_device_train_batch_size x
+    gradient_accumulation_steps`` completions per process; a rollout is ``num_mini_batches`` mini-batches
+    (``generation_batch_size`` completions over all processes), and it is used for ``num_ppo_epochs``
+    passes. PPO sets GRPO's ``num_iterations``, ``steps_per_generation``, ``beta`` and ``epsilon`` from
+    these fields; leave those at their defaults.
+    """
+
+    num_generations: int | None = field(default=1, metadata={
+        "help": "Completions per prompt. PPO needs 1; the group estimators and gates need >= 2."})
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout."})
+    num_mini_batches: int | None = field(default=None, metadata={
+        "help": "Optimizer steps per pass over a rollout. Default: generation_batch_size / the global mini-batch "
+                "when generation_batch_size is set, else 1."})
+    cliprange: float = field(default=0.2, metadata={"help": "Clip range eps of the policy ratio."})
+    cliprange_value: float | None = field(default=0.2, metadata={
+        "help": "Clip range of the value update around the rollout's values; None: an unclipped value loss."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    kl_coef: float = field(default=0.05, metadata={
+        "help": "KL penalty in the per-token reward, -kl_coef * KL(pi || pi_ref). 0 loads no reference model."})
+    kl_estimator: str = field(default="k1", metadata={
+        "help": "Per-token KL estimate: 'k1' (log pi - log pi_ref, the classic PPO-RLHF penalty) or 'k3'."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount of the task return, in (0, 1]."})
+    lam: float = field(default=0.95, metadata={"help": "Lambda of the task GAE, in [0, 1]."})
+    whiten_advantages: bool = field(default=True, metadata={
+        "help": "Whiten the task advantages over each process's rollout (mean 0, std 1) before the length term."})
+    missing_eos_penalty: float | None = field(default=None, metadata={
+        "help": "Subtracted from the task score of completions that hit max_completion_length without EOS."})
+    task_critic: str = field(default="head", metadata={
+        "help": "How the task value head trains when value_model is a LenVMCritic: 'head' (a head on the frozen "
+                "LenVM trunk: one forward gives both heads; cheapest), 'lora' (a LoRA adapter on the LenVM "
+                "backbone, which the frozen length head reads with the adapter off) or 'separate' (a full copy "
+                "of the policy as task critic; most capacity and cost)."})
+    task_critic_lora_r: int = field(default=16, metadata={"help": "LoRA rank of task_critic='lora'."})
+    task_critic_lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha of task_critic='lora'."})
+    critic_learning_rate: float | None = field(default=None, metadata={
+        "help": "Learning rate of the task critic (AdamW, the policy's scheduler type). Default: learning_rate."})
+    length_estimator: str = field(default="lenvm", metadata={
+        "help": "As in LengthAwareGRPOConfig: 'lenvm' (token-level A_len from value_model=LenVMCritic), 'group', "
+                "'kimi' or 'none'."})
+
+    def __post_init__(self):
+        for name, value, allowed in (("task_critic", self.task_critic, TASK_CRITIC_MODES),
+                                     ("kl_estimator", self.kl_estimator, KL_ESTIMATORS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+        for name in ("num_ppo_epochs", "task_critic_lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cliprange <= 0 or (self.cliprange_value is not None and self.cliprange_value <= 0):
+            raise ValueError(f"cliprange and cliprange_value must be > 0 (cliprange_value may be None), got "
+                             f"{self.cliprange} and {self.cliprange_value}")
+        if self.vf_coef < 0 or self.kl_coef < 0:
+            raise ValueError(f"vf_coef and kl_coef must be >= 0, got {self.vf_coef} and {self.kl_coef}")
+        if self.critic_learning_rate is not None and self.critic_learning_rate <= 0:
+            raise ValueError(f"critic_learning_rate must be > 0, got {self.critic_learning_rate}")
+        if self.length_critic_refit_steps:
+            raise ValueError("length_critic_refit_steps must be 0 in PPO: the length head stays frozen; the task "
+                             "head is the critic that trains")
+        if self.steps_per_generation is not None or self.num_iterations != 1:
+            raise ValueError("PPOConfig sets steps_per_generation and num_iterations itself: use num_mini_batches "
+                             "and num_ppo_epochs")
+        self._set_grpo_batching()
+        self.num_iterations = self.num_ppo_epochs
+        self.beta = self.kl_coef  # TRL then computes the reference log-probs; the KL goes into the reward
+        self.epsilon = self.cliprange
+        num_generations = self.num_generations
+        if num_generations == 1:  # GRPO refuses 1 (its group advantage needs 2); PPO's advantage is GAE
+            self.num_generations = 2
+            self.scale_rewards = "none"
+        try:
+            super().__post_init__()
+        finally:
+            self.num_generations = num_generations
+        self._check_batching()
+        if num_generations == 1 and (self.length_estimator in ("group", "kimi") or self.length_gate == "pass_rate"):
+            raise ValueError(f"length_estimator={self.length_estimator!r} / length_gate={self.length_gate!r} compare "
+                             "completions of one prompt: set num_generations >= 2")
+
+    def _set_grpo_batching(self) -> None:
+        """Before GRPO's checks: mini-batches to GRPO's ``steps_per_generation``, unless the rollout size is given."""
+        if self.generation_batch_size is None:
+            if self.num_mini_batches is None:
+                self.num_mini_batches = 1
+            if self.num_mini_batches < 1:
+                raise ValueError(f"num_mini_batches must be >= 1, got {self.num_mini_batches}")
+            self.steps_per_generation = self.num_mini_batches * self.gradient_accumulation_steps
+
+    def _check_batching(self) -> None:
+        """After GRPO's checks: a rollout must be whole mini-batches, and checkpoints must fall between rollouts."""
+        mini_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
+        if self.steps_per_generation % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"generation_batch_size={self.generation_batch_size} is not a whole number of mini-batches of "
+                f"{mini_batch} (per_device_train_batch_size {self.per_device_train_batch_size} x "
+                f"gradient_accumulation_steps {self.gradient_accumulation_steps} x {self.world_size} processes): "
+                "make it a multiple, or set num_mini_batches instead")
+        derived = self.steps_per_generation // self.gradient_accumulation_steps
+        if self.num_mini_batches is not None and self.num_mini_batches != derived:
+            raise ValueError(f"num_mini_batches={self.num_mini_batches} disagrees with generation_batch_size="
+                             f"{self.generation_batch_size} / mini-batch {mini_batch} = {derived}: set one of them")
+        self.num_mini_batches = derived
+        steps_per_rollout = self.num_ppo_epochs * self.num_mini_batches
+        if self.save_strategy == "steps" and self.save_steps >= 1 and int(self.save_steps) % steps_per_rollout:
+            raise ValueError(
+                f"save_steps={self.save_steps} must be a multiple of num_ppo_epochs x num_mini_batches = "
+                f"{steps_per_rollout}, so that checkpoints fall between rollouts and resume exactly")
+
+
+class PPOTrainer(LengthAwareGRPOTrainer):
+    """PPO for language models with a trained task critic and, optionally, a frozen LenVM length critic.
+
+    Args:
+        model, reward_funcs, args, train_dataset, processing_class, peft_config, callbacks: as in TRL
+            (datasets in TRL's prompt format, plain or conversational; reward functions with GRPO's
+            signature, or reward models).
+        value_model: the critic.
+            - a :class:`~lenvm_rl.LenVMCritic` (or a :class:`~lenvm_rl.LenVM` / its path): the drop-in. Its
+              pretrained length head stays frozen and gives ``A_len``; a task value head trains beside it,
+              as ``args.task_critic`` says ('head', 'lora' or 'separate').
+            - a :class:`~lenvm_rl.modeling.TaskValueModel`: any per-token task critic, trained as is.
+            - ``None``: a task critic copied from the policy (``TaskValueModel.from_model``).
+        ref_model: the KL reference. Default: a frozen copy of the policy, or the policy with its adapter
+            disabled under PEFT. Unused when ``kl_coef = 0``.
+
+    Logged (besides TRL's and the length metrics of ``LengthAwareGRPOTrainer``): ``ppo/policy_loss``,
+    ``ppo/value_loss``, ``ppo/entropy``, ``ppo/clip_fraction``, ``ppo/approx_kl``, ``ppo/kl`` (to the
+    reference), ``ppo/explained_variance`` of the task critic and ``ppo/return`` (TRL's ``reward`` is the task score).
+    """
+
+    loss_is_scaled_for_ga = False  # the loss is a mini-batch mean; Trainer divides by the accumulation steps
+
+    def __init__(self, model, reward_funcs=None, args: PPOConfig | None = None, train_dataset=None,
+                 processing_class=None, value_model=None, ref_model=None, peft_config=None, callbacks=None, **kwargs):
+        if args is not None and not isinstance(args, PPOConfig):
+            raise TypeError(f"args must be a PPOConfig, got {type(args).__name__}")
+        if reward_funcs is None or (isinstance(reward_funcs, list) and not reward_funcs):
+            raise ValueError("PPOTrainer needs reward_funcs: a reward function with GRPO's signature, a reward model, "
+                             "or a list of them")
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = PPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-PPO")
+        length_critic, task_critic = None, None
+        if isinstance(value_model, TaskValueModel):
+            task_critic = value_model
+        elif value_model is not None:
+            length_critic = value_model
+        if length_critic is None and args.length_estimator == "lenvm":
+            raise ValueError("length_estimator='lenvm' takes its length advantages from value_model=LenVMCritic(...) "
+                             "(or a LenVM or its path); set length_estimator='none' for plain PPO, or 'group' for the "
+                             "sequence-level twin")
+        kl_coef = args.kl_coef
+        if ref_model is None and kl_coef > 0 and peft_config is None and not isinstance(model, (str, os.PathLike)) \
+                and not is_peft_model(model):
+            ref_model = copy.deepcopy(model)  # the policy as it starts (TRL would reload it from its path)
+        if ref_model is not None:
+            args.beta = 0.0  # TRL would build its own reference; ours is set below
+        try:
+            super().__init__(model, reward_funcs, args, train_dataset=train_dataset, processing_class=processing_class,
+                             peft_config=peft_config, callbacks=callbacks, length_critic=length_critic, **kwargs)
+        finally:
+            args.beta = kl_coef
+        self.beta = kl_coef
+        if ref_model is not None:
+            self.ref_model = self._prepare_reference(ref_model)
+        self.task_critic = (task_critic or self._build_task_critic()).to(self.accelerator.device)
+        if self.accelerator.num_processes > 1:  # one critic everywhere (a LoRA init draws per-process randomness)
+            with torch.no_grad():
+                for param in self.task_critic.parameters():
+                    if param.requires_grad:
+                        param.copy_(broadcast(param.detach().clone(), from_process=0))
+        self.value_optimizer = torch.optim.AdamW(
+            [p for p in self.task_critic.parameters() if p.requires_grad],
+            lr=args.critic_learning_rate or args.learning_rate, weight_decay=args.weight_decay)
+        self.value_scheduler = None
+
+    # ------------------------------------------------------------------ construction
+    def _build_task_critic(self) -> TaskValueModel:
+        mode = self.args.task_critic
+        if self.length_critic is None or mode == "separate":
+            return TaskValueModel.from_model(self.accelerator.unwrap_model(self.model))
+        lenvm = self.length_critic.model
+        if mode == "head":
+            return TaskValueModel(None, lenvm.config.hidden_size)
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=self.args.task_critic_lora_r, lora_alpha=self.args.task_critic_lora_alpha,
+                          target_modules="all-linear", lora_dropout=0.0)
+        return TaskValueModel(get_peft_model(lenvm.backbone, lora), lenvm.config.hidden_size)
+
+    def _prepare_reference(self, ref_model):
+        if isinstance(ref_model, (str, os.PathLike)):
+            from transformers import AutoModelForCausalLM
+
+            with whole_model_loading(self.args):
+                ref_model = AutoModelForCausalLM.from_pretrained(ref_model, dtype=self.model.dtype)
+        ref_model.eval().requires_grad_(False)
+        add_fused_lm_head(ref_model, temperature=self.temperature, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
+        if self.is_deepspeed_enabled:
+            from trl.models import prepare_deepspeed
+
+            return prepare_deepspeed(ref_model, self.accelerator)
+        return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.value_scheduler is None:
+            self.value_scheduler = get_scheduler(
+                self.args.lr_scheduler_type, self.value_optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps, scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
+        return scheduler
+
+    # ------------------------------------------------------------------ rollout: rewards, values, GAE
+    def _score_length(self, output, terminated, action_mask):
+        """The frozen length head: with LoRA it reads the backbone with the adapter off; in 'head' mode it also
+        returns the trunk's hidden states, which the task head reads (one forward for both heads)."""
+        if self.length_critic is None:
+            return None
+        adapter_off = (self.task_critic.backbone.disable_adapter() if self.task_critic.mode == "lora"
+                       else contextlib.nullcontext())
+        with adapter_off:
+            return self.length_critic(output["prompt_ids"], output["prompt_mask"], output["completion_ids"],
+                                      output["completion_mask"], terminated=terminated, action_mask=action_mask,
+                                      return_hidden=self.task_critic.mode == "head")
+
+    def _task_advantages(self, mode, output, task_rewards, terminated, action_mask, critic_out):
+        args = self.args
+        # the sampling policy's log-probs (TRL skips them when the first mini-batch is on-policy)
+        old_logps = output.get("old_per_token_logps")
+        if old_logps is None:
+            with torch.no_grad():
+                old_logps = self._policy_logps(self.model, output)[0]
+            output["old_per_token_logps"] = old_logps
+        ref_logps = output.get("ref_per_token_logps")
+        kl = (kl_estimate(old_logps, ref_logps, action_mask, args.kl_estimator) if ref_logps is not None
+              else torch.zeros_like(old_logps))
+        rewards = ppo_token_rewards(task_rewards, kl, action_mask, args.kl_coef, terminated,
+                                    args.missing_eos_penalty)
+
+        if self.task_critic.mode == "head":  # cached: the mini-batches reuse the rollout's trunk states
+            output["critic_hidden_states"] = critic_out.hidden_states
+            output["critic_final_hidden_states"] = critic_out.final_hidden_states
+        with torch.no_grad():
+            values, final_values = self._task_values(output)
+        final_values = torch.where(terminated, 0.0, final_values)  # V = 0 after EOS, bootstrap after truncation
+        advantages, returns = gae(rewards, values, action_mask, final_values, args.gamma, args.lam)
+        output["values"] = torch.where(action_mask, values, 0.0)
+        output["returns"] = returns
+        output.pop("ref_per_token_logps", None)  # the KL is in the reward now
+
+        metrics = self._metrics[mode]
+        gathered = self._gather_rows
+        metrics["ppo/kl"].append(masked_mean(*gathered(kl, action_mask)).item())
+        metrics["ppo/return"].append(masked_mean(*gathered(returns, action_mask)).item())
+        values_all, mask_all = gathered(values, action_mask)
+        metrics["ppo/explained_variance"].append(
+            explained_variance(values_all, gathered(returns, action_mask)[0], mask_all).item())
+        return whiten(advantages, action_mask) if args.whiten_advantages else advantages
+
+    def _task_values(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task values (B, T) at the states ``s_t`` and (B,) at ``s_T``: with grad when grad is enabled."""
+        critic = self.task_critic
+        if critic.mode == "head":
+            hidden, final_hidden = batch["critic_hidden_states"], batch["critic_final_hidden_states"]
+        else:
+            input_ids, attention_mask, state_index, last_index = completion_layout(
+                batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"],
+                self.accelerator.device)
+            hidden, final_hidden = gather_states(critic.hidden_states(input_ids, attention_mask), state_index,
+                                                 last_index)
+        return critic(hidden), critic(final_hidden)
+
+    def _policy_logps(self, model, batch):
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, batch["completion_ids"].size(1), compute_entropy=True)
+        return logps, entropies
+
+    # ------------------------------------------------------------------ one mini-batch
+    def _compute_loss(self, model, inputs):
+        args = self.args
+        mask = inputs["completion_mask"].bool()
+        if "tool_mask" in inputs:
+            mask = mask & inputs["tool_mask"].bool()
+        logps, entropies = self._policy_logps(model, inputs)
+        old_logps = inputs["old_per_token_logps"]
+        policy_loss = clipped_policy_loss(logps, old_logps, inputs["advantages"], mask, args.cliprange)
+        values, _ = self._task_values(inputs)
+        value_loss = clipped_value_loss(values, inputs["values"], inputs["returns"], mask, args.cliprange_value)
+        loss = policy_loss + args.vf_coef * value_loss
+
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        with torch.no_grad():
+            for name, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
+                                ("entropy", masked_mean(entropies, mask)),
+                                ("clip_fraction", clip_fraction(logps, old_logps, mask, args.cliprange)),
+                                ("approx_kl", approx_kl(logps, old_logps, mask))):
+                metrics[f"ppo/{name}"].append(self.accelerator.gather(value.detach()).nanmean().item())
+        return loss
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        loss = super().training_step(model, inputs, num_items_in_batch)  # backward reaches the critic too
+        if self._step % self.current_gradient_accumulation_steps == 0:
+            self._value_optimizer_step()
+        return loss
+
+    def _value_optimizer_step(self) -> None:
+        """Average the critic's gradients over processes, clip them, and step its optimizer and scheduler."""
+        params = [p for p in self.task_critic.parameters() if p.requires_grad]
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            if self.accelerator.num_processes > 1:
+                param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+        if self.args.max_grad_norm is not None and self.args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+        self.value_optimizer.step()
+        if self.value_scheduler is not None:
+            self.value_scheduler.step()
+        self.value_optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ saving and resuming
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        self.task_critic.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}",
+                              VALUE_STATE_DIR)
+        os.makedirs(folder, exist_ok=True)
+        trainable = {name: p.detach().cpu().contiguous() for name, p in self.task_critic.named_parameters()
+                     if p.requires_grad}
+        save_file(trainable, os.path.join(folder, "trainable.safetensors"), metadata={"format": "pt"})
+        torch.save(self.value_optimizer.state_dict(), os.path.join(folder, "optimizer.pt"))
+        if self.value_scheduler is not None:
+            torch.save(self.value_scheduler.state_dict(), os.path.join(folder, "scheduler.pt"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        folder = os.path.join(checkpoint, VALUE_STATE_DIR)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{checkpoint} has no {VALUE_STATE_DIR}/: it was not written by a PPOTrainer")
+        trainable = load_file(os.path.join(folder, "trainable.safetensors"), device=str(self.accelerator.device))
+        params = dict(self.task_critic.named_parameters())
+        expected = {name for name, p in params.items() if p.requires_grad}
+        if set(trainable) != expected:
+            raise ValueError(f"{folder}/trainable.safetensors holds {sorted(set(trainable) ^ expected)[:5]} that do "
+                             "not match this run's task critic; resume with the same task_critic setting")
+        with torch.no_grad():
+            for name, tensor in trainable.items():
+                params[name].copy_(tensor)
+        device = self.accelerator.device
+        self.value_optimizer.load_state_dict(torch.load(os.path.join(folder, "optimizer.pt"), map_location=device,
+                                                        weights_only=True))
+        scheduler_file = os.path.join(folder, "scheduler.pt")
+        if self.value_scheduler is not None and os.path.isfile(scheduler_file):
+            self.value_scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
