@@ -4,6 +4,12 @@
     python bench/bench_grpo.py train --lenvm LENVM_DIR --output-dir bench/results/grpo   # resumable, hours
     python bench/bench_grpo.py evaluate --output-dir bench/results/grpo                  # held-out samples
     python bench/bench_grpo.py report --output-dir bench/results/grpo                    # table + PNG
+    # PPO with the LenVMCritic (s > 0), the same critic at s = 0, and the sequence-level twin (issue 10):
+    python bench/bench_grpo.py train --lenvm LENVM_DIR --output-dir bench/results/ppo \
+        --arms ppo_lenvm,ppo_lenvm_s0,ppo_group --steps 32 --chunk 8
+    python bench/bench_grpo.py evaluate --output-dir bench/results/ppo --arms ppo_lenvm,ppo_lenvm_s0,ppo_group
+    python bench/bench_grpo.py report --output-dir bench/results/ppo --arms ppo_lenvm,ppo_lenvm_s0,ppo_group \
+        --plot docs/ppo_compare.png
 
 ``overhead`` trains plain ``trl.GRPOTrainer`` and ``LengthAwareGRPOTrainer`` (``length_estimator="lenvm"``,
 a LenVM on the policy's own backbone, so a critic the policy's size) with the same config, seed and
@@ -108,6 +114,15 @@ ARMS = {
     "lenvm": dict(length_estimator="lenvm"),
     "lenvm_pass_rate": dict(length_estimator="lenvm", length_gate="pass_rate"),
 }
+PPO_ARMS = {
+    "ppo_lenvm": dict(length_estimator="lenvm"),
+    "ppo_lenvm_s0": dict(length_estimator="lenvm", length_coef=0.0),
+    "ppo_group": dict(length_estimator="group"),
+}
+"""PPO arms (``--arms ppo_lenvm,ppo_lenvm_s0,ppo_group``): the LenVMCritic as value model with a task head on its
+frozen trunk in every arm; they differ in the length term only. A PPO step is one optimizer step on a mini-batch:
+each rollout (``--prompts`` x ``--num-generations``) is used for 2 epochs of 2 mini-batches, so a PPO arm samples
+a rollout every 4 steps where a GRPO arm samples one every step."""
 REWARD_WEIGHTS = [1.0, 0.5]  # gsm8k_correctness_reward, gsm8k_format_reward: r_max = 1.5
 
 
@@ -131,12 +146,13 @@ def train(args) -> None:
     """Train every arm in round-robin chunks of ``--chunk`` steps, resuming from each arm's last checkpoint.
 
     All arms share the policy, data order (seed), steps, length coefficient and LenVM; they differ only in
-    the length estimator and gate. Every arm gets the LenVM critic, for its logged length metrics.
+    the length estimator and gate (and, for the PPO arms, the algorithm). Every arm gets the LenVM critic,
+    for its logged length metrics.
     """
     from transformers import AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
 
-    from lenvm_rl import LengthAwareGRPOConfig, LengthAwareGRPOTrainer, LenVMCritic
+    from lenvm_rl import LengthAwareGRPOConfig, LengthAwareGRPOTrainer, LenVMCritic, PPOConfig, PPOTrainer
     from lenvm_rl.modeling import load_backbone, resolve_model_path
     from lenvm_rl.rewards import gsm8k_correctness_reward, gsm8k_format_reward
 
@@ -155,18 +171,29 @@ def train(args) -> None:
             done = int(last.rsplit("-", 1)[1]) if last else 0
             if done >= target:
                 continue
-            config = LengthAwareGRPOConfig(
-                output_dir=str(arm_dir), per_device_train_batch_size=args.prompts * args.num_generations,
-                num_generations=args.num_generations, max_completion_length=args.max_completion_length,
-                temperature=args.temperature, learning_rate=args.learning_rate, max_steps=args.steps, seed=args.seed,
-                logging_steps=1, save_strategy="steps", save_steps=args.chunk, use_cpu=True, bf16=False,
-                report_to="none", reward_weights=REWARD_WEIGHTS, length_coef=args.length_coef,
-                length_gate_max_reward=sum(REWARD_WEIGHTS), **ARMS[arm])
+            shared = dict(
+                output_dir=str(arm_dir), num_generations=args.num_generations,
+                max_completion_length=args.max_completion_length, temperature=args.temperature,
+                learning_rate=args.learning_rate, max_steps=args.steps, seed=args.seed, logging_steps=1,
+                save_strategy="steps", save_steps=args.chunk, use_cpu=True, bf16=False, report_to="none",
+                reward_weights=REWARD_WEIGHTS, length_coef=args.length_coef,
+                length_gate_max_reward=sum(REWARD_WEIGHTS))
+            critic = LenVMCritic(args.lenvm, batch_size=args.critic_batch_size)
+            rewards = [gsm8k_correctness_reward, gsm8k_format_reward]
             print(f"== {arm}: steps {done} -> {target} of {args.steps}", flush=True)
-            trainer = LengthAwareGRPOTrainer(
-                load_backbone(args.model), reward_funcs=[gsm8k_correctness_reward, gsm8k_format_reward], args=config,
-                train_dataset=dataset, processing_class=tokenizer, callbacks=[StopAt(target)],
-                length_critic=LenVMCritic(args.lenvm, batch_size=args.critic_batch_size))
+            if arm in PPO_ARMS:
+                config = PPOConfig(**{**shared, **PPO_ARMS[arm]}, num_mini_batches=2, num_ppo_epochs=2,
+                                   per_device_train_batch_size=args.prompts * args.num_generations // 2,
+                                   task_critic="head", critic_learning_rate=1e-3, kl_coef=0.05)
+                trainer = PPOTrainer(load_backbone(args.model), reward_funcs=rewards, args=config,
+                                     train_dataset=dataset, processing_class=tokenizer, callbacks=[StopAt(target)],
+                                     value_model=critic)
+            else:
+                config = LengthAwareGRPOConfig(**{**shared, **ARMS[arm]},
+                                               per_device_train_batch_size=args.prompts * args.num_generations)
+                trainer = LengthAwareGRPOTrainer(load_backbone(args.model), reward_funcs=rewards, args=config,
+                                                 train_dataset=dataset, processing_class=tokenizer,
+                                                 callbacks=[StopAt(target)], length_critic=critic)
             trainer.train(resume_from_checkpoint=last)
             if target == args.steps:
                 trainer.save_model(str(arm_dir / "final"))
@@ -220,6 +247,7 @@ def report(args) -> None:
     out = Path(args.output_dir)
     arms = args.arms.split(",")
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    step_times = {}
     for arm in arms:
         last = get_last_checkpoint(out / arm) if (out / arm).is_dir() else None
         if last is None:
@@ -228,7 +256,14 @@ def report(args) -> None:
         rows = [e for e in history if "completions/mean_length" in e]
         for ax, key in zip(axes, ("completions/mean_length", "reward")):
             ax.plot([e["step"] for e in rows], [e[key] for e in rows], label=arm)
+        step_times[arm] = [e["step_time"] for e in history if "step_time" in e]
         print(f"{arm}: {rows[-1]['step']} steps logged (checkpoint {Path(last).name})")
+    if step_times:  # mean, not median: a PPO arm samples on one optimizer step in four
+        first = next(iter(step_times))
+        base = statistics.mean(step_times[first])
+        print(f"| arm | mean step time (s) | ratio to {first} |\n|---|---:|---:|")
+        for arm, times in step_times.items():
+            print(f"| {arm} | {statistics.mean(times):.1f} | {statistics.mean(times) / base:.2f} |")
     for ax, title in zip(axes, ("mean completion length (tokens)", "task reward (correct + 0.5 format)")):
         ax.set_xlabel("GRPO step")
         ax.set_title(title)
@@ -263,7 +298,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--lenvm", required=True, help="LenVM checkpoint pretrained on the policy's own rollouts")
     p.add_argument("--output-dir", default="bench/results/grpo")
-    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join([*ARMS, *PPO_ARMS])}")
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--chunk", type=int, default=4, help="steps per arm per round (and the checkpoint interval)")
     p.add_argument("--prompts", type=int, default=2, help="prompts per step")
@@ -280,7 +315,7 @@ def main() -> None:
         p = sub.add_parser(name, help=func.__doc__.splitlines()[0])
         p.add_argument("--model", default="smollm2-135m")
         p.add_argument("--output-dir", default="bench/results/grpo")
-        p.add_argument("--arms", default=",".join(ARMS))
+        p.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join([*ARMS, *PPO_ARMS])}")
         p.add_argument("--eval-prompts", type=int, default=50, help="the first N GSM8K test questions")
         p.add_argument("--eval-samples", type=int, default=4)
         p.add_argument("--temperature", type=float, default=0.7)

@@ -1,9 +1,10 @@
-"""Length-aware GRPO on GSM8K-style math: data, LenVM, evaluation before and after, training.
+"""Length-aware GRPO or PPO on GSM8K-style math: data, LenVM, evaluation before and after, training.
 
 Arguments come from three dataclasses, TRL style: :class:`GRPOScriptArguments` (data, rewards, the
 LenVM, the held-out evaluation), :class:`~lenvm_rl.trainers.LengthAwareGRPOConfig` (every
-``GRPOConfig`` option plus the length term) and ``trl.ModelConfig`` (policy, dtype, LoRA).
-``recipes/grpo_gsm8k.py`` runs :func:`main`:
+``GRPOConfig`` option plus the length term) or :class:`~lenvm_rl.trainers.PPOConfig`, and
+``trl.ModelConfig`` (policy, dtype, LoRA). ``recipes/grpo_gsm8k.py`` and ``recipes/ppo_gsm8k.py``
+run :func:`main`; the config class picks the trainer:
 
 1. Load the training prompts and the held-out prompts as chat messages (the question plus an
    instruction to end with ``#### <number>``) with their ``answer`` column.
@@ -15,7 +16,8 @@ LenVM, the held-out evaluation), :class:`~lenvm_rl.trainers.LengthAwareGRPOConfi
    backbone; the held-out samples of step 2 are its evaluation set) and cache it under
    ``cache_dir()/lenvm-auto/<key>``. The key hashes every setting that shapes the checkpoint, so a
    second run with the same settings reuses it.
-4. Train :class:`~lenvm_rl.trainers.LengthAwareGRPOTrainer` with the rewards
+4. Train :class:`~lenvm_rl.trainers.LengthAwareGRPOTrainer` (the LenVM as ``length_critic``) or
+   :class:`~lenvm_rl.trainers.PPOTrainer` (the LenVM as ``value_model``) with the rewards
    ``correctness_reward_weight * gsm8k_correctness_reward + format_reward_weight * gsm8k_format_reward``
    and save the policy to ``output_dir``.
 5. Sample the saved policy on the same held-out prompts, print the before/after table (mean length,
@@ -62,7 +64,7 @@ AUTO_MARKER = "lenvm_auto.json"
 
 @dataclass
 class GRPOScriptArguments:
-    """Data, rewards, LenVM and evaluation arguments of length-aware GRPO on GSM8K-style problems."""
+    """Data, rewards, LenVM and evaluation arguments of length-aware GRPO and PPO on GSM8K-style problems."""
 
     dataset: str = field(default="openai/gsm8k", metadata={
         "help": "Where the problems come from: a Hub dataset id (with --dataset_config), a local directory holding "
@@ -150,16 +152,18 @@ class GRPOScriptArguments:
         return [self.correctness_reward_weight, self.format_reward_weight]
 
 
-def make_parser():
+def make_parser(config_class=None):
+    """``TrlParser`` of (script arguments, ``config_class``, ``ModelConfig``); ``config_class`` is
+    ``LengthAwareGRPOConfig`` (the default) or ``PPOConfig``, and picks the trainer :func:`main` runs."""
     from trl import ModelConfig, TrlParser
 
     from lenvm_rl.trainers import LengthAwareGRPOConfig
 
-    return TrlParser((GRPOScriptArguments, LengthAwareGRPOConfig, ModelConfig))
+    return TrlParser((GRPOScriptArguments, config_class or LengthAwareGRPOConfig, ModelConfig))
 
 
 def main(script_args: GRPOScriptArguments, training_args, model_args) -> dict:
-    """Train the policy with length-aware GRPO; returns the before/after report (empty off the main process)."""
+    """Train the policy with length-aware GRPO or PPO; returns the before/after report (empty off the main process)."""
     from accelerate import PartialState
     from transformers import AutoTokenizer
     from trl import get_peft_config
@@ -167,9 +171,10 @@ def main(script_args: GRPOScriptArguments, training_args, model_args) -> dict:
     from lenvm_rl.evaluation import format_policy_table
     from lenvm_rl.modeling import LenVM, resolve_model_path
     from lenvm_rl.rewards import gsm8k_correctness_reward, gsm8k_format_reward
-    from lenvm_rl.trainers import LengthAwareGRPOTrainer
+    from lenvm_rl.trainers import LengthAwareGRPOTrainer, PPOConfig, PPOTrainer
 
     state = PartialState()
+    algorithm = "PPO" if isinstance(training_args, PPOConfig) else "length-aware GRPO"
     _check_settings(script_args, training_args)
     model_name = model_args.model_name_or_path or DEFAULT_POLICY
     policy_path = resolve_model_path(model_name)  # the embedded model converts once; other processes wait
@@ -184,7 +189,7 @@ def main(script_args: GRPOScriptArguments, training_args, model_args) -> dict:
     trust_remote_code = training_args.trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=trust_remote_code)
     train_dataset, eval_prompts, eval_answers = load_problems(script_args)
-    state.print(f"== length-aware GRPO: {model_name}, {len(train_dataset)} training prompts from "
+    state.print(f"== {algorithm}: {model_name}, {len(train_dataset)} training prompts from "
                 f"{script_args.dataset}, {len(eval_prompts)} held-out x {script_args.eval_samples} samples; "
                 f"length_estimator={training_args.length_estimator}, length_coef={training_args.length_coef} ==")
 
@@ -212,10 +217,13 @@ def main(script_args: GRPOScriptArguments, training_args, model_args) -> dict:
         "use_safetensors": True, "dtype": model_args.dtype, "revision": model_args.model_revision,
         "attn_implementation": model_args.attn_implementation, **(training_args.model_init_kwargs or {})}
     training_args.reward_weights = script_args.reward_weights
-    trainer = LengthAwareGRPOTrainer(
+    # PPO takes the LenVM as its value model (a task head trains beside the frozen length head), GRPO as its
+    # length critic
+    critic_argument = {"value_model": critic} if algorithm == "PPO" else {"length_critic": critic}
+    trainer = (PPOTrainer if algorithm == "PPO" else LengthAwareGRPOTrainer)(
         policy_path, reward_funcs=[gsm8k_correctness_reward, gsm8k_format_reward], args=training_args,
         train_dataset=train_dataset, processing_class=tokenizer, peft_config=get_peft_config(model_args),
-        length_critic=critic,
+        **critic_argument,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
