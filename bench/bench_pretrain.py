@@ -93,7 +93,7 @@ own is in the JSON). Per row: the ``s_0`` head (the ``variants`` row ``s_0 only`
 ``--head-epochs`` 30, ``--s0-batch-size`` 16, seed ``--seed``; the same run is also evaluated after
 ``--head-also-epochs`` for the JSON), its mean over ``--head-seeds``, the ridge probe (``--ridge-alpha``
 1e3), and, fitted on the row's records, the constant baseline and the prompt-length regression of
-``lenvm_rl.evaluation`` and its value-space twin (``CURVE_PREDICTORS``); the split-half MRE and noise floor of
+``lenvm_rl.evaluation`` (a line in value space, ``CURVE_PREDICTORS``); the split-half MRE and noise floor of
 each held-out set. Each gets the held-out prompt MRE ± SE over prompts, the value MSE at ``s_0`` and the RE at
 0 % of the trajectory (both over the EOS-terminated held-out completions, as ``evaluate_lenvm``). The RE at
 25/50/75 % is not measured: these predictors see ``s_0`` only. The slope is the least-squares change of the
@@ -731,14 +731,10 @@ def prompts_for_target(fit: dict, target: float) -> float:
 
 
 SEED_MEAN = "s_0 head, mean of seeds"
-VALUE_SPACE_REGRESSION = "prompt-length regression, value space"
-CURVE_PREDICTORS = ("s_0 head", SEED_MEAN, "ridge probe", "constant baseline", "prompt-length regression",
-                    VALUE_SPACE_REGRESSION)
+CURVE_PREDICTORS = ("s_0 head", SEED_MEAN, "ridge probe", "constant baseline", "prompt-length regression")
 """The curve's predictors. ``s_0 head`` is the run of ``--seed``; ``prompt-length regression`` is
-``lenvm_rl.evaluation.prompt_length_baseline`` (a fit of each training prompt's return-consistent length, which with
-one sample per prompt is that sample's length: it fits the mean length, longer than the return-consistent one);
-its ``value space`` twin is the least-squares line of the prompt-mean ``G_0`` on the prompt's token count (clamped
-as ``fit_ridge``)."""
+``lenvm_rl.evaluation.prompt_length_baseline``, the least-squares line of the prompt-mean ``V(s_0)`` target on the
+prompt's token count (fitted in value space, so unbiased whatever the samples per prompt)."""
 
 
 def seed_mean(cells: list[dict]) -> dict:
@@ -750,7 +746,7 @@ def seed_mean(cells: list[dict]) -> dict:
                    "num_infinite": max(cell["num_infinite"] for cell in cells), "value_mse": math.nan}
 
 
-MSE_PREDICTORS = ("s_0 head", "ridge probe", "constant baseline", VALUE_SPACE_REGRESSION)
+MSE_PREDICTORS = ("s_0 head", "ridge probe", "constant baseline", "prompt-length regression")
 
 
 def format_curve_table(rows: list[dict], sets: list[str], mse_set: str) -> str:
@@ -787,8 +783,7 @@ def plot_curve(result: dict, path) -> None:
     fixed = [r for r in result["rows"] if r["samples"] > 1 or r["completions"] == result["fixed_completions"]]
     figure, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), sharey=True, squeeze=False)
     styles = {SEED_MEAN: ("C0", "o"), "s_0 head": ("C9", "."), "ridge probe": ("C1", "s"),
-              "constant baseline": ("C7", "^"), "prompt-length regression": ("C2", "v"),
-              VALUE_SPACE_REGRESSION: ("C4", "D")}
+              "constant baseline": ("C7", "^"), "prompt-length regression": ("C2", "v")}
     for ax, name in zip(axes[0], sets):
         for predictor, (color, marker) in styles.items():
             x = [r["prompts"] for r in growing]
@@ -830,7 +825,7 @@ def plot_curve(result: dict, path) -> None:
 
 
 def curve(args) -> None:
-    from lenvm_rl.data import gamma_from_records, group_by_prompt, read_rollouts
+    from lenvm_rl.data import gamma_from_records, read_rollouts
 
     rows_spec = [parse_curve_row(text) for text in args.rows]
     eval_paths = args.eval_rollouts or []
@@ -877,12 +872,6 @@ def curve(args) -> None:
         baselines = {s.name: _baseline_s0_values(row_records, s, gamma) for s in sets}
         for name in ("constant baseline", "prompt-length regression"):
             evaluation[name] = {s.name: s.evaluate_values(baselines[s.name][name]) for s in sets}
-        # prompt_index order, that of boundary_rows and of HeldOut.groups
-        train_tokens = torch.tensor([[len(g[0]["prompt_ids"])] for g in group_by_prompt(row_records).values()])
-        line = fit_ridge(train_tokens.float(), s0_targets, 0.0)
-        evaluation[VALUE_SPACE_REGRESSION] = {
-            s.name: s.evaluate_values(line(torch.tensor([[len(g[0]["prompt_ids"])] for g in s.groups.values()],
-                                                        dtype=torch.float32))) for s in sets}
         row = {"prompts": prompts, "samples": samples, "completions": len(row_records),
                "censored": sum(r["finish_reason"] == "length" for r in row_records),
                "own_gamma": gamma_from_records(row_records), "eval": {name: evaluation[name] for name in

@@ -54,7 +54,6 @@ from lenvm_rl.core import (
     noise_floor_relative_errors,
     positionwise_relative_error,
     prompt_relative_errors,
-    return_consistent_length,
     split_half_relative_errors,
     value_regression_loss,
     value_to_length,
@@ -222,32 +221,40 @@ def format_report(rows: dict[str, LenVMEvaluation],
 
 @dataclass(frozen=True)
 class PromptLengthBaseline:
-    """Linear regression of a prompt's return-consistent length on its number of prompt tokens.
+    """A line in value space: a prompt's expected ``V(s_0)`` against its number of prompt tokens.
 
-    Predicts ``L_hat = max(1, slope * P + intercept)`` for a prompt of ``P = len(prompt_ids)`` tokens, in
-    tokens of the discount ``gamma`` the fit's targets used (:func:`prompt_length_baseline`). It predicts at
-    the prompt boundary only.
+    Predicts ``V_hat = slope * P + intercept`` for a prompt of ``P = len(prompt_ids)`` tokens, clamped into
+    ``[min_value, -(1 - gamma)]`` (a length of at least 1 token, and no longer than the fit ever saw), and
+    turns it into the length ``ln(1 + V_hat) / ln(gamma)`` of the discount ``gamma`` the fit used
+    (:func:`prompt_length_baseline`). It predicts at the prompt boundary only.
     """
 
     slope: float
     intercept: float
     gamma: float
+    min_value: float
 
     def predict_lengths(self, records: Sequence[dict]) -> Tensor:
-        """Float32 ``(N,)`` predicted lengths (clamped to >= 1 token), one per prompt of ``records`` in
-        ascending ``prompt_index`` (the order of :func:`~lenvm_rl.data.group_by_prompt`)."""
+        """Float32 ``(N,)`` predicted lengths, one per prompt of ``records`` in ascending ``prompt_index``
+        (the order of :func:`~lenvm_rl.data.group_by_prompt`)."""
         return self._predict(group_by_prompt(records))
 
     def _predict(self, groups: dict[int, list[dict]]) -> Tensor:
         prompt_tokens = torch.tensor([len(group[0]["prompt_ids"]) for group in groups.values()], dtype=torch.float64)
-        return (self.slope * prompt_tokens + self.intercept).clamp(min=1.0).float()
+        values = (self.slope * prompt_tokens + self.intercept).clamp(min=self.min_value, max=-(1.0 - self.gamma))
+        return value_to_length(values, self.gamma).float()
 
 
 def prompt_length_baseline(train_records: Sequence[dict], gamma: float) -> PromptLengthBaseline:
     """Fit :class:`PromptLengthBaseline` on training rollouts: ordinary least squares
-    (:func:`~lenvm_rl.core.fit_linear`) of ``y_n = L_GT_n = ln(mean_i gamma**L_ni) / ln(gamma)`` over all sampled
-    completions of training prompt ``n`` (censored ones at their lower bound ``L_i``, as in the prompt MRE) on
+    (:func:`~lenvm_rl.core.fit_linear`) of ``y_n = mean_i -(1 - gamma**L_ni)`` over the sampled completions of
+    training prompt ``n`` (censored ones at their lower bound ``L_i``, as in the prompt MRE) on
     ``x_n = len(prompt_ids)``, one point per prompt.
+
+    The fit is in value space because ``gamma**L`` of one sample is an unbiased estimate of the prompt's
+    ``E[gamma**L]``, whereas its length is not an unbiased estimate of the return-consistent length
+    ``ln E[gamma**L] / ln gamma`` (with one sample per prompt a fit of lengths would fit the *mean* length, which
+    Jensen's inequality makes longer). So the baseline is fair whatever the number of samples per prompt.
 
     Raises:
         ValueError: no or malformed records, fewer than 2 training prompts, or all training prompts of the same
@@ -257,13 +264,14 @@ def prompt_length_baseline(train_records: Sequence[dict], gamma: float) -> Promp
     if len(groups) < 2:
         raise ValueError(f"the prompt-length baseline needs at least 2 training prompts, got {len(groups)}")
     lengths, mask = _group_lengths(groups)
-    targets = return_consistent_length(lengths, gamma, mask)
+    returns = torch.where(mask, length_to_value(lengths.double(), gamma), 0.0)
+    targets = returns.sum(dim=1) / mask.sum(dim=1)
     prompt_tokens = torch.tensor([len(group[0]["prompt_ids"]) for group in groups.values()], dtype=torch.float64)
     if bool((prompt_tokens == prompt_tokens[0]).all()):
         raise ValueError(f"all {len(groups)} training prompts have {int(prompt_tokens[0])} tokens: the slope of the "
                          "prompt-length baseline is undefined")
     slope, intercept = fit_linear(prompt_tokens, targets)
-    return PromptLengthBaseline(slope=slope, intercept=intercept, gamma=gamma)
+    return PromptLengthBaseline(slope=slope, intercept=intercept, gamma=gamma, min_value=targets.min().item())
 
 
 def evaluate_prompt_length_baseline(baseline: PromptLengthBaseline, records: Sequence[dict]) -> LenVMEvaluation:

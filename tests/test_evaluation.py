@@ -220,42 +220,63 @@ def test_format_report_lists_every_row_and_its_numbers(constant_model):
 # ----------------------------------------------------------------------------- prompt-length baseline, references
 
 
-def linear_records(prompt_tokens, samples=2, slope=2, intercept=1, first_index=0):
-    """Records whose every completion has exactly ``slope * P + intercept`` tokens, P the prompt's tokens."""
-    return [make_record(first_index + i, s, list(range(1, p + 1)), slope * p + intercept)
+def linear_records(prompt_tokens, samples=2, first_index=0):
+    """Records whose every completion has the length whose value ``-(1 - GAMMA**L)`` is ``-0.1 * P``, P the
+    prompt's tokens (1 <= P <= 9): a value exactly linear in P (lengths need not be whole for the fit)."""
+    lengths = {p: round(math.log(1 - 0.1 * p) / math.log(GAMMA)) for p in prompt_tokens}
+    return [make_record(first_index + i, s, list(range(1, p + 1)), lengths[p])
             for i, p in enumerate(prompt_tokens) for s in range(samples)]
 
 
-def test_prompt_length_baseline_recovers_an_exact_linear_relation():
-    baseline = prompt_length_baseline(linear_records([2, 3, 5, 8]), GAMMA)
+def test_prompt_length_baseline_is_a_line_in_value_space():
+    train = linear_records([2, 3, 5, 8])
+    values = {p: -(1 - GAMMA ** round(math.log(1 - 0.1 * p) / math.log(GAMMA))) for p in (2, 3, 5, 8)}
+    baseline = prompt_length_baseline(train, GAMMA)
     assert isinstance(baseline, PromptLengthBaseline) and baseline.gamma == GAMMA
-    assert (baseline.slope, baseline.intercept) == pytest.approx((2.0, 1.0), abs=1e-4)
-    test = linear_records([4, 1, 6], samples=3, first_index=10)
-    assert baseline.predict_lengths(test).tolist() == pytest.approx([9.0, 3.0, 13.0], abs=1e-3)  # prompt_index order
+    assert baseline.slope == pytest.approx(-0.1, abs=0.01) and baseline.intercept == pytest.approx(0.0, abs=0.02)
+    assert baseline.min_value == pytest.approx(values[8])
+    test = linear_records([4, 3, 6], samples=3, first_index=10)
+    expected = [math.log(1 + baseline.slope * p + baseline.intercept) / math.log(GAMMA) for p in (4, 3, 6)]
+    assert baseline.predict_lengths(test).tolist() == pytest.approx(expected, rel=1e-5)  # prompt_index order
     row = evaluate_prompt_length_baseline(baseline, test)
-    assert row.prompt_mre == pytest.approx(0.0, abs=1e-4) and row.prompt_mre_se == pytest.approx(0.0, abs=1e-4)
+    assert row.prompt_mre < 0.1  # the lengths are whole tokens, so the line is only near-exact
     assert math.isnan(row.value_mse) and all(math.isnan(e) for e in row.positionwise_re.values())
     assert list(row.positionwise_re) == list(FRACTIONS)
     assert (row.num_prompts, row.num_completions, row.num_censored) == (3, 9, 0)
 
 
 def test_prompt_length_baseline_targets_predictions_and_errors():
-    # targets are return-consistent lengths, censored samples at their lower bound: prompt A (3 tokens) samples 1
-    # and 2 -> L_GT 1.4868; prompt B (2 tokens) samples 4 (eos) and 3 (cut) -> 3.4868. Two points: an exact line.
+    # targets are mean values, censored samples at their lower bound: prompt A (3 tokens) samples 1 and 2 ->
+    # -(1 - (0.9 + 0.81) / 2) = -0.145; prompt B (2 tokens) samples 4 (eos) and 3 (cut) -> -(1 - (0.6561 + 0.729) / 2)
+    # = -0.30745. Two points: an exact line.
     train = RECORDS[:2] + [make_record(1, 0, PROMPT_B, 4), make_record(1, 1, PROMPT_B, 3, "length")]
     baseline = prompt_length_baseline(train, GAMMA)
-    assert (baseline.slope, baseline.intercept) == pytest.approx((-2.0, 7.4868360), abs=1e-4)
-    # predictions are clamped to 1 token: 8 prompt tokens -> 7.4868 - 16 < 1
+    assert (baseline.slope, baseline.intercept) == pytest.approx((0.16245, -0.63235), abs=1e-6)
+    assert baseline.min_value == pytest.approx(-0.30745)
+    # one prompt token: -0.4699, below what the fit saw, so clamped to -0.30745 -> ln(0.69255) / ln(0.9) tokens;
+    # eight prompt tokens: +0.6672, clamped to -(1 - 0.9) -> 1 token
+    near = [make_record(0, 0, [7], 2), make_record(0, 1, [7], 2)]
     far = [make_record(0, 0, list(range(8)), 2), make_record(0, 1, list(range(8)), 2)]
-    assert baseline.predict_lengths(far).tolist() == [1.0]
+    assert baseline.predict_lengths(near).tolist() == pytest.approx([math.log(0.69255) / math.log(GAMMA)], rel=1e-5)
+    assert baseline.predict_lengths(far).tolist() == pytest.approx([1.0], rel=1e-5)
     row = evaluate_prompt_length_baseline(baseline, far)
-    assert row.prompt_mre == pytest.approx(0.5) and math.isnan(row.prompt_mre_se)  # |1 - 2| / 2, one prompt
+    assert row.prompt_mre == pytest.approx(0.5, rel=1e-5) and math.isnan(row.prompt_mre_se)  # |1 - 2| / 2
     with pytest.raises(ValueError, match="at least 2 training prompts, got 1"):
         prompt_length_baseline(RECORDS[:2], GAMMA)
     with pytest.raises(ValueError, match="all 2 training prompts have 3 tokens: the slope"):
         prompt_length_baseline(RECORDS[:2] + [make_record(5, 0, [1, 2, 3], 4)], GAMMA)
     with pytest.raises(ValueError, match="records is empty"):
         prompt_length_baseline([], GAMMA)
+
+
+def test_prompt_length_baseline_with_one_sample_per_prompt_is_not_biased_long():
+    """With one sample per prompt a fit of lengths targets the mean length, longer than the return-consistent one;
+    the value-space fit targets E[gamma**L]. Prompts of 2 and 3 tokens, each sampling lengths 1 or 30 evenly."""
+    train = [make_record(2 * k + j, 0, [5] * (2 + j), (1, 30)[k % 2]) for k in range(40) for j in range(2)]
+    baseline = prompt_length_baseline(train, GAMMA)
+    truth = math.log((GAMMA + GAMMA ** 30) / 2) / math.log(GAMMA)  # 6.3: far below the mean length 15.5
+    test = [make_record(0, 0, [5, 5], 2)]
+    assert baseline.predict_lengths(test).item() == pytest.approx(truth, rel=1e-3)
 
 
 def test_noise_floor_and_split_half_by_hand():
@@ -276,7 +297,7 @@ def test_noise_floor_and_split_half_by_hand():
 
 
 def test_format_report_with_a_prediction_only_row_and_references(constant_model):
-    baseline = PromptLengthBaseline(slope=0.0, intercept=2.0, gamma=GAMMA)
+    baseline = PromptLengthBaseline(slope=0.0, intercept=-(1 - GAMMA**2), gamma=GAMMA, min_value=-0.9)  # 2 tokens
     rows = {"LenVM": evaluate_lenvm(constant_model, RECORDS),
             "prompt-length regression": evaluate_prompt_length_baseline(baseline, RECORDS)}
     lines = format_report(rows, {NOISE_FLOOR_ROW: (0.0123, 0.0046), SPLIT_HALF_ROW: (0.25, math.nan)}).splitlines()

@@ -114,7 +114,7 @@ def test_curve_end_to_end(tmp_path, capsys):
         mean = row["eval"][bench.SEED_MEAN]["all held-out"]
         assert mean["prompt_mre"] == pytest.approx(sum(seeds) / 2) and mean["seeds"] == 2
         # censored training targets (-1) never make a line or probe predict an infinite length
-        assert row["eval"][bench.VALUE_SPACE_REGRESSION]["all held-out"]["num_infinite"] == 0
+        assert row["eval"]["prompt-length regression"]["all held-out"]["num_infinite"] == 0
         assert row["eval"]["ridge probe"]["all held-out"]["num_infinite"] == 0
         for predictor in bench.CURVE_PREDICTORS:
             assert all(cell["prompt_mre"] >= 0 for cell in row["eval"][predictor].values())
