@@ -249,7 +249,7 @@ class PPOTrainer(LengthAwareGRPOTrainer):
     def _build_task_critic(self) -> TaskValueModel:
         mode = self.args.task_critic
         if self.length_critic is None or mode == "separate":
-            return TaskValueModel.from_model(self.accelerator.unwrap_model(self.model))
+            return TaskValueModel.from_model(self._whole_policy())
         lenvm = self.length_critic.model
         if mode == "head":
             return TaskValueModel(None, lenvm.config.hidden_size)
@@ -258,6 +258,23 @@ class PPOTrainer(LengthAwareGRPOTrainer):
         lora = LoraConfig(r=self.args.task_critic_lora_r, lora_alpha=self.args.task_critic_lora_alpha,
                           target_modules="all-linear", lora_dropout=0.0)
         return TaskValueModel(get_peft_model(lenvm.backbone, lora), lenvm.config.hidden_size)
+
+    def _whole_policy(self):
+        """The policy with whole parameters, to copy: itself, or under ZeRO-3 a whole copy of its gathered weights."""
+        policy = self.accelerator.unwrap_model(self.model)
+        if not (self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3):
+            return policy
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        if is_peft_model(policy):
+            raise ValueError("a task critic copied from a PEFT policy under ZeRO-3 is not supported: pass "
+                             "value_model=LenVMCritic(...) with task_critic='head' or 'lora', or a TaskValueModel")
+        with whole_model_loading(self.args):
+            whole = AutoModelForCausalLM.from_config(policy.config, dtype=policy.dtype)
+        with deepspeed.zero.GatheredParameters(list(policy.parameters())):
+            whole.load_state_dict(policy.state_dict())
+        return whole
 
     def _prepare_reference(self, ref_model):
         if isinstance(ref_model, (str, os.PathLike)):

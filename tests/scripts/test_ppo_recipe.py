@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from test_grpo_recipe import check_report, launch, one_thread, tiny_args, tiny_policy_dir  # noqa: F401
 
 from lenvm_rl.scripts.grpo import main, make_parser
@@ -30,13 +31,36 @@ def test_main_trains_ppo_with_the_lenvm_as_value_model(tiny_policy_dir, tmp_path
     assert json.loads((tmp_path / "run" / "value_model" / "task_critic.json").read_text())["mode"] == "head"
 
 
-def test_two_accelerate_processes(tiny_policy_dir, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def ddp_run(tiny_policy_dir, tmp_path_factory):  # noqa: F811
+    path = tmp_path_factory.mktemp("ppo-ddp")
     result = launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                     "--dynamo_backend", "no", str(RECIPE),
-                    *tiny_args(tiny_policy_dir, tmp_path / "out", tmp_path / "cache", *PPO_ARGS,
+                    *tiny_args(tiny_policy_dir, path / "out", path / "cache", *PPO_ARGS,
                                "--per_device_train_batch_size", "1", "--task_critic", "lora"))
+    return result, path
+
+
+def test_two_accelerate_processes(ddp_run):
+    result, path = ddp_run
     assert result.stdout.count("held-out prompts / 4 completions") == 1
-    check_report(tmp_path / "out")
+    check_report(path / "out")
+
+
+@pytest.mark.parametrize("stage, critic", [("zero2", "separate"), ("zero3", "separate"), ("zero3", "head")])
+def test_deepspeed_configs_train(tiny_policy_dir, ddp_run, stage, critic):  # noqa: F811
+    pytest.importorskip("deepspeed")
+    _, path = ddp_run
+    # The shipped DeepSpeed configs on two CPU processes (fp32), with the LenVM the DDP run cached; under ZeRO-3
+    # the policy is partitioned, the frozen LenVM and the task critic whole on each process.
+    out = path / f"{stage}-{critic}"
+    result = launch("--config_file", str(REPO / "recipes" / "accelerate" / f"{stage}.yaml"), "--num_processes", "2",
+                    "--mixed_precision", "no", str(RECIPE),
+                    *tiny_args(tiny_policy_dir, out, path / "cache", *PPO_ARGS, "--per_device_train_batch_size", "1",
+                               "--task_critic", critic))
+    assert "[lenvm auto] reusing the cached LenVM" in result.stdout
+    check_report(out)
+    assert (out / "value_model" / "score.safetensors").is_file()
 
 
 def test_shipped_cpu_config_parses():

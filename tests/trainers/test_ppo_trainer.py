@@ -200,3 +200,32 @@ def test_group_twin_with_several_generations_per_prompt(tmp_path):
                            max_steps=4)
     trainer.train()
     assert "length/abs_advantage" in trainer.state.log_history[0]
+
+
+# ----------------------------------------------------------------------------- PEFT and gradient accumulation
+
+
+def test_peft_policy_trains_its_adapter_against_the_adapter_free_reference(tmp_path):
+    from peft import LoraConfig
+
+    trainer = PPOTrainer(tiny_policy(), reward_funcs=starts_with_c, args=make_args(tmp_path, kl_coef=0.1, max_steps=8),
+                         train_dataset=prompt_dataset(), processing_class=tiny_tokenizer(),
+                         value_model=LenVMCritic(tiny_lenvm()),
+                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert trainer.ref_model is None  # the reference is the policy with its adapter disabled
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {k for k, v in trainer.model.named_parameters() if not torch.equal(v, before[k])}
+    assert changed and all("lora_" in k for k in changed)
+    kl = logged(trainer, "ppo/kl")
+    assert kl[0] == 0.0 and kl[1] != 0.0  # the first rollout is the reference's own; then the adapter has moved
+
+
+def test_gradient_accumulation_steps_the_critic_once_per_optimizer_step(tmp_path):
+    trainer = make_trainer(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=4,
+                           logging_steps=1)
+    assert trainer.args.steps_per_generation == 4  # 2 mini-batches of 2 micro-batches
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert trainer.value_scheduler.last_epoch == 4  # one critic step per policy optimizer step
+    assert trainer.value_optimizer.state[trainer.task_critic.score.weight]["step"].item() == 4
