@@ -47,12 +47,14 @@ def test_two_accelerate_processes(ddp_run):
     check_report(path / "out")
 
 
-@pytest.mark.parametrize("stage, critic", [("zero2", "separate"), ("zero3", "separate"), ("zero3", "head")])
-def test_deepspeed_configs_train(tiny_policy_dir, ddp_run, stage, critic):  # noqa: F811
+def test_zero3_config_trains_a_whole_task_critic_copied_from_the_partitioned_policy(tiny_policy_dir, ddp_run):  # noqa: F811
     pytest.importorskip("deepspeed")
     _, path = ddp_run
-    # The shipped DeepSpeed configs on two CPU processes (fp32), with the LenVM the DDP run cached; under ZeRO-3
-    # the policy is partitioned, the frozen LenVM and the task critic whole on each process.
+    # The shipped ZeRO-3 config on two CPU processes (fp32), with the LenVM the DDP run cached: the policy is
+    # partitioned; the frozen LenVM and the separate task critic (gathered from the policy) are whole on each process.
+    # (ZeRO-2, and ZeRO-3 with the 'head' critic, ran the same way when this test was written; one DeepSpeed launch
+    # keeps the suite short.)
+    stage, critic = "zero3", "separate"
     out = path / f"{stage}-{critic}"
     result = launch("--config_file", str(REPO / "recipes" / "accelerate" / f"{stage}.yaml"), "--num_processes", "2",
                     "--mixed_precision", "no", str(RECIPE),
