@@ -213,6 +213,9 @@ class PPOTrainer(LengthAwareGRPOTrainer):
             args = PPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-PPO")
         length_critic, task_critic = None, None
         if isinstance(value_model, TaskValueModel):
+            if value_model.mode == "head":
+                raise ValueError("a 'head' TaskValueModel reads a LenVM's trunk states: pass "
+                                 "value_model=LenVMCritic(...) with task_critic='head' instead")
             task_critic = value_model
         elif value_model is not None:
             length_critic = value_model
@@ -359,11 +362,12 @@ class PPOTrainer(LengthAwareGRPOTrainer):
                                                  last_index)
         return critic(hidden), critic(final_hidden)
 
-    def _policy_logps(self, model, batch):
+    def _policy_logps(self, model, batch, compute_entropy: bool = False):
+        """TRL's per-token log-probs (B, T) of the completion tokens, and their entropies when asked."""
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
         logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, batch["completion_ids"].size(1), compute_entropy=True)
+            model, input_ids, attention_mask, batch["completion_ids"].size(1), compute_entropy=compute_entropy)
         return logps, entropies
 
     # ------------------------------------------------------------------ one mini-batch
@@ -372,7 +376,7 @@ class PPOTrainer(LengthAwareGRPOTrainer):
         mask = inputs["completion_mask"].bool()
         if "tool_mask" in inputs:
             mask = mask & inputs["tool_mask"].bool()
-        logps, entropies = self._policy_logps(model, inputs)
+        logps, entropies = self._policy_logps(model, inputs, compute_entropy=True)
         old_logps = inputs["old_per_token_logps"]
         policy_loss = clipped_policy_loss(logps, old_logps, inputs["advantages"], mask, args.cliprange)
         values, _ = self._task_values(inputs)

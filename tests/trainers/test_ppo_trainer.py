@@ -193,6 +193,8 @@ def test_a_missing_reward_and_a_missing_length_critic_are_refused(tmp_path):
                    processing_class=tiny_tokenizer(), value_model=LenVMCritic(tiny_lenvm()))
     with pytest.raises(ValueError, match="length_estimator='lenvm' takes its length advantages from value_model"):
         make_trainer(tmp_path, value_model=None)
+    with pytest.raises(ValueError, match="a 'head' TaskValueModel reads a LenVM's trunk states"):
+        make_trainer(tmp_path, value_model=TaskValueModel(None, 32), length_estimator="none")
 
 
 def test_group_twin_with_several_generations_per_prompt(tmp_path):
