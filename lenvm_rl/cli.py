@@ -328,8 +328,10 @@ def cmd_serve(args) -> None:
     predictor = _load_predictor(args)
     from lenvm_rl.serving import serve
 
+    if not 0.0 <= args.max_padding < 1.0:
+        raise CLIError(f"--max-padding must be in [0, 1), got {args.max_padding}")
     serve(predictor, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
-          max_batch_size=args.batch_size)
+          max_batch_size=args.batch_size, max_padding=args.max_padding)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -508,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=30010, help="port (default: 30010)")
     p.add_argument("--max-batch-tokens", type=int, default=16384,
                    help="padded tokens per forward pass; a request holding more gets HTTP 413 (default: 16384)")
+    p.add_argument("--max-padding", type=float, default=0.25,
+                   help="largest fraction of a batch that may be padding; shorter rows wait for the next "
+                        "batch (default: 0.25)")
     p.set_defaults(func=cmd_serve)
     return parser
 

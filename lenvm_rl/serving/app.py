@@ -68,6 +68,7 @@ def create_app(
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     max_batch_size: int = 64,
     max_wait_s: float = 0.002,
+    max_padding: float = 0.25,
 ) -> FastAPI:
     """A FastAPI app serving ``model`` (a :class:`LengthPredictor`, or a bare :class:`LenVM` without ``/predict``).
 
@@ -77,12 +78,13 @@ def create_app(
         max_batch_tokens: padded tokens per forward pass; a request holding more gets a 413.
         max_batch_size: rows (sequences or prefixes) per forward pass; 1 turns batching off.
         max_wait_s: how long the batcher waits for more requests after the first of a batch.
+        max_padding: the largest fraction of padding in a batch (padding costs as much as real tokens).
     """
     predictor = model if isinstance(model, LengthPredictor) else None
     lenvm = predictor.model if predictor is not None else model
     vocab_size = lenvm.config.vocab_size
     batcher = DynamicBatcher(lenvm, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                             max_wait_s=max_wait_s)
+                             max_wait_s=max_wait_s, max_padding=max_padding)
     parameter = next(lenvm.parameters())
 
     @asynccontextmanager
@@ -155,6 +157,7 @@ def create_app(
             "dtype": str(parameter.dtype).removeprefix("torch."),
             "max_batch_tokens": max_batch_tokens,
             "max_batch_size": max_batch_size,
+            "max_padding": max_padding,
             "predict": predictor is not None,
             "batches": stats.batches,
             "rows": stats.rows,

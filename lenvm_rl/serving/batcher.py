@@ -4,7 +4,8 @@ A request is a list of rows of one kind: ``"encode"`` rows are token sequences (
 ``z`` comes back), ``"tree"`` rows are ``(prefix, candidates)`` pairs (``z`` of each one-token
 extension comes back). The worker takes everything queued (waiting ``max_wait_s`` for more after the
 first request), sorts the rows of each kind by length and packs them into batches whose padded size,
-``rows * width`` tokens, stays under ``max_batch_tokens``, with at most ``max_batch_size`` rows. A
+``rows * width`` tokens, stays under ``max_batch_tokens``, with at most ``max_batch_size`` rows and at
+most a ``max_padding`` fraction of padding (a padded token costs as much as a real one). A
 request's future resolves once all its rows are done; rows of different requests never mix up
 because each row carries its request and index.
 """
@@ -63,13 +64,18 @@ class DynamicBatcher:
         max_batch_tokens: padded tokens (rows x width) per forward pass; a request must fit in it.
         max_batch_size: rows per forward pass.
         max_wait_s: how long the worker waits for more requests after the first one of a batch.
+        max_padding: the largest fraction of a batch's padded tokens that may be padding; a shorter row
+            that would exceed it starts the next batch.
     """
 
     def __init__(self, model: LenVM, *, max_batch_tokens: int = 16384, max_batch_size: int = 64,
-                 max_wait_s: float = 0.002):
+                 max_wait_s: float = 0.002, max_padding: float = 0.25):
         if max_batch_tokens < 1 or max_batch_size < 1:
             raise ValueError(f"max_batch_tokens and max_batch_size must be >= 1, got {max_batch_tokens}, "
                              f"{max_batch_size}")
+        if not 0.0 <= max_padding < 1.0:
+            raise ValueError(f"max_padding must be in [0, 1), got {max_padding}")
+        self.max_padding = max_padding
         self.model = model.eval()
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
@@ -138,17 +144,24 @@ class DynamicBatcher:
                     self._run_batch(kind, batch)
 
     def plan(self, kind: Kind, rows: list[tuple[_Job, int]]) -> list[list[tuple[_Job, int]]]:
-        """Length-sorted batches (longest first) whose ``rows * width`` stays within the token budget."""
+        """Length-sorted batches (longest first) within the token budget, the row limit and the padding limit.
+
+        The width of a ``"tree"`` batch is its longest prefix plus its largest candidate count, since both
+        are padded separately.
+        """
         rows = sorted(rows, key=lambda r: row_tokens(kind, r[0].rows[r[1]]), reverse=True)
-        batches, current, width = [], [], 0
+        batches, current, widest, real = [], [], (0, 0), 0
         for job, i in rows:
-            n = row_tokens(kind, job.rows[i])
-            w = max(width, n)
-            if current and (w * (len(current) + 1) > self.max_batch_tokens or len(current) >= self.max_batch_size):
+            row = job.rows[i]
+            size = (len(row), 0) if kind == "encode" else (len(row[0]), len(row[1]))
+            grown = (max(widest[0], size[0]), max(widest[1], size[1]))
+            padded = sum(grown) * (len(current) + 1)
+            if current and (padded > self.max_batch_tokens or len(current) >= self.max_batch_size
+                            or real + sum(size) < (1.0 - self.max_padding) * padded):
                 batches.append(current)
-                current, w = [], n
+                current, grown, real = [], size, 0
             current.append((job, i))
-            width = w
+            widest, real = grown, real + sum(size)
         if current:
             batches.append(current)
         return batches

@@ -40,7 +40,8 @@ def test_score_extensions_on_a_cache_keeps_no_candidate(arch):
 
 
 def test_plan_sorts_by_length_and_keeps_the_token_budget():
-    batcher = DynamicBatcher(LenVM(tiny_backbone(), gamma=0.99), max_batch_tokens=20, max_batch_size=3)
+    batcher = DynamicBatcher(LenVM(tiny_backbone(), gamma=0.99), max_batch_tokens=20, max_batch_size=3,
+                             max_padding=0.9)
 
     class Job:  # only .rows is read by plan
         def __init__(self, rows):
@@ -53,6 +54,14 @@ def test_plan_sorts_by_length_and_keeps_the_token_budget():
     assert sorted(n for w in widths for n in w) == [1, 2, 3, 5, 5, 8, 9]
     assert all(max(w) * len(w) <= 20 and len(w) <= 3 for w in widths)
     assert [n for w in widths for n in w] == [9, 8, 5, 5, 3, 2, 1]  # longest first
+    # tree rows pad prefixes and candidate lists apart: (10 + 1) and (1 + 10) cost 2 x (10 + 10) together
+    tree = Job([([1] * 10, [2]), ([1], [2] * 10)])
+    assert len(batcher.plan("tree", [(tree, 0), (tree, 1)])) == 2
+    # padding limit: 8 then 2 would be 50 % padding
+    batcher.max_batch_tokens, batcher.max_padding = 100, 0.25
+    lengths = Job([[1] * n for n in (8, 7, 2, 2)])
+    planned = batcher.plan("encode", [(lengths, i) for i in range(4)])
+    assert [[len(lengths.rows[i]) for _, i in b] for b in planned] == [[8, 7], [2, 2]]
 
 
 def test_missing_dependencies_say_how_to_install(monkeypatch):
