@@ -43,13 +43,16 @@ require_serving_dependencies()
 
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
 
 __all__ = ["DEFAULT_MAX_BATCH_TOKENS", "create_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
-_ERROR_TYPES = {400: "BadRequest", 413: "PayloadTooLarge", 422: "InvalidRequest", 503: "Unavailable"}
+_ERROR_TYPES = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge",
+                422: "InvalidRequest", 500: "InternalError", 503: "Unavailable"}
+_BYTES_PER_TOKEN = 16  # a generous JSON size of one token id: digits, comma, space, brackets
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -102,6 +105,22 @@ def create_app(
     async def request_error(request: Request, err: RequestError):
         return _error(err.status, err.message)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException):  # unknown path, wrong method
+        return _error(err.status_code, str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception):
+        logger.exception("unhandled error on %s", request.url.path)
+        return _error(500, f"{type(err).__name__}: {err}")
+
+    async def read_body(request: Request) -> dict:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > _BYTES_PER_TOKEN * max_batch_tokens + 65536:
+            raise RequestError(f"a {declared}-byte body cannot fit the batch budget of {max_batch_tokens} tokens",
+                               status=413)
+        return parse_body(await request.body())
+
     async def run(kind: str, rows: list) -> list[torch.Tensor]:
         try:
             future = batcher.submit(kind, rows)
@@ -111,13 +130,13 @@ def create_app(
 
     @app.post("/encode")
     async def encode(request: Request):
-        sequences, single = parse_encode(parse_body(await request.body()), vocab_size=vocab_size,
+        sequences, single = parse_encode(await read_body(request), vocab_size=vocab_size,
                                          max_tokens=max_batch_tokens)
         return _items(await run("encode", sequences), single)
 
     @app.post("/tree_value")
     async def tree_value(request: Request):
-        rows, single = parse_tree_value(parse_body(await request.body()), vocab_size=vocab_size,
+        rows, single = parse_tree_value(await read_body(request), vocab_size=vocab_size,
                                         max_tokens=max_batch_tokens)
         return _items(await run("tree", rows), single)
 
@@ -127,7 +146,7 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request):
-        prompts = parse_predict(parse_body(await request.body()))
+        prompts = parse_predict(await read_body(request))
         if predictor is None:
             raise RequestError("/predict needs the model's tokenizer, which this server was started without",
                                status=503)

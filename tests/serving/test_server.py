@@ -141,6 +141,8 @@ BAD_REQUESTS = [
     ("/predict", json.dumps({"prompts": ["hi", 3]}).encode(), 422),
     ("/predict", json.dumps({"prompt": "hi", "messages": []}).encode(), 422),
     ("/predict", json.dumps({"prompt": "word " * 400}).encode(), 413),
+    ("/encode", json.dumps({"input_ids": [[1] * 200] * 200}).encode(), 413),  # a body far over the budget
+    ("/no_such_endpoint", b"{}", 404),
 ]
 
 
