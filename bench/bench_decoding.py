@@ -156,10 +156,11 @@ def length_score(args) -> None:
     policy, tokenizer, lenvm = load_models(args)
     prompts, _ = gsm8k(args.offset, args.num_prompts)
     results = length_score_benchmark(policy, tokenizer, lenvm, prompts, args.targets, top_k=args.candidates,
+                                     top_p=args.top_p, min_p=args.min_p,
                                      batch_size=args.batch_size, max_new_tokens_factor=args.max_factor,
                                      progress=lambda line: print(line, flush=True))
     print(f"\nEqual-To length score, {len(prompts)} GSM8K test questions from row {args.offset}, greedy, "
-          f"top-{args.candidates}; LenVM {args.lenvm}")
+          f"top-{args.candidates}, top-p {args.top_p}, min-p {args.min_p}; LenVM {args.lenvm}")
     print(f"{'target':>6}  " + "  ".join(f"{name:>22}" for name in next(iter(results.values()))))
     for target, rows in results.items():
         print(f"{target:>6}  " + "  ".join(f"LS {r.score:5.1f} (len {r.mean_length:5.1f})".rjust(22)
@@ -175,7 +176,8 @@ def tradeoff(args) -> None:
     policy, tokenizer, lenvm = load_models(args)
     prompts, answers = gsm8k(args.offset, args.num_prompts)
     points = tradeoff_sweep(policy, tokenizer, lenvm, prompts, answers, betas=args.betas, budgets=args.budgets,
-                            max_new_tokens=args.max_new_tokens, top_k=args.candidates, batch_size=args.batch_size,
+                            max_new_tokens=args.max_new_tokens, top_k=args.candidates, top_p=args.top_p,
+                            min_p=args.min_p, batch_size=args.batch_size,
                             progress=lambda line: print(line, flush=True))
     print(f"\nGSM8K accuracy vs mean length, {len(prompts)} test questions from row {args.offset}, greedy")
     for p in points:
@@ -194,6 +196,8 @@ def main() -> None:
         p.add_argument("--lenvm", default=None if name == "speed" else "bench/results/grpo/critic",
                        help="LenVM checkpoint; 'fresh' (speed's default) is an untrained head on the policy")
         p.add_argument("--candidates", type=int, default=16)
+        p.add_argument("--top-p", type=float, default=1.0, help="candidate set: nucleus within the top-k")
+        p.add_argument("--min-p", type=float, default=0.0, help="candidate set: min-p within the top-k")
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--offset", type=int, default=200, help="first GSM8K test row (held out)")

@@ -71,26 +71,29 @@ def length_instruction(prompt, target: int, constraint: str = "equal") -> list[d
 
 def length_score_benchmark(
     policy, tokenizer, lenvm, prompts: list, targets: Sequence[int], *, constraint: str = "equal",
-    top_k: int = 16, do_sample: bool = False, temperature: float = 1.0, max_new_tokens_factor: float = 2.0,
-    batch_size: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None,
+    top_k: int = 16, top_p: float = 1.0, min_p: float = 0.0, do_sample: bool = False, temperature: float = 1.0,
+    max_new_tokens_factor: float = 2.0, batch_size: int = 8, seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[int, dict[str, LengthReport]]:
     """Length score per target for three methods on the same prompts.
 
     ``"unguided"``: the policy alone; ``"prompt-only"``: the target stated in the prompt
     (:func:`length_instruction`); ``"lenvm"``: the plain prompt with the hard ``constraint`` of the
-    LenVM. Completions may run to ``max_new_tokens_factor * target`` tokens.
+    LenVM. Completions may run to ``max_new_tokens_factor * target`` tokens. All three use the same
+    candidate set (``top_k``, ``top_p``, ``min_p``) and ``temperature``.
     """
+    candidates = dict(top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature)
     results: dict[int, dict[str, LengthReport]] = {}
     for target in targets:
         kwargs = dict(max_new_tokens=max(1, int(max_new_tokens_factor * target)), do_sample=do_sample,
                       batch_size=batch_size, seed=seed)
-        base = GuidanceConfig(top_k=top_k, temperature=temperature)
+        base = GuidanceConfig(**candidates)
         runs = {
             "unguided": guided_generate(policy, tokenizer, prompts, guidance=base, **kwargs),
             "prompt-only": guided_generate(policy, tokenizer, [length_instruction(p, target, constraint) for p in prompts],
                                            guidance=base, **kwargs),
-            "lenvm": guided_generate(policy, tokenizer, prompts, lenvm=lenvm, **kwargs, guidance=GuidanceConfig(
-                constraint=constraint, target=target, top_k=top_k, temperature=temperature)),
+            "lenvm": guided_generate(policy, tokenizer, prompts, lenvm=lenvm, **kwargs,
+                                     guidance=GuidanceConfig(constraint=constraint, target=target, **candidates)),
         }
         results[target] = {name: length_report([c.length for c in out], target, constraint)
                            for name, out in runs.items()}
@@ -123,8 +126,8 @@ def budget_baseline(completions: Sequence[GuidedCompletion], correct: Sequence[b
 
 def tradeoff_sweep(
     policy, tokenizer, lenvm, prompts: list, answers: list[str], *, betas: Sequence[float], budgets: Sequence[int],
-    max_new_tokens: int = 512, top_k: int = 16, temperature: float = 1.0, do_sample: bool = False,
-    batch_size: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None,
+    max_new_tokens: int = 512, top_k: int = 16, top_p: float = 1.0, min_p: float = 0.0, temperature: float = 1.0,
+    do_sample: bool = False, batch_size: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None,
 ) -> list[TradeoffPoint]:
     """GSM8K accuracy against mean length: tilting with each ``beta`` vs a hard budget on unguided decoding.
 
@@ -136,7 +139,8 @@ def tradeoff_sweep(
     def run(lenvm_or_none, beta):
         out = guided_generate(policy, tokenizer, prompts, lenvm=lenvm_or_none, max_new_tokens=max_new_tokens,
                               do_sample=do_sample, batch_size=batch_size, seed=seed,
-                              guidance=GuidanceConfig(beta=beta, top_k=top_k, temperature=temperature))
+                              guidance=GuidanceConfig(beta=beta, top_k=top_k, top_p=top_p, min_p=min_p,
+                                                      temperature=temperature))
         correct = [r > 0 for r in gsm8k_correctness_reward([c.text for c in out], answers)]
         return out, correct
 
