@@ -90,7 +90,8 @@ def length_score_benchmark(
         base = GuidanceConfig(**candidates)
         runs = {
             "unguided": guided_generate(policy, tokenizer, prompts, guidance=base, **kwargs),
-            "prompt-only": guided_generate(policy, tokenizer, [length_instruction(p, target, constraint) for p in prompts],
+            "prompt-only": guided_generate(policy, tokenizer,
+                                           [length_instruction(p, target, constraint) for p in prompts],
                                            guidance=base, **kwargs),
             "lenvm": guided_generate(policy, tokenizer, prompts, lenvm=lenvm, **kwargs,
                                      guidance=GuidanceConfig(constraint=constraint, target=target, **candidates)),
@@ -151,7 +152,8 @@ def tradeoff_sweep(
         if beta == 0.0:
             continue
         out, correct = run(lenvm, beta)
-        points.append(TradeoffPoint("tilt", float(beta), sum(correct) / len(out), sum(c.length for c in out) / len(out)))
+        mean_length = sum(c.length for c in out) / len(out)
+        points.append(TradeoffPoint("tilt", float(beta), sum(correct) / len(out), mean_length))
         if progress:
             progress(f"beta {beta}: accuracy {points[-1].accuracy:.3f}, mean length {points[-1].mean_length:.1f}")
     return points

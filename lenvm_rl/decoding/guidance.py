@@ -34,6 +34,7 @@ from lenvm_rl.core import (
     soft_equal,
     tilt,
 )
+from lenvm_rl.decoding.scoring import naive_extension_logits, score_extensions
 from lenvm_rl.modeling import LenVM
 
 __all__ = ["GuidanceConfig", "GuidanceStep", "LenVMLogitsProcessor", "check_vocabulary"]
@@ -117,12 +118,6 @@ def check_vocabulary(policy_tokenizer, lenvm_tokenizer) -> None:
             f"tokenizer {_tokenizer_name(lenvm_tokenizer)!r} ({len(lenvm_vocab)} tokens) differ (e.g. {differing}); "
             "the LenVM may be smaller than the policy but must share its vocabulary"
         )
-
-
-def _crop(cache, n: int) -> None:
-    """Drop the last ``n`` positions of a ``transformers`` cache (a negative length crops from the end)."""
-    if n:
-        cache.crop(-n)
 
 
 class LenVMLogitsProcessor(LogitsProcessor):
@@ -270,41 +265,14 @@ class LenVMLogitsProcessor(LogitsProcessor):
     # ------------------------------------------------------------------ scoring
     def _score_cached(self, new_ids: Tensor, cand: Tensor) -> Tensor:
         """LenVM logits (B, K) of ``s_t + x``: ``new_ids`` (B, m) extend the cache, candidates ride along."""
-        device = self._device
-        new_ids, cand = new_ids.to(device), cand.to(device)
-        key_mask = self._key_mask.to(device).bool()  # (B, past + m)
-        batch, m = new_ids.shape
-        k = cand.shape[1]
-        past = key_mask.shape[1] - m
-        positions = key_mask.long().cumsum(-1) - 1
-        new_positions = positions[:, past:].clamp(min=0)
-        cand_positions = (positions[:, -1] + 1)[:, None].expand(batch, k)
-        # allowed[b, q, j]: query q (m new tokens, then k candidates) may attend key j (past, new, candidates)
-        kv = torch.arange(past + m + k, device=device)
-        query_at = torch.cat([past + torch.arange(m, device=device), past + m + torch.arange(k, device=device)])
-        real_key = torch.cat([key_mask, key_mask.new_zeros(batch, k)], dim=1)  # candidates: only themselves
-        before = torch.cat([kv[None, :] <= query_at[:m, None],
-                            (kv[None, :] < past + m).expand(k, -1)], dim=0)  # causal prefix of each query
-        allowed = (before[None] & real_key[:, None, :]) | (kv[None, :] == query_at[:, None])[None]
-        dtype = next(self.lenvm.backbone.parameters()).dtype
-        mask4d = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
-        hidden, self._cache = self.lenvm.trunk(
-            torch.cat([new_ids, cand], dim=1), mask4d[:, None], torch.cat([new_positions, cand_positions], dim=1),
-            cache=self._cache, use_cache=True,
-        )
-        _crop(self._cache, k)
-        z = self.lenvm.v_head(hidden[:, m - 1 :])
-        self.state_logits.append(z[:, 0].float().cpu())
-        return z[:, 1:].float()
+        out = score_extensions(self.lenvm, new_ids, cand, self._key_mask, cache=self._cache, use_cache=True)
+        self._cache = out.cache
+        self.state_logits.append(out.new_logits[:, -1].float().cpu())
+        return out.candidate_logits
 
     def _score_naive(self, input_ids: Tensor, cand: Tensor) -> Tensor:
         """LenVM logits (B, K) of ``s_t + x``, re-encoding the whole prefix for every candidate."""
-        device = self._device
-        input_ids, cand = input_ids.to(device), cand.to(device)
-        key_mask = self._key_mask.to(device)
-        mask = torch.cat([key_mask, torch.ones_like(key_mask[:, :1])], dim=1)
-        columns = []
-        for j in range(cand.shape[1]):
-            out = self.lenvm(torch.cat([input_ids, cand[:, j : j + 1]], dim=1), mask)
-            columns.append(out.logits[:, -1])
-        return torch.stack(columns, dim=1).float()
+        key_mask = self._key_mask.to(input_ids.device).bool()
+        prefixes = [row[real].tolist() for row, real in zip(input_ids, key_mask)]
+        logits = naive_extension_logits(self.lenvm, prefixes, cand.tolist(), batch_size=input_ids.shape[0])
+        return torch.stack(logits).to(self._device)

@@ -3,7 +3,7 @@
 - :func:`create_app` / :func:`serve`: the FastAPI app (``/encode``, ``/tree_value``, ``/flush_cache``,
   ``/predict``, ``/health``) and its uvicorn runner; they need ``pip install 'lenvm-rl[serve]'``;
 - :class:`~lenvm_rl.serving.batcher.DynamicBatcher`: length-sorted dynamic batching under a token budget;
-- :func:`~lenvm_rl.serving.scoring.score_extensions`: ``z`` of many one-token extensions in one forward;
+- :func:`~lenvm_rl.decoding.scoring.score_extensions`: ``z`` of many one-token extensions in one forward;
 - :class:`~lenvm_rl.serving.client.LenVMClient`: a small client for the protocol, and
   :func:`~lenvm_rl.serving.client.launch_server` to run a server in a subprocess.
 

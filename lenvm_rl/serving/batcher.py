@@ -22,8 +22,8 @@ from typing import Literal
 
 import torch
 
+from lenvm_rl.decoding.scoring import tree_values
 from lenvm_rl.modeling import LenVM
-from lenvm_rl.serving.scoring import tree_values
 
 __all__ = ["DynamicBatcher", "row_tokens"]
 

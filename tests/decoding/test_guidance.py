@@ -202,8 +202,8 @@ def test_vocabulary_mismatch_names_both(lenvm, tokenizer):
 
 
 def test_tokenizer_mismatch_names_both(lenvm, tokenizer):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")),
                                     name_or_path="other-tokenizer")

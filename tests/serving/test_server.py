@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from lenvm_rl import LengthPredictor, LenVM
+from lenvm_rl.decoding.scoring import naive_extension_logits
 from lenvm_rl.serving.client import ServerError, launch_server
-from lenvm_rl.serving.scoring import naive_extension_logits
 
 BUDGET = 256  # --max-batch-tokens: small, so an over-budget request is cheap to build
 ATOL = 1e-5

@@ -6,7 +6,8 @@ after the last real token, under a 4D attention mask: each sees the real prefix 
 never another candidate or padding. With ``use_cache=True`` the cache keeps the ``m`` new tokens and
 is cropped back so no candidate stays in it. :func:`naive_extension_logits` re-encodes every
 ``prefix + c`` instead: the reference the one-forward path is tested against, and the benchmark's
-baseline.
+baseline. :class:`~lenvm_rl.decoding.LenVMLogitsProcessor` scores its candidates with :func:`score_extensions`
+on its own cache, ``lenvm-rl serve`` answers ``/tree_value`` with :func:`tree_values`.
 """
 
 from __future__ import annotations
