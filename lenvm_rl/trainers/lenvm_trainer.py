@@ -26,6 +26,10 @@ __all__ = ["LenVMConfig", "LenVMTrainer"]
 class LenVMConfig(TrainingArguments):
     """Training arguments for :class:`LenVMTrainer`.
 
+    The recommended recipe on a few hundred to a few thousand prompts is a head-only fit with the prompt
+    boundary weighted up: ``freeze_backbone=True, boundary_weight=100, learning_rate=1e-4,
+    num_train_epochs=3`` (measured in the README's Results). The defaults stay the reference's.
+
     Defaults differ from ``TrainingArguments`` where value pretraining wants it: the reference
     learning rate 2e-5, length-grouped batches (``train_sampling_strategy="group_by_length"``:
     batches of similar length, in random order, so padding stays small), and
@@ -44,9 +48,12 @@ class LenVMConfig(TrainingArguments):
     boundary_weight: float = field(default=1.0, metadata={
         "help": "Weight of the prompt-boundary state s_0 (the last prompt token) in the token-mean loss; every "
                 "other target position weighs 1. Values > 1 spend more of the fit on the length predicted from "
-                "the prompt alone."})
+                "the prompt alone. Recommended (measured on GSM8K, chosen on a validation split; README, Results): "
+                "100, with --freeze_backbone --learning_rate 1e-4 --num_train_epochs 3."})
     freeze_backbone: bool = field(default=False, metadata={
-        "help": "Train the value head only; the backbone stays bit-identical."})
+        "help": "Train the value head only; the backbone stays bit-identical. Part of the recommended recipe "
+                "(see --boundary_weight): at 200 prompts x 8 samples a head on the frozen policy beat the full "
+                "fine-tune of the reference recipe (held-out prompt MRE 21.7 against 29.7 per cent)."})
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (reference: 2e-5)."})
     train_sampling_strategy: str = field(default="group_by_length", metadata={
         "help": "'group_by_length' (default: shuffled, then length-grouped batches), 'random', 'sequential' "
