@@ -108,8 +108,15 @@ def launch(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *args], capture_output=True, text=True,
                             env=env, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, first_error(result.stderr)
     return result
+
+
+def first_error(stderr: str) -> str:
+    """The first traceback of a failed multi-process run (the rank that crashed), then the tail of its stderr."""
+    start = stderr.find("Traceback (most recent call last)")
+    first = stderr[start:start + 3000] if start >= 0 else ""
+    return f"{first}\n...\n{stderr[-1500:]}"
 
 
 @pytest.fixture(scope="module")
