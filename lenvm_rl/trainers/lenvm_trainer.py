@@ -168,6 +168,8 @@ class LenVMTrainer(Trainer):
         return loss.detach(), None, None
 
     def _save(self, output_dir: str | None = None, state_dict=None):
+        if not self.args.should_save:  # transformers calls _save on every process; one writes
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)

@@ -417,6 +417,8 @@ class PPOTrainer(LengthAwareGRPOTrainer):
     # ------------------------------------------------------------------ saving and resuming
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict)
+        if not self.args.should_save:  # transformers calls _save on every process; one writes
+            return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         self.task_critic.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
 
