@@ -115,7 +115,7 @@ class LenVM(nn.Module):
 
     @property
     def _causal_lm(self) -> PreTrainedModel:
-        return self.backbone.get_base_model() if _is_peft_model(self.backbone) else self.backbone
+        return base_causal_lm(self.backbone)
 
     @classmethod
     def from_backbone(
@@ -266,7 +266,7 @@ class LenVM(nn.Module):
         Arguments as in :meth:`forward`. With :meth:`head` this is the forward pass split in two, so a
         caller can run the trunk once and the head many times (e.g. refitting the head on fixed states).
         """
-        return run_trunk(self._causal_lm, input_ids, attention_mask, position_ids, cache=cache, use_cache=use_cache)
+        return run_trunk(self.backbone, input_ids, attention_mask, position_ids, cache=cache, use_cache=use_cache)
 
     def head(self, hidden_states: torch.Tensor, mask: torch.Tensor) -> LenVMOutput:
         """The value head on hidden states (B, S, H): ``values``, ``logits`` (B, S) float32, 0 where ``mask`` is 0."""
@@ -315,8 +315,13 @@ class LenVM(nn.Module):
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 
 
+def base_causal_lm(model: nn.Module) -> PreTrainedModel:
+    """The causal LM itself: ``model``, or the model under its PEFT wrapper (adapter layers included)."""
+    return model.get_base_model() if _is_peft_model(model) else model
+
+
 def run_trunk(
-    causal_lm: PreTrainedModel,
+    model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor | None = None,
@@ -330,7 +335,7 @@ def run_trunk(
     """
     if position_ids is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-    trunk = causal_lm.base_model
+    trunk = base_causal_lm(model).base_model
     cache_arg = _cache_argument(type(trunk))
     outputs = trunk(
         input_ids=input_ids,

@@ -73,8 +73,7 @@ class TaskValueModel(nn.Module):
         """The trunk's final hidden states (B, S, H); needs a ``backbone``."""
         if self.backbone is None:
             raise ValueError("this TaskValueModel has no backbone ('head' mode): pass the LenVM's hidden states")
-        causal_lm = self.backbone.get_base_model() if _is_peft_model(self.backbone) else self.backbone
-        return run_trunk(causal_lm, input_ids, attention_mask)[0]
+        return run_trunk(self.backbone, input_ids, attention_mask)[0]
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         """``score(h)``: hidden states (..., H) to values (...), in float32."""
