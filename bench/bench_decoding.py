@@ -1,7 +1,8 @@
 """LenVM-guided decoding: cost per token, Equal-To length score, and the accuracy-vs-length trade-off on GSM8K.
 
     python bench/bench_decoding.py speed --tokens 32 --naive-tokens 2 --prefix 256 --candidates 16
-    python bench/bench_decoding.py length-score --lenvm bench/results/grpo/critic --num-prompts 20 --targets 32 64 128 256
+    python bench/bench_decoding.py length-score --lenvm bench/results/grpo/critic --num-prompts 20 \\
+        --targets 32 64 128 256
     python bench/bench_decoding.py tradeoff --lenvm bench/results/grpo/critic --num-prompts 50 \\
         --betas -5 -20 -50 -200 --budgets 64 128 192 256 --png bench/results/decoding/tradeoff.png
 
@@ -10,9 +11,14 @@ noisy), and prints medians and ratios:
 
 - one step's LenVM forward in each layout: a plain decode step (1 token on the cached prefix),
   ``K`` candidates side by side under a 4D mask (what :class:`LenVMLogitsProcessor` runs; the chosen
-  token rides along), ``K`` candidates in a batch-expanded cache, and naive re-encoding
-  (``K`` full forwards of ``prefix + x``);
-- time per generated token of greedy ``generate`` unguided, guided (cached) and guided (naive).
+  token rides along), with the linear layers on oneDNN-packed weights (the processor's default on
+  CPU, :class:`~lenvm_rl.modeling.PrepackedLinears`) and on PyTorch's default kernels, ``K``
+  candidates in a batch-expanded cache, and naive re-encoding (``K`` full forwards of ``prefix + x``,
+  packed too);
+- greedy ``generate`` unguided, guided (cached, packed and default kernels) and guided (naive): the
+  time to the first token (the prompt's prefill, and the LenVM's), the time per later token
+  (``(T_N - T_1) / (N - 1)``, the serving benchmarks' TPOT), and ``T_N / N``. The goals (guided at
+  most 2.5x unguided, naive at least 50x guided) are checked on the time per later token.
 
 Defaults: SmolLM2-135M-Instruct as the policy and, for ``speed``, a LenVM of the same size (fresh
 head: the cost does not depend on the head's weights). ``length-score`` and ``tradeoff`` need a
@@ -34,7 +40,6 @@ from transformers import AutoTokenizer, LogitsProcessorList
 
 from lenvm_rl.data.prompts import encode_prompt
 from lenvm_rl.decoding import (
-    GuidanceConfig,
     LenVMLogitsProcessor,
     length_score_benchmark,
     plot_tradeoff,
@@ -94,10 +99,12 @@ def speed(args) -> None:
 
     scores = torch.randn(1, lenvm.config.vocab_size)
 
-    def masked():
-        processor = LenVMLogitsProcessor(lenvm, top_k=k)
-        processor(ids[:, :-1], scores)  # caches the prefix but its last token, which then rides along
-        return lambda: processor(ids, scores)
+    def masked(cpu_prepack=None):
+        def make():
+            processor = LenVMLogitsProcessor(lenvm, top_k=k, cpu_prepack=cpu_prepack)
+            processor(ids[:, :-1], scores)  # caches the prefix but its last token, which then rides along
+            return lambda: processor(ids, scores)
+        return make
 
     def expanded():
         cache = copy.deepcopy(prefix.cache)
@@ -107,18 +114,23 @@ def speed(args) -> None:
             return lenvm(cand.T, extended.expand(k, -1), cache=cache, use_cache=True)
         return run
 
-    def naive():
-        return lambda: [lenvm(torch.cat([ids, cand[:, j : j + 1]], 1)) for j in range(k)]
+    def naive(cpu_prepack=None):
+        def make():
+            processor = LenVMLogitsProcessor(lenvm, top_k=k, scoring="naive", cpu_prepack=cpu_prepack)
+            return lambda: processor(ids, scores)
+        return make
 
-    layouts = {"decode step (1 token)": decode_step, f"{k} candidates, 4D mask": masked,
-               f"{k} candidates, batch-expanded": expanded, f"{k} candidates, naive re-encoding": naive}
+    layouts = {"decode step (1 token)": decode_step, f"{k} candidates, 4D mask, packed (what runs)": masked(),
+               f"{k} candidates, 4D mask, default kernels": masked(cpu_prepack=False),
+               f"{k} candidates, batch-expanded": expanded, f"{k} candidates, naive re-encoding, packed": naive(),
+               f"{k} candidates, naive re-encoding, default kernels": naive(cpu_prepack=False)}
     step_times = {name: [] for name in layouts}
     for name, make in layouts.items():  # warm-up, untimed
         if "naive" not in name:
             make()()
     for _ in range(args.repeats):
         for name, make in layouts.items():
-            fn = make()  # set-up (cache copies) is not timed
+            fn = make()  # set-up (cache copies, the prefix's cache) is not timed
             step_times[name].append(timed(fn))
 
     def generate(processor, n):
@@ -126,29 +138,50 @@ def speed(args) -> None:
         return lambda: policy.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
                                        logits_processor=processors, pad_token_id=tokenizer.eos_token_id)
 
-    guided = LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k)
-    naive_proc = LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, scoring="naive")
-    per_token = {"unguided": [], "guided (cached)": [], "guided (naive)": []}
-    generate(guided, 2)()  # warm-up, untimed
-    for _ in range(args.repeats):
-        per_token["unguided"].append(timed(generate(None, args.tokens)) / args.tokens)
-        per_token["guided (cached)"].append(timed(generate(guided, args.tokens)) / args.tokens)
-    for _ in range(max(1, args.repeats // 2)):
-        per_token["guided (naive)"].append(timed(generate(naive_proc, args.naive_tokens)) / args.naive_tokens)
+    methods = {
+        "unguided": (None, args.tokens),
+        "guided, KV cache, packed": (LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k), args.tokens),
+        "guided, KV cache, default kernels": (LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, cpu_prepack=False),
+                                              args.tokens),
+        "guided, naive re-encoding, packed": (LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, scoring="naive"),
+                                              args.naive_tokens + 1),
+        "guided, naive re-encoding, default kernels": (
+            LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, scoring="naive", cpu_prepack=False), args.naive_tokens + 1),
+    }
+    generate(methods["guided, KV cache, packed"][0], 2)()  # warm-up, untimed
+    first, total = {name: [] for name in methods}, {name: [] for name in methods}
+    for round_ in range(args.repeats):
+        for name, (processor, n) in methods.items():
+            if "naive" in name and round_ >= max(1, args.repeats // 2):
+                continue
+            first[name].append(timed(generate(processor, 1)))
+            total[name].append(timed(generate(processor, n)))
 
-    med = {name: statistics.median(v) for name, v in {**step_times, **per_token}.items()}
+    med = {name: statistics.median(v) for name, v in step_times.items()}
+    ttft = {name: statistics.median(v) for name, v in first.items()}
+    tpot = {name: (statistics.median(total[name]) - ttft[name]) / (n - 1) for name, (_, n) in methods.items()}
+    per_token = {name: statistics.median(total[name]) / n for name, (_, n) in methods.items()}
     print(f"\n{args.policy} policy, LenVM {args.lenvm or 'fresh head on the same backbone'}; prefix {args.prefix} "
           f"tokens, {k} candidates, {args.threads} threads; medians over {args.repeats} rounds")
-    print(f"{'one step of the LenVM':<40}  {'ms':>9}")
+    print(f"{'one step of the LenVM':<45}  {'ms':>9}")
     for name in step_times:
-        print(f"{name:<40}  {1000 * med[name]:>9.1f}")
-    print(f"\n{'time per generated token (greedy)':<40}  {'ms':>9}")
-    for name in per_token:
-        n = args.naive_tokens if "naive" in name else args.tokens
-        print(f"{name + f' ({n} tokens)':<40}  {1000 * med[name]:>9.1f}")
-    print(f"\nguided / unguided: {med['guided (cached)'] / med['unguided']:.2f}x (goal <= 2.5x)")
-    print(f"naive / guided:    {med['guided (naive)'] / med['guided (cached)']:.1f}x (goal >= 50x)")
-    print(f"naive / 4D-mask step: {med[f'{k} candidates, naive re-encoding'] / med[f'{k} candidates, 4D mask']:.1f}x")
+        print(f"{name:<45}  {1000 * med[name]:>9.1f}")
+    print(f"\n{'greedy generate':<45}  {'first token':>11}  {'per later token':>15}  {'all / N':>9}  {'N':>3}")
+    for name, (_, n) in methods.items():
+        ms = [1000 * ttft[name], 1000 * tpot[name], 1000 * per_token[name]]
+        print(f"{name:<45}  {ms[0]:>11.1f}  {ms[1]:>15.1f}  {ms[2]:>9.1f}  {n:>3}")
+    print("\nper later token (time per output token after the first; the first holds the prompt's prefill), the")
+    print("LenVM with the same kernels in every method:")
+    for kernels in ("packed", "default kernels"):
+        guided, naive_name = f"guided, KV cache, {kernels}", f"guided, naive re-encoding, {kernels}"
+        print(f"  {kernels:<16} guided / unguided {tpot[guided] / tpot['unguided']:.2f}x (goal <= 2.5x), "
+              f"naive / guided {tpot[naive_name] / tpot[guided]:.1f}x (goal >= 50x); all N / N: "
+              f"{per_token[guided] / per_token['unguided']:.2f}x, {per_token[naive_name] / per_token[guided]:.1f}x")
+    packed_step = med[f"{k} candidates, 4D mask, packed (what runs)"]
+    default_step = med[f"{k} candidates, 4D mask, default kernels"]
+    print(f"one LenVM step: naive / 4D mask {med[f'{k} candidates, naive re-encoding, packed'] / packed_step:.1f}x "
+          f"(packed), {med[f'{k} candidates, naive re-encoding, default kernels'] / default_step:.1f}x "
+          f"(default kernels); 4D mask default kernels / packed {default_step / packed_step:.2f}x")
 
 
 def length_score(args) -> None:

@@ -18,6 +18,7 @@ The mode math is in :mod:`lenvm_rl.core.decoding`.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,7 +36,7 @@ from lenvm_rl.core import (
     tilt,
 )
 from lenvm_rl.decoding.scoring import naive_extension_logits, score_extensions
-from lenvm_rl.modeling import LenVM
+from lenvm_rl.modeling import LenVM, PrepackedLinears
 
 __all__ = ["GuidanceConfig", "GuidanceStep", "LenVMLogitsProcessor", "check_vocabulary"]
 
@@ -135,6 +136,11 @@ class LenVMLogitsProcessor(LogitsProcessor):
         scoring: ``"cached"`` (one forward per step on the LenVM's KV cache) or ``"naive"``
             (re-encode ``prefix + x`` for every candidate; slow, the reference).
         policy_tokenizer, lenvm_tokenizer: when both are given their vocabularies must agree.
+        cpu_prepack: run the LenVM's linear layers on oneDNN-packed weights during scoring
+            (:class:`~lenvm_rl.modeling.PrepackedLinears`: about 2x faster on CPU for ``1 + K`` tokens,
+            the same float32 math, one extra copy of the LenVM's linear weights in memory).
+            ``None`` (default) turns it on when the LenVM is float32 on the CPU and oneDNN is
+            available; ``True`` requires it; ``False`` keeps PyTorch's default kernels.
 
     A processor follows one ``generate`` call at a time: it notices a new call (the inputs no longer
     extend what it has seen) and starts over. Call :meth:`begin` with the prompt attention mask
@@ -156,6 +162,7 @@ class LenVMLogitsProcessor(LogitsProcessor):
         scoring: Literal["cached", "naive"] = "cached",
         policy_tokenizer=None,
         lenvm_tokenizer=None,
+        cpu_prepack: bool | None = None,
         **config_kwargs,
     ):
         if config is not None and config_kwargs:
@@ -167,6 +174,12 @@ class LenVMLogitsProcessor(LogitsProcessor):
         self.vocab_checked = policy_tokenizer is not None and lenvm_tokenizer is not None
         self.lenvm = lenvm.eval()
         self.scoring = scoring
+        if cpu_prepack and not PrepackedLinears.available(lenvm):
+            raise ValueError("cpu_prepack=True needs a float32 LenVM on the CPU and a PyTorch built with oneDNN "
+                             f"(torch.backends.mkldnn.is_available() is {torch.backends.mkldnn.is_available()}); "
+                             "pass cpu_prepack=None to use it only where it applies")
+        use_prepack = PrepackedLinears.available(lenvm) if cpu_prepack is None else cpu_prepack
+        self._prepacked = PrepackedLinears(lenvm, rows=self.config.top_k + 1) if use_prepack else None
         eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         self.eos_token_ids = torch.tensor(eos, dtype=torch.long)
         self.pad_token_id = pad_token_id
@@ -239,10 +252,11 @@ class LenVMLogitsProcessor(LogitsProcessor):
             new_ids = input_ids[:, -1:]
             self._key_mask = torch.cat([self._key_mask, torch.ones_like(new_ids)], dim=1)
         self._seen = input_ids
-        if self.scoring == "cached":
-            lenvm_logits = self._score_cached(new_ids, ids)
-        else:
-            lenvm_logits = self._score_naive(input_ids, ids)
+        with self._prepacked or nullcontext():
+            if self.scoring == "cached":
+                lenvm_logits = self._score_cached(new_ids, ids)
+            else:
+                lenvm_logits = self._score_naive(input_ids, ids)
         guided = self._guide(logprobs, mask, ids, lenvm_logits, generated=input_ids.shape[1] - self._prompt_length)
         self.last_step = GuidanceStep(ids=ids, logprobs=logprobs, mask=mask, lenvm_logits=lenvm_logits, guided=guided)
         out = torch.full_like(scores, -math.inf)
