@@ -6,6 +6,12 @@
     python bench/bench_decoding.py tradeoff --lenvm bench/results/grpo/critic --num-prompts 50 \\
         --betas -5 -20 -50 -200 --budgets 64 128 192 256 --png bench/results/decoding/tradeoff.png
 
+``length-score`` and ``tradeoff`` decode greedily, or sample with ``--sample --temperature T --seed S``.
+With ``--output PATH.json`` they write their results after every finished unit (a target with its three
+methods; the unguided arm with its budget points, or one tilt beta) and a re-run with the same arguments
+resumes, skipping the units done; a file written with other arguments is refused. Tables give each mean
+± its standard error (binomial for accuracy and answer rate, ``sd / sqrt(n)`` for scores and lengths).
+
 ``speed`` runs in one process, on the same prefix, interleaved round by round (these machines are
 noisy), and prints medians and ratios:
 
@@ -40,11 +46,14 @@ from transformers import AutoTokenizer, LogitsProcessorList
 
 from lenvm_rl.data.prompts import encode_prompt
 from lenvm_rl.decoding import (
+    LengthReport,
     LenVMLogitsProcessor,
+    TradeoffPoint,
+    budget_baseline,
     length_score_benchmark,
     plot_tradeoff,
-    tradeoff_sweep,
 )
+from lenvm_rl.decoding.evaluation import tilt_point, tradeoff_arm
 from lenvm_rl.modeling import LenVM, load_backbone, resolve_model_path
 
 GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -184,39 +193,128 @@ def speed(args) -> None:
           f"(default kernels); 4D mask default kernels / packed {default_step / packed_step:.2f}x")
 
 
+class Resumable:
+    """A JSON results file written after every finished unit; a re-run with the same arguments skips what is done.
+
+    The file holds ``{"command", "args", "units": {name: result}}``; ``args`` are those that change the results
+    (not ``--threads``, ``--output``, ``--png``). A file written with other arguments is refused.
+    """
+
+    def __init__(self, path: str | None, command: str, args: dict):
+        self.path, self.command, self.args, self.units = Path(path) if path else None, command, args, {}
+        if self.path and self.path.exists():
+            saved = json.loads(self.path.read_text())
+            if saved.get("command") != command or saved.get("args") != args:
+                diff = {k: (saved.get("args", {}).get(k), v) for k, v in args.items()
+                        if saved.get("args", {}).get(k) != v}
+                raise SystemExit(f"{self.path} holds a {saved.get('command')!r} run with other arguments "
+                                 f"(file vs now: {diff or saved.get('args')}); use another --output or delete it")
+            self.units = saved["units"]
+            print(f"resuming from {self.path}: {len(self.units)} unit(s) done ({', '.join(self.units)})", flush=True)
+
+    def save(self, name: str, result) -> None:
+        self.units[name] = result
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps({"command": self.command, "args": self.args, "units": self.units},
+                                      indent=1) + "\n")
+            tmp.replace(self.path)  # atomic: a kill mid-write leaves the previous file
+
+
+def _result_args(args, *names) -> dict:
+    common = ("policy", "lenvm", "candidates", "top_p", "min_p", "batch_size", "offset", "num_prompts", "sample",
+              "temperature", "seed")
+    return {k: getattr(args, k) for k in common + names}
+
+
+def _decoding(args) -> str:
+    mode = f"sampled at temperature {args.temperature:g}, seed {args.seed}" if args.sample else "greedy"
+    return f"{mode}, top-{args.candidates}, top-p {args.top_p:g}, min-p {args.min_p:g}"
+
+
+def _pm(value: float, se: float, digits: int) -> str:
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
 def length_score(args) -> None:
     torch.set_num_threads(args.threads)
-    policy, tokenizer, lenvm = load_models(args)
     prompts, _ = gsm8k(args.offset, args.num_prompts)
-    results = length_score_benchmark(policy, tokenizer, lenvm, prompts, args.targets, top_k=args.candidates,
-                                     top_p=args.top_p, min_p=args.min_p,
-                                     batch_size=args.batch_size, max_new_tokens_factor=args.max_factor,
-                                     progress=lambda line: print(line, flush=True))
-    print(f"\nEqual-To length score, {len(prompts)} GSM8K test questions from row {args.offset}, greedy, "
-          f"top-{args.candidates}, top-p {args.top_p}, min-p {args.min_p}; LenVM {args.lenvm}")
-    print(f"{'target':>6}  " + "  ".join(f"{name:>22}" for name in next(iter(results.values()))))
+    store = Resumable(args.output, "length-score", _result_args(args, "targets", "max_factor"))
+    todo = [t for t in args.targets if str(t) not in store.units]
+    if todo:
+        policy, tokenizer, lenvm = load_models(args)
+    start = time.perf_counter()
+    for i, target in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        rows = length_score_benchmark(policy, tokenizer, lenvm, prompts, [target], top_k=args.candidates,
+                                      top_p=args.top_p, min_p=args.min_p, do_sample=args.sample,
+                                      temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
+                                      max_new_tokens_factor=args.max_factor)[target]
+        store.save(str(target), {name: vars(r) for name, r in rows.items()})
+        now = time.perf_counter()
+        print(f"[{i}/{len(todo)}] target {target}: {now - t0:.0f} s (elapsed {now - start:.0f} s); "
+              + ", ".join(f"{k} LS {v.score:.1f} ± {v.score_se:.1f}" for k, v in rows.items()), flush=True)
+    results = {t: {name: LengthReport(**r) for name, r in store.units[str(t)].items()} for t in args.targets}
+    print(f"\nEqual-To length score (± standard error over completions), {len(prompts)} GSM8K test questions from "
+          f"row {args.offset}, {_decoding(args)}, completions capped at {args.max_factor:g}x the target; "
+          f"LenVM {args.lenvm}")
+    methods = list(next(iter(results.values())))
+    print(f"{'target':>6}  " + "  ".join(f"{name:>33}" for name in methods))
     for target, rows in results.items():
-        print(f"{target:>6}  " + "  ".join(f"LS {r.score:5.1f} (len {r.mean_length:5.1f})".rjust(22)
-                                          for r in rows.values()))
+        print(f"{target:>6}  " + "  ".join(
+            f"LS {_pm(r.score, r.score_se, 1)} (len {_pm(r.mean_length, r.mean_length_se, 1)})".rjust(33)
+            for r in rows.values()))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({t: {k: vars(v) for k, v in rows.items()}
-                                                 for t, rows in results.items()}, indent=2) + "\n")
+        print("results:", args.output)
+
+
+def _arm_record(completions, correct) -> dict:
+    from lenvm_rl.rewards import extract_answer
+
+    return {"completions": [{"length": c.length, "finish_reason": c.finish_reason, "correct": bool(ok),
+                             "answer": extract_answer(c.text), "text": c.text}
+                            for c, ok in zip(completions, correct)]}
 
 
 def tradeoff(args) -> None:
     torch.set_num_threads(args.threads)
-    policy, tokenizer, lenvm = load_models(args)
     prompts, answers = gsm8k(args.offset, args.num_prompts)
-    points = tradeoff_sweep(policy, tokenizer, lenvm, prompts, answers, betas=args.betas, budgets=args.budgets,
-                            max_new_tokens=args.max_new_tokens, top_k=args.candidates, top_p=args.top_p,
-                            min_p=args.min_p, batch_size=args.batch_size,
-                            progress=lambda line: print(line, flush=True))
-    print(f"\nGSM8K accuracy vs mean length, {len(prompts)} test questions from row {args.offset}, greedy")
+    store = Resumable(args.output, "tradeoff", _result_args(args, "betas", "budgets", "max_new_tokens"))
+    units = ["unguided"] + [f"beta {b:g}" for b in args.betas if b != 0.0]
+    todo = [u for u in units if u not in store.units]
+    if todo:
+        policy, tokenizer, lenvm = load_models(args)
+    arm = dict(max_new_tokens=args.max_new_tokens, top_k=args.candidates, top_p=args.top_p, min_p=args.min_p,
+               temperature=args.temperature, do_sample=args.sample, batch_size=args.batch_size, seed=args.seed)
+    start = time.perf_counter()
+    for i, unit in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        beta = 0.0 if unit == "unguided" else float(unit.split()[1])
+        out, correct = tradeoff_arm(policy, tokenizer, None if unit == "unguided" else lenvm, prompts, answers,
+                                    beta=beta, **arm)
+        points = [tilt_point(out, correct, beta)]
+        if unit == "unguided":
+            points += [budget_baseline(out, correct, b) for b in args.budgets]
+        store.save(unit, {"points": [vars(p) for p in points], **_arm_record(out, correct)})
+        now = time.perf_counter()
+        p = points[0]
+        print(f"[{i}/{len(todo)}] {unit}: {now - t0:.0f} s (elapsed {now - start:.0f} s); accuracy "
+              f"{_pm(p.accuracy, p.accuracy_se, 3)}, answer rate {_pm(p.answer_rate, p.answer_rate_se, 3)}, "
+              f"mean length {_pm(p.mean_length, p.mean_length_se, 1)}", flush=True)
+    points = [TradeoffPoint(**p) for u in units for p in store.units[u]["points"]]
+    print(f"\nGSM8K accuracy and answer rate (a parseable #### N) vs mean length, ± standard error; "
+          f"{len(prompts)} test questions from row {args.offset}, {_decoding(args)}, max {args.max_new_tokens} "
+          f"new tokens; LenVM {args.lenvm}")
+    print(f"{'method':>6} {'setting':>8}  {'accuracy':>15}  {'answer rate':>15}  {'mean length':>15}  {'n':>4}")
     for p in points:
-        print(f"{p.method:>6} {p.setting:>8g}  accuracy {p.accuracy:.3f}  mean length {p.mean_length:6.1f}")
+        print(f"{p.method:>6} {p.setting:>8g}  {_pm(p.accuracy, p.accuracy_se, 3):>15}  "
+              f"{_pm(p.answer_rate, p.answer_rate_se, 3):>15}  {_pm(p.mean_length, p.mean_length_se, 1):>15}  "
+              f"{p.n:>4}")
     if args.png:
-        print("plot:", plot_tradeoff(points, args.png, title=f"GSM8K, {len(prompts)} questions"))
+        print("plot:", plot_tradeoff(points, args.png, title=f"GSM8K, {len(prompts)} questions, {_decoding(args)}"))
+    if args.output:
+        print("results:", args.output)
 
 
 def main() -> None:
@@ -239,9 +337,16 @@ def main() -> None:
     sub.choices["speed"].add_argument("--tokens", type=int, default=32)
     sub.choices["speed"].add_argument("--naive-tokens", type=int, default=2)
     sub.choices["speed"].add_argument("--repeats", type=int, default=3)
+    for name in ("length-score", "tradeoff"):
+        p = sub.choices[name]
+        p.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+        p.add_argument("--temperature", type=float, default=1.0)
+        p.add_argument("--seed", type=int, default=0, help="torch.manual_seed before each batch")
+        p.add_argument("--output", default=None,
+                       help="JSON results, written after every finished unit; a re-run with the same arguments "
+                            "resumes from it")
     sub.choices["length-score"].add_argument("--targets", type=int, nargs="+", default=[32, 64, 128, 256])
     sub.choices["length-score"].add_argument("--max-factor", type=float, default=2.0)
-    sub.choices["length-score"].add_argument("--output", default=None, help="JSON results")
     sub.choices["tradeoff"].add_argument("--betas", type=float, nargs="+", default=[-5.0, -20.0, -50.0, -200.0])
     sub.choices["tradeoff"].add_argument("--budgets", type=int, nargs="+", default=[64, 128, 192, 256])
     sub.choices["tradeoff"].add_argument("--max-new-tokens", type=int, default=512)

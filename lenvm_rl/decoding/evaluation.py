@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,26 +22,53 @@ __all__ = [
     "length_report",
     "length_score_benchmark",
     "plot_tradeoff",
+    "tilt_point",
+    "tradeoff_arm",
+    "tradeoff_point",
     "tradeoff_sweep",
 ]
 
 
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error ``s / sqrt(n)``, ``s`` the sample standard deviation (``n - 1``; NaN for n = 1)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def _rate_se(flags: Sequence[bool]) -> tuple[float, float]:
+    """A rate ``p`` and its binomial standard error ``sqrt(p (1 - p) / n)``."""
+    n = len(flags)
+    p = sum(bool(f) for f in flags) / n
+    return p, math.sqrt(p * (1 - p) / n)
+
+
 @dataclass(frozen=True)
 class LengthReport:
-    """Means over completions: LIFEBench length ``score`` (0-100), signed ``deviation`` ``LD``, ``abs_deviation``."""
+    """Means over ``n`` completions: LIFEBench length ``score`` (0-100), signed ``deviation`` ``LD``, ``abs_deviation``.
+
+    ``score_se = s / sqrt(n)`` and ``mean_length_se`` likewise, ``s`` the sample standard deviation (``n - 1`` in
+    the denominator) of the per-completion scores or lengths; NaN when ``n`` is 1.
+    """
 
     score: float
     deviation: float
     abs_deviation: float
     mean_length: float
     n: int
+    score_se: float = math.nan
+    mean_length_se: float = math.nan
 
 
 def length_report(output_lengths: Sequence[int], target_lengths: Sequence[int] | int, constraint: str) -> LengthReport:
     """LIFEBench length score and deviation ``LD = (L_out - L_target) / L_target`` of completions.
 
     The score is :func:`lenvm_rl.core.length_score` (``constraint`` ``"equal"``, ``"at_most"`` or
-    ``"at_least"``); one target for all, or one per completion.
+    ``"at_least"``); one target for all, or one per completion. ``score_se`` is the standard error of the mean
+    score, ``sd(scores) / sqrt(n)`` (sample sd), and ``mean_length_se`` that of the mean length.
     """
     out = torch.as_tensor(list(output_lengths), dtype=torch.float32)
     if out.numel() == 0:
@@ -49,8 +77,10 @@ def length_report(output_lengths: Sequence[int], target_lengths: Sequence[int] |
         target_lengths, int) else torch.as_tensor(list(target_lengths), dtype=torch.float32)
     scores = length_score(out, target, constraint)  # checks the constraint, the shapes and target > 0
     deviation = (out - target) / target
-    return LengthReport(score=scores.mean().item(), deviation=deviation.mean().item(),
-                        abs_deviation=deviation.abs().mean().item(), mean_length=out.mean().item(), n=out.numel())
+    score, score_se = _mean_se(scores.tolist())
+    mean_length, mean_length_se = _mean_se(out.tolist())
+    return LengthReport(score=score, deviation=deviation.mean().item(), abs_deviation=deviation.abs().mean().item(),
+                        mean_length=mean_length, n=out.numel(), score_se=score_se, mean_length_se=mean_length_se)
 
 
 _INSTRUCTIONS = {
@@ -105,24 +135,92 @@ def length_score_benchmark(
 
 @dataclass(frozen=True)
 class TradeoffPoint:
-    """One point of the trade-off: ``method`` ``"tilt"`` (``setting`` = beta) or ``"budget"`` (``setting`` = B)."""
+    """One point of the trade-off: ``method`` ``"tilt"`` (``setting`` = beta) or ``"budget"`` (``setting`` = B).
+
+    Over ``n`` completions: ``accuracy`` (correct answers), ``answer_rate`` (a parseable ``#### N``,
+    :func:`lenvm_rl.rewards.extract_answer`), each with its binomial standard error ``sqrt(p (1 - p) / n)``
+    (``accuracy_se``, ``answer_rate_se``), and ``mean_length`` with ``mean_length_se = s / sqrt(n)``, ``s`` the
+    sample standard deviation of the lengths (NaN when ``n`` is 1).
+    """
 
     method: str
     setting: float
     accuracy: float
     mean_length: float
+    answer_rate: float
+    n: int
+    accuracy_se: float
+    answer_rate_se: float
+    mean_length_se: float
+
+
+def tradeoff_point(method: str, setting: float, lengths: Sequence[float], correct: Sequence[bool],
+                   answered: Sequence[bool]) -> TradeoffPoint:
+    """A :class:`TradeoffPoint` from per-completion lengths, correctness and answer flags (means and SEs)."""
+    if not lengths or not len(lengths) == len(correct) == len(answered):
+        raise ValueError(f"need as many (> 0) lengths, correctness and answer flags, got {len(lengths)}, "
+                         f"{len(correct)} and {len(answered)}")
+    accuracy, accuracy_se = _rate_se(correct)
+    answer_rate, answer_rate_se = _rate_se(answered)
+    mean_length, mean_length_se = _mean_se([float(x) for x in lengths])
+    return TradeoffPoint(method=method, setting=float(setting), accuracy=accuracy, mean_length=mean_length,
+                         answer_rate=answer_rate, n=len(lengths), accuracy_se=accuracy_se,
+                         answer_rate_se=answer_rate_se, mean_length_se=mean_length_se)
+
+
+def _answered(completions: Sequence[GuidedCompletion]) -> list[bool]:
+    from lenvm_rl.rewards import extract_answer
+
+    return [extract_answer(c.text) is not None for c in completions]
+
+
+def _check_flags(completions: Sequence[GuidedCompletion], correct: Sequence[bool]) -> None:
+    if len(completions) != len(correct) or not completions:
+        raise ValueError(f"need one correctness flag per completion, got {len(correct)} for {len(completions)}")
+
+
+def tilt_point(completions: Sequence[GuidedCompletion], correct: Sequence[bool], beta: float) -> TradeoffPoint:
+    """The ``"tilt"`` point of completions decoded with tilt ``beta`` (0: unguided), as they are.
+
+    A completion is answered when its text has a parseable ``#### N``
+    (:func:`lenvm_rl.rewards.extract_answer`, as :func:`lenvm_rl.rewards.gsm8k_format_reward`); its length
+    is ``L`` (EOS included).
+    """
+    _check_flags(completions, correct)
+    return tradeoff_point("tilt", beta, [c.length for c in completions], correct, _answered(completions))
 
 
 def budget_baseline(completions: Sequence[GuidedCompletion], correct: Sequence[bool], budget: int) -> TradeoffPoint:
-    """A hard token budget ``B`` on unguided completions: a completion longer than ``B`` (or cut without
-    EOS) is truncated at ``B`` and counts as wrong; its length counts as ``min(L, B)``."""
+    """A hard token budget ``B`` on unguided completions.
+
+    A completion longer than ``B`` (or cut without EOS) is truncated at ``B``: it counts as neither correct
+    nor answered. An answer (for ``accuracy`` and ``answer_rate``) counts only when the completion ended
+    with EOS within the budget (``finish_reason == "eos"`` and ``L <= B``); its length counts as
+    ``min(L, B)``.
+    """
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")
-    if len(completions) != len(correct) or not completions:
-        raise ValueError(f"need one correctness flag per completion, got {len(correct)} for {len(completions)}")
-    kept = [ok and c.finish_reason == "eos" and c.length <= budget for c, ok in zip(completions, correct)]
-    return TradeoffPoint("budget", float(budget), sum(kept) / len(kept),
-                         sum(min(c.length, budget) for c in completions) / len(completions))
+    _check_flags(completions, correct)
+    fits = [c.finish_reason == "eos" and c.length <= budget for c in completions]
+    return tradeoff_point("budget", budget, [min(c.length, budget) for c in completions],
+                          [ok and fit for ok, fit in zip(correct, fits)],
+                          [ok and fit for ok, fit in zip(_answered(completions), fits)])
+
+
+def tradeoff_arm(
+    policy, tokenizer, lenvm, prompts: list, answers: list[str], *, beta: float, max_new_tokens: int = 512,
+    top_k: int = 16, top_p: float = 1.0, min_p: float = 0.0, temperature: float = 1.0, do_sample: bool = False,
+    batch_size: int = 8, seed: int = 0,
+) -> tuple[list[GuidedCompletion], list[bool]]:
+    """One arm of the trade-off: completions tilted with ``beta`` (``lenvm=None``: unguided) and their correctness
+    (:func:`lenvm_rl.rewards.gsm8k_correctness_reward` against ``answers``)."""
+    from lenvm_rl.rewards import gsm8k_correctness_reward
+
+    out = guided_generate(policy, tokenizer, prompts, lenvm=lenvm, max_new_tokens=max_new_tokens,
+                          do_sample=do_sample, batch_size=batch_size, seed=seed,
+                          guidance=GuidanceConfig(beta=beta, top_k=top_k, top_p=top_p, min_p=min_p,
+                                                  temperature=temperature))
+    return out, [r > 0 for r in gsm8k_correctness_reward([c.text for c in out], answers)]
 
 
 def tradeoff_sweep(
@@ -130,55 +228,54 @@ def tradeoff_sweep(
     max_new_tokens: int = 512, top_k: int = 16, top_p: float = 1.0, min_p: float = 0.0, temperature: float = 1.0,
     do_sample: bool = False, batch_size: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None,
 ) -> list[TradeoffPoint]:
-    """GSM8K accuracy against mean length: tilting with each ``beta`` vs a hard budget on unguided decoding.
+    """GSM8K accuracy and answer rate against mean length: tilting with each ``beta`` vs a hard budget on unguided
+    decoding.
 
-    The budget points reuse the unguided completions (``beta`` = 0 without the LenVM), truncated at each
-    budget (:func:`budget_baseline`); correctness is :func:`lenvm_rl.rewards.gsm8k_correctness_reward`.
+    The unguided arm (:func:`tradeoff_arm` without the LenVM) gives the ``"tilt"`` point at beta 0
+    (:func:`tilt_point`) and, truncated at each budget, the ``"budget"`` points (:func:`budget_baseline`);
+    each nonzero ``beta`` is one more arm. Points come in that order.
     """
-    from lenvm_rl.rewards import gsm8k_correctness_reward
-
-    def run(lenvm_or_none, beta):
-        out = guided_generate(policy, tokenizer, prompts, lenvm=lenvm_or_none, max_new_tokens=max_new_tokens,
-                              do_sample=do_sample, batch_size=batch_size, seed=seed,
-                              guidance=GuidanceConfig(beta=beta, top_k=top_k, top_p=top_p, min_p=min_p,
-                                                      temperature=temperature))
-        correct = [r > 0 for r in gsm8k_correctness_reward([c.text for c in out], answers)]
-        return out, correct
-
-    base, base_correct = run(None, 0.0)
-    points = [TradeoffPoint("tilt", 0.0, sum(base_correct) / len(base), sum(c.length for c in base) / len(base))]
+    arm = dict(max_new_tokens=max_new_tokens, top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature,
+               do_sample=do_sample, batch_size=batch_size, seed=seed)
+    base, base_correct = tradeoff_arm(policy, tokenizer, None, prompts, answers, beta=0.0, **arm)
+    points = [tilt_point(base, base_correct, 0.0)]
     points += [budget_baseline(base, base_correct, b) for b in budgets]
     for beta in betas:
         if beta == 0.0:
             continue
-        out, correct = run(lenvm, beta)
-        mean_length = sum(c.length for c in out) / len(out)
-        points.append(TradeoffPoint("tilt", float(beta), sum(correct) / len(out), mean_length))
+        out, correct = tradeoff_arm(policy, tokenizer, lenvm, prompts, answers, beta=beta, **arm)
+        points.append(tilt_point(out, correct, beta))
         if progress:
-            progress(f"beta {beta}: accuracy {points[-1].accuracy:.3f}, mean length {points[-1].mean_length:.1f}")
+            p = points[-1]
+            progress(f"beta {beta}: accuracy {p.accuracy:.3f}, answer rate {p.answer_rate:.3f}, "
+                     f"mean length {p.mean_length:.1f}")
     return points
 
 
 def plot_tradeoff(points: Sequence[TradeoffPoint], path: str | Path, title: str = "accuracy vs length") -> Path:
-    """Accuracy against mean length, one line per method, each point labelled with its setting; a PNG."""
+    """Two panels, accuracy and answer rate against mean length, one line per method with standard-error bars
+    (both axes), each point labelled with its setting; a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, marker, label in (("tilt", "o", "LenVM tilt (beta)"), ("budget", "s", "token budget B")):
-        pts = sorted((p for p in points if p.method == method), key=lambda p: p.mean_length)
-        if not pts:
-            continue
-        ax.plot([p.mean_length for p in pts], [p.accuracy for p in pts], marker=marker, label=label)
-        for p in pts:
-            ax.annotate(f"{p.setting:g}", (p.mean_length, p.accuracy), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
-    ax.set_xlabel("mean completion length (tokens)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for ax, field, ylabel in ((axes[0], "accuracy", "accuracy"), (axes[1], "answer_rate", "answer rate (#### N)")):
+        for method, marker, label in (("tilt", "o", "LenVM tilt (beta)"), ("budget", "s", "token budget B")):
+            pts = sorted((p for p in points if p.method == method), key=lambda p: p.mean_length)
+            if not pts:
+                continue
+            ys = [getattr(p, field) for p in pts]
+            ax.errorbar([p.mean_length for p in pts], ys, xerr=[p.mean_length_se for p in pts],
+                        yerr=[getattr(p, f"{field}_se") for p in pts], marker=marker, capsize=3, label=label)
+            for p, y in zip(pts, ys):
+                ax.annotate(f"{p.setting:g}", (p.mean_length, y), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7)
+        ax.set_xlabel("mean completion length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+    fig.suptitle(title + " (bars: ±1 standard error)")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

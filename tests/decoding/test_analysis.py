@@ -1,6 +1,11 @@
 """Analysis and evaluation helpers: hand-built traces and completions, and a tiny-model trade-off sweep."""
 
+import importlib.util
+import json
 import math
+import struct
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +25,7 @@ from lenvm_rl.decoding import (
     trace_td_residuals,
     tradeoff_sweep,
 )
+from lenvm_rl.decoding.evaluation import tilt_point, tradeoff_point
 from lenvm_rl.predict import LengthTrace
 
 GAMMA = 0.9
@@ -75,10 +81,24 @@ def test_length_report_uses_the_lifebench_score():
     assert report.score == pytest.approx(expected, rel=1e-5)
     assert report.deviation == pytest.approx(0.0) and report.abs_deviation == pytest.approx(1 / 3)
     assert length_report([50], [100], "at_most").score == 100.0
+    assert math.isnan(length_report([50], [100], "at_most").score_se)  # no sample sd from one completion
     with pytest.raises(ValueError, match="target_lengths must be > 0"):
         length_report([5], 0, "equal")
     with pytest.raises(ValueError, match="constraint must be"):
         length_report([5], 3, "exactly")
+
+
+def test_length_report_standard_errors_hand_computed():
+    # 4 completions at target 100: scores 100 e^-2.5, 100, 100 e^-1, 100; lengths 50, 100, 150, 100
+    report = length_report([50, 100, 150, 100], 100, "equal")
+    scores = [100 * math.exp(-2.5), 100.0, 100 * math.exp(-1.0), 100.0]
+    mean = sum(scores) / 4
+    assert report.n == 4 and report.score == pytest.approx(mean, rel=1e-6)
+    # score_se = sample sd / sqrt(n) = sqrt(sum (s - mean)^2 / 3 / 4) = 23.1209... here
+    assert report.score_se == pytest.approx(math.sqrt(sum((x - mean) ** 2 for x in scores) / 3 / 4), rel=1e-5)
+    assert report.score_se == pytest.approx(23.1209, abs=1e-3)
+    # lengths: mean 100, deviations -50, 0, 50, 0 -> sqrt(5000 / 3 / 4) = 20.412
+    assert report.mean_length == 100.0 and report.mean_length_se == pytest.approx(math.sqrt(5000 / 12))
 
 
 def test_length_instruction_appends_the_target():
@@ -86,18 +106,46 @@ def test_length_instruction_appends_the_target():
     assert messages == [{"role": "user", "content": "What is 2 + 2?\n\nAnswer in at most 64 tokens."}]
 
 
-def _completion(length, reason="eos"):
-    return GuidedCompletion(prompt="p", text="", token_ids=[0] * length, length=length, finish_reason=reason)
+def _completion(length, reason="eos", text=""):
+    return GuidedCompletion(prompt="p", text=text, token_ids=[0] * length, length=length, finish_reason=reason)
+
+
+# 4 completions: (length, finish reason, text, correct)
+FOUR = [_completion(50, text="2 + 2 = 4\n#### 4"), _completion(150, text="... #### 4"),
+        _completion(80, text="#### 5"), _completion(200, "length", text="#### 4 and on and on")]
+FOUR_CORRECT = [True, True, False, True]
 
 
 def test_budget_baseline_truncates_and_counts_cut_answers_wrong():
-    completions = [_completion(50), _completion(150), _completion(80), _completion(200, "length")]
-    point = budget_baseline(completions, [True, True, False, True], 100)
-    assert point.method == "budget" and point.setting == 100
+    point = budget_baseline(FOUR, FOUR_CORRECT, 100)
+    assert point.method == "budget" and point.setting == 100 and point.n == 4
+    # within the budget with EOS: the 50- and 80-token completions
     assert point.accuracy == pytest.approx(0.25)  # only the 50-token correct answer fits
-    assert point.mean_length == pytest.approx((50 + 100 + 80 + 100) / 4)
+    assert point.accuracy_se == pytest.approx(math.sqrt(0.25 * 0.75 / 4))  # 0.2165
+    assert point.answer_rate == pytest.approx(0.5)  # 50 (#### 4) and 80 (#### 5); 150 and 200 are cut
+    assert point.answer_rate_se == pytest.approx(0.25)  # sqrt(0.5 * 0.5 / 4)
+    # lengths min(L, 100): 50, 100, 80, 100 -> mean 82.5, squared deviations 1056.25 + 306.25 + 6.25 + 306.25
+    assert point.mean_length == pytest.approx(82.5)
+    assert point.mean_length_se == pytest.approx(math.sqrt(1675 / 3 / 4))  # 11.81
+    # an answer that fits but ended without EOS (max_new_tokens below the budget) does not count
+    cut = budget_baseline([_completion(40, "length", text="#### 4")], [True], 100)
+    assert (cut.accuracy, cut.answer_rate, cut.mean_length, cut.n) == (0.0, 0.0, 40.0, 1)
+    assert math.isnan(cut.mean_length_se)
     with pytest.raises(ValueError, match="one correctness flag per completion"):
-        budget_baseline(completions, [True], 100)
+        budget_baseline(FOUR, [True], 100)
+
+
+def test_tilt_point_counts_completions_as_they_are():
+    point = tilt_point(FOUR, FOUR_CORRECT, -20)
+    assert (point.method, point.setting, point.n) == ("tilt", -20.0, 4)
+    assert point.accuracy == pytest.approx(0.75) and point.accuracy_se == pytest.approx(math.sqrt(0.75 * 0.25 / 4))
+    assert point.answer_rate == 1.0 and point.answer_rate_se == 0.0  # every text has a parseable #### N
+    # lengths 50, 150, 80, 200: mean 120, squared deviations 4900 + 900 + 1600 + 6400 = 13800
+    assert point.mean_length == pytest.approx(120.0) and point.mean_length_se == pytest.approx(math.sqrt(1150))
+    no_answer = tilt_point([_completion(10, text="The answer is 4"), _completion(30, text="#### x")], [False] * 2, 0)
+    assert no_answer.answer_rate == 0.0 and no_answer.mean_length_se == pytest.approx(10.0)  # sd 14.14 / sqrt 2
+    with pytest.raises(ValueError, match="as many"):
+        tradeoff_point("tilt", 0, [1, 2], [True], [True, False])
 
 
 def test_tradeoff_sweep_and_plot_on_tiny_models(smollm2_tokenizer, tmp_path):
@@ -107,6 +155,68 @@ def test_tradeoff_sweep_and_plot_on_tiny_models(smollm2_tokenizer, tmp_path):
     points = tradeoff_sweep(policy, smollm2_tokenizer, lenvm, ["What is 2 + 2?", "Hi"], ["4", "#### 1"],
                             betas=[0.0, -50.0], budgets=[2, 4], max_new_tokens=4, top_k=4)
     assert [(p.method, p.setting) for p in points] == [("tilt", 0.0), ("budget", 2), ("budget", 4), ("tilt", -50.0)]
-    assert all(0 <= p.accuracy <= 1 and 0 < p.mean_length <= 4 for p in points)
+    assert all(0 <= p.accuracy <= p.answer_rate <= 1 and 0 < p.mean_length <= 4 and p.n == 2 for p in points)
+    assert all(p.accuracy_se >= 0 and p.answer_rate_se >= 0 and p.mean_length_se >= 0 for p in points)
     png = plot_tradeoff(points, tmp_path / "plots" / "tradeoff.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (1200, 480)  # two panels side by side, 10 x 4 inches at 120 dpi
+
+
+def _bench_decoding():
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_decoding.py"
+    spec = importlib.util.spec_from_file_location("bench_decoding", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_length_score_and_tradeoff_resume_and_refuse_other_arguments(smollm2_tokenizer, tmp_path,
+                                                                           monkeypatch, capsys):
+    bench = _bench_decoding()
+    vocab = len(smollm2_tokenizer)
+    loads = []
+
+    def load_models(args):
+        loads.append(args)
+        return (tiny_backbone("llama", vocab_size=vocab, seed=0), smollm2_tokenizer,
+                LenVM(tiny_backbone("llama", vocab_size=vocab, seed=1), gamma=GAMMA).eval())
+
+    monkeypatch.setattr(bench, "load_models", load_models)
+    monkeypatch.setattr(bench, "gsm8k", lambda offset, n: (["What is 2 + 2?", "Hi"][:n], ["4", "#### 1"][:n]))
+    common = dict(policy="tiny", lenvm="tiny", candidates=4, top_p=1.0, min_p=0.0, threads=1, batch_size=2,
+                  offset=200, num_prompts=2, sample=True, temperature=0.7, seed=0)
+
+    out = tmp_path / "ls.json"
+    ls_args = SimpleNamespace(**common, targets=[2, 3], max_factor=1.0, output=str(out))
+    bench.length_score(ls_args)
+    saved = json.loads(out.read_text())
+    assert saved["command"] == "length-score" and saved["args"]["seed"] == 0 and "threads" not in saved["args"]
+    assert list(saved["units"]) == ["2", "3"]
+    assert set(saved["units"]["2"]) == {"unguided", "prompt-only", "lenvm"}
+    assert saved["units"]["2"]["lenvm"]["n"] == 2 and "score_se" in saved["units"]["2"]["lenvm"]
+    assert "[2/2] target 3" in capsys.readouterr().out
+    saved["units"].pop("3")  # as if killed after the first target
+    out.write_text(json.dumps(saved))
+    bench.length_score(ls_args)
+    printed = capsys.readouterr().out
+    assert "resuming" in printed and "[1/1] target 3" in printed and "±" in printed and len(loads) == 2
+    bench.length_score(ls_args)  # all done: nothing to generate, the models are not even loaded
+    assert len(loads) == 2 and "[1/" not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="other arguments"):
+        bench.length_score(SimpleNamespace(**{**vars(ls_args), "seed": 1}))
+
+    out = tmp_path / "tradeoff.json"
+    to_args = SimpleNamespace(**common, betas=[-50.0], budgets=[2, 4], max_new_tokens=4, output=str(out),
+                              png=str(tmp_path / "tradeoff.png"))
+    bench.tradeoff(to_args)
+    saved = json.loads(out.read_text())
+    assert list(saved["units"]) == ["unguided", "beta -50"]
+    assert [(p["method"], p["setting"]) for p in saved["units"]["unguided"]["points"]] == [
+        ("tilt", 0.0), ("budget", 2.0), ("budget", 4.0)]
+    assert len(saved["units"]["beta -50"]["completions"]) == 2
+    assert (tmp_path / "tradeoff.png").exists() and "[2/2] beta -50" in capsys.readouterr().out
+    bench.tradeoff(to_args)
+    assert len(loads) == 3 and "answer rate" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="other arguments"):
+        bench.tradeoff(SimpleNamespace(**{**vars(to_args), "budgets": [2]}))
