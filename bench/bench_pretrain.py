@@ -96,10 +96,40 @@ own is in the JSON). Per row: the ``s_0`` head (the ``variants`` row ``s_0 only`
 ``lenvm_rl.evaluation`` (a line in value space, ``CURVE_PREDICTORS``); the split-half MRE and noise floor of
 each held-out set. Each gets the held-out prompt MRE ± SE over prompts, the value MSE at ``s_0`` and the RE at
 0 % of the trajectory (both over the EOS-terminated held-out completions, as ``evaluate_lenvm``). The RE at
-25/50/75 % is not measured: these predictors see ``s_0`` only. The slope is the least-squares change of the
-MRE per doubling of the prompts over the ``Px1`` rows; the JSON also gives where that line reaches
+25/50/75 % is not measured for them: these predictors see ``s_0`` only. The slope is the least-squares change of
+the MRE per doubling of the prompts over the ``Px1`` rows; the JSON also gives where that line reaches
 ``--target-mre`` on the first held-out file. The head recipe and the ridge penalty were picked on the
 held-out set (``variants``); the curve holds them fixed.
+
+``--recipe-positions all`` adds, per row, the recipe that won item 2 on the validation split (``variants``'
+all-states head, kept fixed across rows): a fresh ``ValueHead`` (seed ``--seed``) on the frozen trunk's states
+at *every* position ``s_0 .. s_L`` of the row's training completions (the same ``curve_mask`` records, selected
+at their ``s_0`` rows: ``curve_state_mask``), loss weight ``--recipe-boundary-weight`` 100 at ``s_0`` and 1
+elsewhere, AdamW lr ``--recipe-lr`` 3e-4 constant, ``--recipe-epochs`` 3, ``--head-batch-size`` 1024 states
+(``fit_value_head``, as ``variants``). It is evaluated at every state of the held-out completions: prompt MRE ±
+SE (``V(s_0)`` per prompt), RE at 0/25/50/75 % of the trajectory and value MSE over the EOS-terminated
+completions (as ``evaluate_lenvm``). The constant baseline (``V`` the constant at every state, as
+``evaluate_constant``) gets the same columns; the prompt-length regression predicts at ``s_0`` only (its RE at
+0 % from ``V(s_0)``, the rest ``—``). This needs the all-state features ``<file>.all`` beside the boundary ones in
+the same cache: of the held-out files, and of the training files that hold records of the ``--rows`` (about 0.27
+GB per 1,000 completions in float16; the trunk runs over 650k tokens for the 2,000 held-out completions, 45 min at
+250 tokens/s, and 1.7M for all five training files). The extraction takes the held-out files first, then the
+training files in the order of the smallest row that needs them (``recipe_train_files``), so a partial run
+completes whole rows early; it resumes like the boundary one.
+Caches of the same settings (``meta.json``: gamma, dtype, bf16, chunking) can be shared by a symlink, e.g. the
+``variants`` caches of the 200 x 8 files::
+
+    C=bench/results/features/smollm2-135m-curve; V=../smollm2-135m-e18d83e22d
+    for f in gsm8k_train200_n8_t0.7.rows0-139.jsonl gsm8k_train200_n8_t0.7.rows140-199.jsonl; do
+        ln -s $V/$f.all $C/$f.all; done
+    OMP_NUM_THREADS=1 nice -n 19 python bench/bench_pretrain.py curve --train-rollouts $TRAIN --eval-rollouts $EVAL \
+        --bf16 --cache-dir $C --recipe-positions all --extract-only
+    # a row runs as soon as its files' all-state features are cached (the other files' are not read):
+    OMP_NUM_THREADS=1 python bench/bench_pretrain.py curve --train-rollouts $TRAIN --eval-rollouts $EVAL --bf16 \
+        --cache-dir $C --recipe-positions all --rows 200x8 --output bench/results/curve-recipe-200x8.json
+
+The second table printed has, per row, the recipe head, the constant and the prompt-length regression: prompt MRE
+± SE on the first held-out file / all of them, RE at 0/25/50/75 % and value MSE on all of them.
 """
 
 from __future__ import annotations
@@ -353,6 +383,27 @@ def _concat_features(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     return {key: torch.cat([part[key] for part in parts]) for key in FEATURE_KEYS}
 
 
+def record_steps(features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per cached row: the index of its record's block of rows (0, 1, ... in cache order) and its state ``t``.
+
+    ``extract_chunk`` writes the rows of a record together, ``s_0`` first and then ``s_1 .. s_L`` in order (one row
+    with ``positions="boundary"``), so a block starts at each ``is_s0`` row, also in concatenated caches.
+    """
+    is_s0 = features["is_s0"]
+    if len(is_s0) and not bool(is_s0[0]):
+        raise ValueError("cached rows do not start at an s_0 row: not the layout of extract_chunk")
+    block = is_s0.long().cumsum(0) - 1
+    return block, torch.arange(len(is_s0)) - is_s0.nonzero().squeeze(1)[block]
+
+
+def state_weights(is_s0: torch.Tensor, boundary_weight: float) -> torch.Tensor:
+    """Loss weight of each cached state: ``boundary_weight`` at ``s_0``, 1 elsewhere.
+
+    On the cached states of whole trajectories this is ``core.boundary_weights(target_mask, w)[target_mask]``.
+    """
+    return torch.where(is_s0, float(boundary_weight), 1.0)
+
+
 def boundary_rows(features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One ``s_0`` row per prompt, in ascending ``prompt_index`` (the order of ``group_by_prompt``).
 
@@ -456,9 +507,13 @@ class HeldOut:
         self.ended_prompt = torch.tensor([i for i, _ in ended], dtype=torch.long)
         self.ended_length = torch.tensor([n for _, n in ended], dtype=torch.long)
         self.all_positions = all_positions
-        if all_positions:  # value MSE over the states of EOS-terminated completions, as evaluate_lenvm
+        if all_positions:  # value MSE and positionwise RE over the EOS-terminated completions, as evaluate_lenvm
             ended = features["terminated"]
             self.hidden, self.targets = features["hidden"][ended], features["targets"][ended]
+            # the completion-aligned layout of those states: row -> (completion b, state t), and each L_b
+            block, step = (part[ended] for part in record_steps(features))
+            _, block, states = torch.unique(block, return_inverse=True, return_counts=True)
+            self.state_block, self.state_step, self.state_length = block, step, states - 1  # s_0 .. s_L: L + 1
 
     def evaluate_values(self, s0_values: torch.Tensor, all_values: torch.Tensor | None = None) -> dict:
         """Prompt MRE ± SE from ``V(s_0)`` per prompt, and value MSE from values at every cached state.
@@ -468,16 +523,29 @@ class HeldOut:
         ``G_0 = -(1 - gamma**L)``, and ``re_at_0``, ``evaluate_lenvm``'s positionwise RE at 0 % of the trajectory
         (``core.positionwise_relative_error`` at fraction 0). ``num_infinite`` counts prompts predicted at
         ``V(s_0) = -1`` (a saturated head): an infinite length, so an infinite MRE.
+
+        With values at every cached state (``all_positions``), ``positionwise_re`` is ``evaluate_lenvm``'s
+        positionwise RE, ``{str(f): RE}`` for ``f`` in ``evaluation.FRACTIONS`` (0, 0.25, 0.5, 0.75), from
+        ``V(s_k)`` of each EOS-terminated completion's own states (``k = floor(f * L)``); NaN otherwise.
         """
         from lenvm_rl.core import length_to_value, positionwise_relative_error, value_regression_loss, value_to_length
-        from lenvm_rl.evaluation import _prompt_mre
+        from lenvm_rl.evaluation import FRACTIONS, _prompt_mre
 
         lengths = value_to_length(s0_values, self.gamma)
         mre, se = _prompt_mre(lengths, self.groups, self.gamma)
         mse = math.nan
+        positionwise = dict.fromkeys(map(str, FRACTIONS), math.nan)
         if all_values is not None and len(self.targets):
             mse = value_regression_loss(all_values[None], self.targets[None].float(),
                                         torch.ones(1, len(self.targets), dtype=torch.bool)).item()
+            # completion-aligned V(s_t), t = 0 .. L-1 (every state but the EOS one), as evaluate_lenvm
+            steps = self.state_step < self.state_length[self.state_block]
+            block, step = self.state_block[steps], self.state_step[steps]
+            values = torch.zeros(len(self.state_length), int(self.state_length.max()))
+            mask = torch.zeros(values.shape, dtype=torch.bool)
+            values[block, step], mask[block, step] = all_values.float()[steps], True
+            errors = positionwise_relative_error(values, mask, FRACTIONS, gamma=self.gamma)
+            positionwise = dict(zip(map(str, FRACTIONS), errors.tolist()))
         s0_mse = re_at_0 = math.nan
         if len(self.ended_length):
             v0 = s0_values.float()[self.ended_prompt]
@@ -487,7 +555,7 @@ class HeldOut:
             re_at_0 = positionwise_relative_error(v0[:, None].expand(steps.shape), steps, (0.0,),
                                                   gamma=self.gamma).item()
         return {"prompt_mre": mre, "prompt_mre_se": se, "value_mse": mse, "s0_value_mse": s0_mse,
-                "re_at_0": re_at_0, "num_infinite": int(torch.isinf(lengths).sum())}
+                "re_at_0": re_at_0, "positionwise_re": positionwise, "num_infinite": int(torch.isinf(lengths).sum())}
 
     def evaluate_head(self, head) -> dict:
         return self.evaluate_values(head_values(head, self.s0_hidden),
@@ -555,20 +623,31 @@ def _load_lenvm(model_name: str, gamma: float, device: str):
     return LenVM.from_backbone(model_name, gamma=gamma, device=device).eval()
 
 
-def _extract_all(args, gamma: float, positions: str, eval_positions: str):
-    """Cache (resumably) the features of every ``--train-rollouts`` and ``--eval-rollouts`` file.
+def _extract_all(args, gamma: float, positions: str, eval_positions: str, train_paths=None, eval_first=False):
+    """Cache (resumably) the features of every ``--train-rollouts`` (or ``train_paths``, in that order) and
+    ``--eval-rollouts`` file; the training files first, or the held-out ones with ``eval_first``.
 
     Returns ``(cache root, training folders, held-out folders)``; the trunk is loaded only if a chunk is missing.
+    The cache root depends on all of ``--train-rollouts``, whatever ``train_paths``.
     """
     eval_paths = args.eval_rollouts or []
+    train_paths = args.train_rollouts if train_paths is None else train_paths
     root = Path(args.cache_dir) if args.cache_dir else feature_cache_root(args.model, args.train_rollouts + eval_paths)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     load_model = functools.cache(lambda: _load_lenvm(args.model, gamma, device))
     settings = dict(gamma=gamma, model_name=args.model, batch_size=args.batch_size, chunk_records=args.chunk_records,
                     bf16=args.bf16, feature_dtype=args.feature_dtype)
     start = time.perf_counter()
-    train_dirs = [extract_features(load_model, p, root, positions=positions, **settings) for p in args.train_rollouts]
-    eval_dirs = [extract_features(load_model, p, root, positions=eval_positions, **settings) for p in eval_paths]
+
+    def extract(paths, mode):
+        return [extract_features(load_model, p, root, positions=mode, **settings) for p in paths]
+
+    if eval_first:
+        eval_dirs = extract(eval_paths, eval_positions)
+        train_dirs = extract(train_paths, positions)
+    else:
+        train_dirs = extract(train_paths, positions)
+        eval_dirs = extract(eval_paths, eval_positions)
     print(f"features under {root} (gamma={gamma:.6f}, {time.perf_counter() - start:.0f} s; "
           f"{torch.get_num_threads()} threads)", flush=True)
     return root, train_dirs, eval_dirs
@@ -620,8 +699,7 @@ def variants(args) -> None:
     print(f"training states: {len(targets)} ({int(is_s0.sum())} s_0); held-out prompts: "
           + ", ".join(f"{s.name} {len(s.groups)}" for s in sets), flush=True)
     for boundary_weight in args.boundary_weights:
-        # = core.boundary_weights(target_mask, w)[target_mask]: w at s_0, 1 at every other state
-        weights = torch.where(is_s0, float(boundary_weight), 1.0)
+        weights = state_weights(is_s0, boundary_weight)
         for lr in args.learning_rates:
             for epoch, loss, result, seconds in fit_value_head(
                     hidden, targets, weights, learning_rate=lr, epochs=epochs, batch_size=args.head_batch_size,
@@ -705,6 +783,30 @@ def curve_mask(prompt_index: torch.Tensor, sample_index: torch.Tensor, prompts: 
     return mask
 
 
+def curve_state_mask(features: dict[str, torch.Tensor], prompts: int, samples: int) -> torch.Tensor:
+    """``curve_mask`` on cached features: the records are selected (and checked) at their ``s_0`` rows, one per
+    record, and the mask extends to every cached state of the selected records (``record_steps``)."""
+    block, _ = record_steps(features)
+    s0 = features["is_s0"]
+    return curve_mask(features["prompt_index"][s0], features["sample_index"][s0], prompts, samples)[block]
+
+
+def recipe_train_files(paths, rows_spec) -> list[str]:
+    """The training rollout files that hold records of the curve rows ``[(P, K), ...]``, ordered by the smallest
+    row (fewest completions, then prompts) that needs each, so an extraction in this order completes small rows
+    first; files that no row needs are left out."""
+    from lenvm_rl.data import read_rollouts
+
+    first_needed = {}
+    for path in paths:
+        records = read_rollouts(path)
+        rows = [(prompts * samples, prompts) for prompts, samples in rows_spec
+                if any(r["prompt_index"] < prompts and r.get("sample_index", 0) < samples for r in records)]
+        if rows:
+            first_needed[path] = min(rows)
+    return sorted(first_needed, key=first_needed.get)
+
+
 def fit_slope(prompts, mres) -> dict:
     """Least squares ``MRE = slope * log2(prompts) + intercept``: the MRE change per doubling of the prompts.
 
@@ -727,7 +829,10 @@ def prompts_for_target(fit: dict, target: float) -> float:
     """The number of prompts at which the fitted line reaches ``target`` (inf if it never does: slope >= 0)."""
     if fit["slope"] >= 0:
         return math.inf
-    return 2.0 ** ((target - fit["intercept"]) / fit["slope"])
+    try:
+        return 2.0 ** ((target - fit["intercept"]) / fit["slope"])
+    except OverflowError:  # a slope barely below 0: beyond any float
+        return math.inf
 
 
 SEED_MEAN = "s_0 head, mean of seeds"
@@ -735,6 +840,10 @@ CURVE_PREDICTORS = ("s_0 head", SEED_MEAN, "ridge probe", "constant baseline", "
 """The curve's predictors. ``s_0 head`` is the run of ``--seed``; ``prompt-length regression`` is
 ``lenvm_rl.evaluation.prompt_length_baseline``, the least-squares line of the prompt-mean ``V(s_0)`` target on the
 prompt's token count (fitted in value space, so unbiased whatever the samples per prompt)."""
+RECIPE_HEAD = "recipe head (all states)"
+"""With ``--recipe-positions all``: the item-2 recipe, a ``ValueHead`` fitted on every state of the row's training
+completions (``variants``' all-states head), evaluated at every held-out state."""
+RECIPE_TABLE = (RECIPE_HEAD, "constant baseline", "prompt-length regression")
 
 
 def seed_mean(cells: list[dict]) -> dict:
@@ -771,6 +880,38 @@ def format_curve_table(rows: list[dict], sets: list[str], mse_set: str) -> str:
     return "\n".join(lines)
 
 
+def format_recipe_table(rows: list[dict], sets: list[str], re_set: str) -> str:
+    """Markdown of ``--recipe-positions all``: per training row and predictor of ``RECIPE_TABLE``, the prompt MRE
+    ± SE (percent) on each of ``sets`` separated by ``/``; the RE at 0/25/50/75 % of the trajectory and the value
+    MSE over all states, both on ``re_set``'s EOS-terminated completions. The prompt-length regression predicts
+    at ``s_0`` only: its RE at 0 % is ``re_at_0`` and the rest ``—``."""
+    def mre(cell):
+        if math.isinf(cell["prompt_mre"]):
+            return f"∞ ({cell['num_infinite']} at V = -1)"
+        return f"{100 * cell['prompt_mre']:.1f} ± {100 * cell['prompt_mre_se']:.1f}"
+
+    def number(x, spec):
+        return "—" if math.isnan(x) else format(x, spec)
+
+    def errors(cell):
+        found = list(cell["positionwise_re"].values())
+        found[0] = cell["re_at_0"] if math.isnan(found[0]) else found[0]
+        return " / ".join(number(100 * e, ".1f") for e in found)
+
+    head = ["prompts × samples", "completions"]
+    for name in RECIPE_TABLE:
+        head += [f"{name}: prompt MRE", f"{name}: RE at 0/25/50/75 %", f"{name}: value MSE"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for row in rows:
+        cells = [f"{row['prompts']} × {row['samples']}", str(row["completions"])]
+        for name in RECIPE_TABLE:
+            by_set = row["eval"][name]
+            cells += [" / ".join(mre(by_set[s]) for s in sets), errors(by_set[re_set]),
+                      number(by_set[re_set]["value_mse"], ".4f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_curve(result: dict, path) -> None:
     """MRE against the number of training prompts (log x), one panel per held-out set in ``result["table_sets"]``."""
     import matplotlib
@@ -783,7 +924,8 @@ def plot_curve(result: dict, path) -> None:
     fixed = [r for r in result["rows"] if r["samples"] > 1 or r["completions"] == result["fixed_completions"]]
     figure, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), sharey=True, squeeze=False)
     styles = {SEED_MEAN: ("C0", "o"), "s_0 head": ("C9", "."), "ridge probe": ("C1", "s"),
-              "constant baseline": ("C7", "^"), "prompt-length regression": ("C2", "v")}
+              "constant baseline": ("C7", "^"), "prompt-length regression": ("C2", "v"), RECIPE_HEAD: ("C4", "D")}
+    styles = {predictor: style for predictor, style in styles.items() if predictor in result["slopes"]}
     for ax, name in zip(axes[0], sets):
         for predictor, (color, marker) in styles.items():
             x = [r["prompts"] for r in growing]
@@ -832,12 +974,24 @@ def curve(args) -> None:
     train_records = read_rollouts(args.train_rollouts)
     gamma = gamma_from_records(train_records)  # one gamma for every row: that of all the training rollouts
     root, train_dirs, eval_dirs = _extract_all(args, gamma, "boundary", "boundary")
+    recipe = args.recipe_positions == "all"
+    if recipe:  # every state: the held-out files first, then the training files of the smallest rows first
+        recipe_paths = recipe_train_files(args.train_rollouts, rows_spec)
+        _, recipe_train_dirs, recipe_eval_dirs = _extract_all(args, gamma, "all", "all", train_paths=recipe_paths,
+                                                              eval_first=True)
     if args.extract_only:
         return
     if not eval_paths:
         raise SystemExit("curve needs --eval-rollouts (or pass --extract-only)")
     train = _concat_features([load_features(d) for d in train_dirs])
     sets = _held_out_sets(eval_paths, eval_dirs, False, gamma)
+    predictors = CURVE_PREDICTORS
+    if recipe:
+        train_states = _concat_features([load_features(d) for d in recipe_train_dirs])
+        # the same held-out files at every state; they also give the baselines' RE and value MSE at every state
+        state_sets = _held_out_sets(eval_paths, recipe_eval_dirs, True, gamma)
+        predictors = CURVE_PREDICTORS + (RECIPE_HEAD,)
+    baseline_sets = state_sets if recipe else sets  # the s_0 metrics of a baseline are the same on either
     record_prompt = torch.tensor([r["prompt_index"] for r in train_records])
     record_sample = torch.tensor([r.get("sample_index", 0) for r in train_records])
     references = {s.name: {name: (cell["prompt_mre"], cell["prompt_mre_se"])
@@ -849,7 +1003,7 @@ def curve(args) -> None:
         start = time.perf_counter()
         keep = curve_mask(record_prompt, record_sample, prompts, samples).tolist()
         row_records = [r for r, k in zip(train_records, keep) if k]
-        cached = curve_mask(train["prompt_index"], train["sample_index"], prompts, samples)
+        cached = curve_state_mask(train, prompts, samples)
         part = {key: value[cached] for key, value in train.items()}
         _, s0_rows, s0_targets = boundary_rows(part)
         s0_hidden = part["hidden"][s0_rows]
@@ -869,65 +1023,95 @@ def curve(args) -> None:
         evaluation = {"s_0 head": by_epoch[args.head_epochs],
                       SEED_MEAN: {s.name: seed_mean([cells[s.name] for cells in by_seed.values()]) for s in sets},
                       "ridge probe": {s.name: s.evaluate_values(predict(s.s0_hidden)) for s in sets}}
-        baselines = {s.name: _baseline_s0_values(row_records, s, gamma) for s in sets}
-        for name in ("constant baseline", "prompt-length regression"):
-            evaluation[name] = {s.name: s.evaluate_values(baselines[s.name][name]) for s in sets}
+        baselines = {s.name: _baseline_s0_values(row_records, s, gamma) for s in baseline_sets}
+        constant = {s.name: s.evaluate_values(
+            baselines[s.name]["constant baseline"],  # V = the constant at every cached state too
+            torch.full((len(s.targets),), baselines[s.name]["constant baseline"][0].item()) if recipe else None)
+            for s in baseline_sets}
+        evaluation["constant baseline"] = constant
+        evaluation["prompt-length regression"] = {  # defined at s_0 only
+            s.name: s.evaluate_values(baselines[s.name]["prompt-length regression"]) for s in baseline_sets}
+        if recipe:  # the item-2 recipe on every state of the row's records
+            states = curve_state_mask(train_states, prompts, samples)
+            hidden, targets, is_s0 = (train_states[key][states] for key in ("hidden", "targets", "is_s0"))
+            [(_, recipe_loss, recipe_eval, recipe_seconds)] = fit_value_head(
+                hidden, targets, state_weights(is_s0, args.recipe_boundary_weight), learning_rate=args.recipe_lr,
+                epochs=[args.recipe_epochs], batch_size=args.head_batch_size, seed=args.seed,
+                weight_decay=args.weight_decay, evaluate=lambda head: [s.evaluate_head(head) for s in state_sets])
+            evaluation[RECIPE_HEAD] = {s.name: result for s, result in zip(state_sets, recipe_eval)}
+            del hidden, targets, is_s0
         row = {"prompts": prompts, "samples": samples, "completions": len(row_records),
                "censored": sum(r["finish_reason"] == "length" for r in row_records),
-               "own_gamma": gamma_from_records(row_records), "eval": {name: evaluation[name] for name in
-                                                                      CURVE_PREDICTORS},
+               "own_gamma": gamma_from_records(row_records), "eval": {name: evaluation[name] for name in predictors},
                "s_0 head by epoch": {str(e): v for e, v in by_epoch.items()},
                "s_0 head by seed": {str(seed): v for seed, v in by_seed.items()},
                "seconds": time.perf_counter() - start}
+        if recipe:
+            row |= {"recipe states": int(states.sum()), "recipe train loss": recipe_loss,
+                    "recipe seconds": recipe_seconds}
         rows.append(row)
         print(f"{prompts} x {samples}: " + "; ".join(
             f"{name} " + ", ".join(f"{100 * cell['prompt_mre']:.1f} %" for cell in evaluation[name].values())
-            for name in CURVE_PREDICTORS) + f" ({row['seconds']:.0f} s)", flush=True)
+            for name in predictors) + f" ({row['seconds']:.0f} s)", flush=True)
 
     table_sets = [sets[0].name, sets[-1].name] if len(sets) > 1 else [sets[0].name]
     growing = sorted((r for r in rows if r["samples"] == 1), key=lambda r: r["prompts"])
     slopes, needed = {}, {}
     if len({r["prompts"] for r in growing}) >= 2:
-        for name in CURVE_PREDICTORS:
+        for name in predictors:
             slopes[name] = {s.name: fit_slope([r["prompts"] for r in growing],
                                               [r["eval"][name][s.name]["prompt_mre"] for r in growing]) for s in sets}
             needed[name] = prompts_for_target(slopes[name][sets[0].name], args.target_mre)
     result = {
         "command": " ".join(sys.argv), "gamma": gamma, "train_rollouts": args.train_rollouts,
-        "eval_rollouts": eval_paths, "cache_dir": str(root), "positions": "boundary", "bf16": args.bf16,
-        "feature_dtype": args.feature_dtype,
+        "eval_rollouts": eval_paths, "cache_dir": str(root), "positions": "boundary",
+        "recipe_positions": args.recipe_positions, "bf16": args.bf16, "feature_dtype": args.feature_dtype,
         "recipes": {"s_0 head": {"learning_rate": args.head_lr, "epochs": args.head_epochs,
                                  "batch_size": args.s0_batch_size, "weight_decay": args.weight_decay,
                                  "seed": args.seed, "seeds": sorted({args.seed, *args.head_seeds}),
                                  "target": "prompt mean of G_0 over the row's samples"},
-                    "ridge probe": {"alpha": args.ridge_alpha}},
+                    "ridge probe": {"alpha": args.ridge_alpha}}
+        | ({RECIPE_HEAD: {"positions": "all", "boundary_weight": args.recipe_boundary_weight,
+                          "learning_rate": args.recipe_lr, "epochs": args.recipe_epochs,
+                          "batch_size": args.head_batch_size, "weight_decay": args.weight_decay, "seed": args.seed,
+                          "target": "G_t of each state of each sample"}} if recipe else {}),
         "held_out": {s.name: {"prompts": len(s.groups), "completions": len(s.records)} for s in sets},
         "table_sets": table_sets, "fixed_completions": max(p * k for p, k in rows_spec if k > 1) if any(
             k > 1 for _, k in rows_spec) else None,
         "references": references, "target_mre": args.target_mre, "target_set": sets[0].name,
         "slopes": slopes, "prompts_for_target": needed,
-        "target_reached_by": [[name, row["prompts"], row["samples"]] for row in rows for name in CURVE_PREDICTORS
+        "target_reached_by": [[name, row["prompts"], row["samples"]] for row in rows for name in predictors
                               if row["eval"][name][sets[0].name]["prompt_mre"] <= args.target_mre],
         "rows": rows,
-        "not_measured": "RE at 25/50/75 % of the trajectory: the s_0 head, the ridge probe and the baselines predict "
-                        "at the prompt boundary only, and only s_0 states are cached; RE at 0 % is re_at_0",
+        "not_measured": ("RE at 25/50/75 % of the trajectory of the s_0 head, the ridge probe and the prompt-length "
+                         "regression: they predict at the prompt boundary only (their RE at 0 % is re_at_0); the "
+                         "recipe head and the constant have it (positionwise_re, over every held-out state)")
+        if recipe else ("RE at 25/50/75 % of the trajectory: the s_0 head, the ridge probe and the baselines predict "
+                        "at the prompt boundary only, and only s_0 states are cached; RE at 0 % is re_at_0 "
+                        "(--recipe-positions all adds a head on every state)"),
     }
     print()
     print(f"gamma = {gamma:.6f} (all training rollouts); s_0 head: lr {args.head_lr:g}, {args.head_epochs} epochs, "
           f"batch {args.s0_batch_size}, seed {args.seed}; ridge alpha {args.ridge_alpha:g}; features: {root}")
     print("prompt MRE ± SE over held-out prompts (%), value MSE at s_0 over EOS-terminated held-out completions")
     print(format_curve_table(rows, table_sets, sets[-1].name))
+    if recipe:
+        print()
+        print(f"{RECIPE_HEAD}: s_0 weight {args.recipe_boundary_weight:g}, lr {args.recipe_lr:g}, {args.recipe_epochs} "
+              f"epochs, batch {args.head_batch_size} states, seed {args.seed}; RE at 0/25/50/75 % of the trajectory "
+              f"(%) and value MSE over every state of the EOS-terminated completions of {sets[-1].name}")
+        print(format_recipe_table(rows, table_sets, sets[-1].name))
     for s in sets:
         print(f"{s.name}: " + ", ".join(f"{name} {100 * mre:.1f} ± {100 * se:.1f} %"
                                         for name, (mre, se) in references[s.name].items()))
     for name, by_set in slopes.items():
         reach = needed[name]
-        reach = ("never (slope >= 0)" if math.isinf(reach) else f"~{reach:.0f} prompts" if reach < 1e6
+        reach = ("never (slope >= 0)" if by_set[sets[0].name]["slope"] >= 0 else f"~{reach:.0f} prompts" if reach < 1e6
                  else f"~{reach:.1e} prompts" if reach < 1e30 else "never in practice")
         print(f"slope per doubling of P x 1 prompts, {name}: " + ", ".join(
             f"{n} {100 * f['slope']:+.2f} ± {100 * f['slope_se']:.2f} pp" for n, f in by_set.items())
             + f"; the line reaches {100 * args.target_mre:.1f} % on {sets[0].name} at {reach}")
-    reached = [f"{name} at {row['prompts']} x {row['samples']}" for row in rows for name in CURVE_PREDICTORS
+    reached = [f"{name} at {row['prompts']} x {row['samples']}" for row in rows for name in predictors
                if row["eval"][name][sets[0].name]["prompt_mre"] <= args.target_mre]
     print(f"target {100 * args.target_mre:.1f} % on {sets[0].name}: "
           + (f"reached by {', '.join(reached)}" if reached else "not reached by any row"))
@@ -989,7 +1173,8 @@ def parse_args(argv=None):
                                           "curve: bench/results/curve-gsm8k.json)")
     learning = parser.add_argument_group("curve: fixed head recipes against the number of training prompts "
                                          "(also --cache-dir, --chunk-records, --feature-dtype, --device, "
-                                         "--extract-only, --s0-batch-size, --weight-decay, --seed)")
+                                         "--extract-only, --s0-batch-size, --head-batch-size, --weight-decay, "
+                                         "--seed)")
     learning.add_argument("--rows", nargs="+", default=["200x8", "800x2", "1600x1", "200x1", "400x1", "800x1",
                                                         "3200x1"],
                           help="training rows PROMPTSxSAMPLES: the first SAMPLES samples of prompt_index 0..PROMPTS-1")
@@ -1003,6 +1188,16 @@ def parse_args(argv=None):
     learning.add_argument("--target-mre", type=float, default=0.188,
                           help="target prompt MRE on the first held-out file (issue 9: 0.7x the constant, 18.8 %%)")
     learning.add_argument("--plot", help="PNG of MRE against the number of prompts (e.g. docs/learning_curve.png)")
+    learning.add_argument("--recipe-positions", choices=["none", "all"], default="none",
+                          help="all: per row also fit the item-2 recipe head on every state of the row's training "
+                               "completions and evaluate it at every held-out state (prompt MRE, RE at 0/25/50/75 %%, "
+                               "value MSE); caches <file>.all features of the held-out files and of the training "
+                               "files the --rows need (hours on a CPU; resumable, held-out files first)")
+    learning.add_argument("--recipe-boundary-weight", type=float, default=100.0,
+                          help="loss weight of s_0 of the recipe head (1 elsewhere; item 2: 100)")
+    learning.add_argument("--recipe-lr", type=float, default=3e-4, help="AdamW learning rate of the recipe head")
+    learning.add_argument("--recipe-epochs", type=int, default=3,
+                          help="epochs of the recipe head (its batch: --head-batch-size states, default 1024)")
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = f"bench/results/{'curve' if args.part == 'curve' else 'variants'}-gsm8k.json"

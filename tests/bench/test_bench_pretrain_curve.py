@@ -68,6 +68,7 @@ def test_slope_per_doubling_and_prompts_for_target():
     assert fit["slope"] == pytest.approx(-0.02) and fit["slope_se"] == pytest.approx(0.0, abs=1e-12)
     assert bench.prompts_for_target(fit, 0.24) == pytest.approx(200 * 2 ** 3)
     assert bench.prompts_for_target(bench.fit_slope([200, 400], [0.3, 0.31]), 0.2) == math.inf
+    assert bench.prompts_for_target({"slope": -1e-9, "intercept": 0.3}, 0.2) == math.inf  # 2**1e8 overflows
     assert math.isnan(bench.fit_slope([200, 400], [0.3, 0.28])["slope_se"])
     with pytest.raises(ValueError, match="distinct"):
         bench.fit_slope([200, 200], [0.3, 0.28])
@@ -134,3 +135,120 @@ def test_ridge_clamps_above_the_censored_target():
     values = predict(torch.tensor([[-10.0], [1.0], [10.0]]))
     assert values[0] == pytest.approx(-0.2) and values[2] == pytest.approx(-0.9)  # the finite targets' range
     assert -0.9 < values[1] < -0.2
+
+
+def test_curve_state_mask_selects_whole_trajectories(tmp_path):
+    from lenvm_rl import LenVM
+
+    model = LenVM(tiny_backbone("llama", vocab_size=128, seed=1), gamma=0.9).eval()
+    path = write(tmp_path / "shard0.jsonl", SHARDS[0] + SHARDS[1])
+    settings = dict(gamma=0.9, model_name="tiny", batch_size=2, chunk_records=3, feature_dtype="float32",
+                    progress=False)
+    states = bench.load_features(bench.extract_features(lambda: model, path, tmp_path / "c", positions="all",
+                                                        **settings))
+    records = read_rollouts(str(path))
+    block, step = bench.record_steps(states)
+    for b in range(int(block.max()) + 1):  # one block per record, its states s_0 .. s_L in order
+        rows = block == b
+        assert len(states["record"][rows].unique()) == 1 and bool(states["is_s0"][rows][0])
+        record = records[int(states["record"][rows][0])]
+        assert step[rows].tolist() == list(range(record["completion_length"] + 1))
+    mask = bench.curve_state_mask(states, 4, 2)
+    assert len(mask) == len(states["targets"])
+    picked = {(int(p), int(s)) for p, s in zip(states["prompt_index"][mask], states["sample_index"][mask])}
+    assert picked == {(p, s) for p in range(4) for s in range(2)}
+    assert int(mask.sum()) == sum(r["completion_length"] + 1 for r in records
+                                  if r["prompt_index"] < 4 and r["sample_index"] < 2)
+    with pytest.raises(ValueError, match="missing"):
+        bench.curve_state_mask(states, 4, 4)
+    # on boundary features (one row per record) it is curve_mask itself
+    boundary = bench.load_features(bench.extract_features(lambda: model, path, tmp_path / "c", positions="boundary",
+                                                          **settings))
+    assert torch.equal(bench.curve_state_mask(boundary, 2, 4),
+                       bench.curve_mask(boundary["prompt_index"], boundary["sample_index"], 2, 4))
+
+
+def test_recipe_train_files_smallest_row_first(tmp_path):
+    paths = [str(write(tmp_path / f"shard{i}.jsonl", records)) for i, records in enumerate(SHARDS)]
+    assert bench.recipe_train_files(paths[::-1], [(6, 1), (4, 1), (2, 1)]) == paths
+    assert bench.recipe_train_files(paths, [(2, 4), (2, 1)]) == paths[:1]  # no row needs prompts 2-5
+    assert bench.recipe_train_files(paths, [(4, 2), (6, 1)]) == paths  # 6 x 1 (6 completions) first needs all
+
+
+def test_curve_recipe_head_on_all_states(tmp_path, capsys, monkeypatch):
+    backbone_dir = tmp_path / "tiny"
+    tiny_backbone("llama", vocab_size=128, seed=1).save_pretrained(backbone_dir)
+    paths = [str(write(tmp_path / f"shard{i}.jsonl", records)) for i, records in enumerate(SHARDS)]
+    eval_a = write(tmp_path / "eval_a.jsonl", [r for r in EVAL if r["prompt_index"] < 3])
+    eval_b = write(tmp_path / "eval_b.jsonl", [r for r in EVAL if r["prompt_index"] == 4])
+    cache, output = tmp_path / "cache", tmp_path / "curve.json"
+    extracted = []
+    original = bench.extract_features
+
+    def recording(load_model, path, root, *, positions, **kw):
+        extracted.append((positions, path.split("/")[-1]))
+        return original(load_model, path, root, positions=positions, **kw)
+
+    monkeypatch.setattr(bench, "extract_features", recording)
+    common = ["curve", "--model", str(backbone_dir), "--train-rollouts", *paths[::-1], "--eval-rollouts",
+              str(eval_a), str(eval_b), "--cache-dir", str(cache), "--batch-size", "2", "--chunk-records", "3",
+              "--recipe-positions", "all"]
+    # extraction only, for one row: the held-out files first, then only the training file that row needs
+    bench.curve(bench.parse_args(common + ["--rows", "2x4", "--extract-only"]))
+    assert [name for positions, name in extracted if positions == "all"] == [
+        "eval_a.jsonl", "eval_b.jsonl", "shard0.jsonl"]
+    assert not (cache / "shard1.jsonl.all").exists() and (cache / "shard1.jsonl.boundary").is_dir()
+
+    extracted.clear()
+    rows = ["2x4", "4x2", "6x1", "2x1", "4x1"]
+    args = bench.parse_args(common + [
+        "--rows", *rows, "--head-lr", "1e-2", "--head-epochs", "2", "--head-also-epochs", "--head-seeds", "0",
+        "--s0-batch-size", "2", "--ridge-alpha", "1", "--recipe-lr", "1e-2", "--recipe-epochs", "2",
+        "--head-batch-size", "8", "--output", str(output)])
+    bench.curve(args)
+    table = capsys.readouterr().out
+    assert [name for positions, name in extracted if positions == "all"] == [
+        "eval_a.jsonl", "eval_b.jsonl", "shard0.jsonl", "shard1.jsonl", "shard2.jsonl"]
+    result = json.loads(output.read_text())
+    gamma = result["gamma"]
+    assert result["recipes"][bench.RECIPE_HEAD]["boundary_weight"] == 100.0
+    fractions = ["0.0", "0.25", "0.5", "0.75"]
+    eval_records = read_rollouts(str(eval_a))
+    all_train = [r for records in SHARDS for r in records]
+    for row in result["rows"]:
+        train = [r for r in all_train if r["prompt_index"] < row["prompts"] and r["sample_index"] < row["samples"]]
+        assert row["recipe states"] == sum(r["completion_length"] + 1 for r in train)
+        for cell in row["eval"][bench.RECIPE_HEAD].values():
+            assert math.isfinite(cell["prompt_mre"]) and math.isfinite(cell["value_mse"])
+            assert list(cell["positionwise_re"]) == fractions
+            assert all(math.isfinite(e) for e in cell["positionwise_re"].values())
+        # the constant is V at every state: evaluate_constant's RE and value MSE
+        expected = evaluate_constant(constant_baseline_value(train, gamma), eval_records, gamma)
+        constant = row["eval"]["constant baseline"]["eval_a.jsonl"]
+        assert constant["prompt_mre"] == pytest.approx(expected.prompt_mre, abs=1e-6)
+        assert constant["value_mse"] == pytest.approx(expected.value_mse, rel=1e-5)
+        assert constant["positionwise_re"] == pytest.approx(
+            {str(f): e for f, e in expected.positionwise_re.items()}, rel=1e-5)
+        regression = row["eval"]["prompt-length regression"]["all held-out"]  # s_0 only
+        assert math.isfinite(regression["re_at_0"]) and math.isnan(regression["value_mse"])
+        assert all(math.isnan(regression["positionwise_re"][f]) for f in fractions[1:])
+    assert bench.RECIPE_HEAD in result["slopes"]
+
+    # the 4 x 2 row's head is the recipe fitted on that row's states only (files in recipe_train_files order)
+    order = bench.recipe_train_files(paths[::-1], [bench.parse_curve_row(r) for r in rows])
+    states = bench._concat_features([bench.load_features(cache / f"{p.split('/')[-1]}.all") for p in order])
+    keep = bench.curve_state_mask(states, 4, 2)
+    held_out = bench.HeldOut("eval_a.jsonl", eval_records, bench.load_features(cache / "eval_a.jsonl.all"), True,
+                             gamma)
+    [(_, loss, cell, _)] = bench.fit_value_head(
+        states["hidden"][keep], states["targets"][keep], bench.state_weights(states["is_s0"][keep], 100),
+        learning_rate=1e-2, epochs=[2], batch_size=8, seed=0, evaluate=held_out.evaluate_head)
+    row = next(r for r in result["rows"] if (r["prompts"], r["samples"]) == (4, 2))
+    assert row["recipe train loss"] == pytest.approx(loss, rel=1e-6)
+    assert row["eval"][bench.RECIPE_HEAD]["eval_a.jsonl"]["prompt_mre"] == pytest.approx(cell["prompt_mre"], rel=1e-6)
+    assert row["eval"][bench.RECIPE_HEAD]["eval_a.jsonl"]["positionwise_re"] == pytest.approx(
+        cell["positionwise_re"], rel=1e-6)
+    assert f"| {bench.RECIPE_HEAD}: prompt MRE | {bench.RECIPE_HEAD}: RE at 0/25/50/75 % |" in table
+    recipe_lines = [line for line in table.splitlines() if line.startswith("| 4 × 2 | 8 |")]
+    assert len(recipe_lines) == 2 and recipe_lines[1].count(" / — / — / — |") == 1  # the regression: s_0 only
+    assert "not measured: RE at 25/50/75 % of the trajectory of the s_0 head" in table

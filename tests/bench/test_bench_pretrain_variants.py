@@ -107,8 +107,13 @@ def test_held_out_metrics_match_evaluate_lenvm(model, tmp_path, positions):
     assert got["prompt_mre_se"] == pytest.approx(expected.prompt_mre_se, abs=1e-5)
     if positions == "all":
         assert got["value_mse"] == pytest.approx(expected.value_mse, rel=1e-5)
+        # RE at 0/25/50/75 % of the trajectory from each completion's own cached states
+        assert got["positionwise_re"] == pytest.approx({str(f): e for f, e in expected.positionwise_re.items()},
+                                                       rel=1e-5)
     else:
         assert got["value_mse"] != got["value_mse"]  # NaN: no states beyond s_0 were cached
+        assert all(e != e for e in got["positionwise_re"].values())
+    assert got["re_at_0"] == pytest.approx(expected.positionwise_re[0.0], rel=1e-5)
 
 
 def test_resume_computes_missing_chunks_only(model, tmp_path):
