@@ -217,7 +217,7 @@ def evaluate(args) -> None:
     from lenvm_rl.modeling import load_backbone, resolve_model_path
 
     out = Path(args.output_dir)
-    _, prompts, _ = gsm8k_problems(0, args.eval_prompts)
+    _, prompts, _ = gsm8k_problems(1, args.eval_prompts)  # train_limit must be >= 1; unused
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
     config = RolloutConfig(num_completions=args.eval_samples, temperature=args.temperature,
                            max_new_tokens=args.max_completion_length, batch_size=args.batch_size, backend=args.backend)
@@ -273,7 +273,7 @@ def report(args) -> None:
     figure.savefig(args.plot, dpi=120)
     print(f"wrote {args.plot}")
 
-    _, _, answers = gsm8k_problems(0, args.eval_prompts)
+    _, _, answers = gsm8k_problems(1, args.eval_prompts)  # train_limit must be >= 1; unused
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
     rows = {name: evaluate_policy(read_rollouts(out / "eval" / f"{name}.jsonl"), answers, tokenizer)
             for name in ["base", *arms] if (out / "eval" / f"{name}.jsonl").is_file()}
