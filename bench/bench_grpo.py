@@ -241,7 +241,7 @@ def report(args) -> None:
     from transformers.trainer_utils import get_last_checkpoint
 
     from lenvm_rl.data import read_rollouts
-    from lenvm_rl.evaluation import evaluate_policy, format_policy_table
+    from lenvm_rl.evaluation import evaluate_policy, format_policy_table, paired_policy_difference, policy_prompt_means
     from lenvm_rl.modeling import resolve_model_path
 
     out = Path(args.output_dir)
@@ -275,10 +275,22 @@ def report(args) -> None:
 
     _, _, answers = gsm8k_problems(1, args.eval_prompts)  # train_limit must be >= 1; unused
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
-    rows = {name: evaluate_policy(read_rollouts(out / "eval" / f"{name}.jsonl"), answers, tokenizer)
-            for name in ["base", *arms] if (out / "eval" / f"{name}.jsonl").is_file()}
-    if rows:
-        print(format_policy_table(rows))
+    records = {name: read_rollouts(out / "eval" / f"{name}.jsonl")
+               for name in ["base", *arms] if (out / "eval" / f"{name}.jsonl").is_file()}
+    if records:
+        print(format_policy_table({name: evaluate_policy(recs, answers, tokenizer) for name, recs in records.items()}))
+    means = {name: policy_prompt_means(recs, answers, tokenizer) for name, recs in records.items()}
+    trained = [arm for arm in arms if arm in means]
+    if len(trained) > 1:
+        print("\npaired differences on the same held-out prompts (later arm minus earlier arm; mean ± SE over prompts)")
+        print(f"{'difference':<36} {'mean length':>13} {'truncated':>15} {'answer rate':>15} {'accuracy':>15}")
+        for j, a in enumerate(trained):
+            for b in trained[:j]:
+                diff = paired_policy_difference(means[a], means[b])
+                cells = [f"{diff['mean_length'][0]:+.1f} ± {diff['mean_length'][1]:.1f}"]
+                cells += [f"{diff[k][0]:+.1%} ± {diff[k][1]:.1%}"
+                          for k in ("truncated_frac", "answer_rate", "accuracy")]
+                print(f"{a + ' - ' + b:<36} " + " ".join(f"{c:>15}" if i else f"{c:>13}" for i, c in enumerate(cells)))
 
 
 def main() -> None:

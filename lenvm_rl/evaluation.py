@@ -64,7 +64,8 @@ from lenvm_rl.modeling import LenVM
 __all__ = ["FRACTIONS", "NOISE_FLOOR_ROW", "SPLIT_HALF_ROW", "LenVMEvaluation", "PolicyEvaluation",
            "PromptLengthBaseline", "constant_baseline_value", "evaluate_constant", "evaluate_lenvm",
            "evaluate_policy", "evaluate_prompt_length_baseline", "format_policy_table", "format_report",
-           "noise_floor", "prompt_length_baseline", "split_half_mre"]
+           "noise_floor", "paired_policy_difference", "policy_prompt_means", "prompt_length_baseline",
+           "split_half_mre"]
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 """Fractions of each trajectory at which the remaining-length relative error is reported."""
@@ -376,19 +377,12 @@ POLICY_COLUMNS = {"mean_length": "mean length", "truncated_frac": "truncated", "
 """The metrics of a :class:`PolicyEvaluation` (each has a ``*_se`` companion) and their column titles."""
 
 
-def evaluate_policy(records: Sequence[dict], answers, tokenizer) -> PolicyEvaluation:
-    """Mean length, truncated fraction, answer rate and accuracy of rollout ``records``, with standard errors.
+def policy_prompt_means(records: Sequence[dict], answers, tokenizer) -> dict[str, torch.Tensor]:
+    """Per-prompt means of each :data:`POLICY_COLUMNS` metric, plus the prompts they belong to.
 
-    Args:
-        records: rollout records (:mod:`lenvm_rl.data.rollouts`), e.g. ``n`` samples of each held-out prompt.
-        answers: the gold answer of each prompt, indexed by the records' ``prompt_index`` (a list whose
-            entry ``i`` belongs to ``prompt_index == i``, or a mapping); a full GSM8K solution ending in
-            ``#### N`` or a bare number.
-        tokenizer: decodes ``completion_ids`` (special tokens skipped) into the text that is parsed.
-
-    Raises:
-        ValueError: malformed records (see :func:`~lenvm_rl.data.group_by_prompt`), a prompt with no gold
-            answer, or a gold answer that is not a number.
+    Returns ``{"prompt_index": (P,) long, "mean_length": (P,), "truncated_frac": (P,), "answer_rate": (P,),
+    "accuracy": (P,)}``, prompts in ascending ``prompt_index``; each value is the mean over that prompt's
+    samples. Arguments and errors as :func:`evaluate_policy`, which averages these over prompts.
     """
     from lenvm_rl.rewards import gsm8k_correctness_reward, gsm8k_format_reward
 
@@ -409,12 +403,52 @@ def evaluate_policy(records: Sequence[dict], answers, tokenizer) -> PolicyEvalua
         "accuracy": gsm8k_correctness_reward(texts, answer=golds),
     }
     group_sizes = [len(group) for group in groups.values()]
-    row = {}
+    means = {"prompt_index": torch.tensor(list(groups), dtype=torch.long)}
     for name, values in per_completion.items():
         per_prompt = torch.tensor(values, dtype=torch.float32).split(group_sizes)
-        prompt_means = torch.tensor([mean_and_standard_error(x)[0] for x in per_prompt])
-        row[name], row[f"{name}_se"] = mean_and_standard_error(prompt_means)
-    return PolicyEvaluation(**row, num_prompts=len(groups), num_completions=len(ordered))
+        means[name] = torch.tensor([mean_and_standard_error(x)[0] for x in per_prompt])
+    return means
+
+
+def evaluate_policy(records: Sequence[dict], answers, tokenizer) -> PolicyEvaluation:
+    """Mean length, truncated fraction, answer rate and accuracy of rollout ``records``, with standard errors.
+
+    Each metric is averaged over a prompt's samples, then over prompts (:func:`policy_prompt_means`); the
+    standard error is over prompts.
+
+    Args:
+        records: rollout records (:mod:`lenvm_rl.data.rollouts`), e.g. ``n`` samples of each held-out prompt.
+        answers: the gold answer of each prompt, indexed by the records' ``prompt_index`` (a list whose
+            entry ``i`` belongs to ``prompt_index == i``, or a mapping); a full GSM8K solution ending in
+            ``#### N`` or a bare number.
+        tokenizer: decodes ``completion_ids`` (special tokens skipped) into the text that is parsed.
+
+    Raises:
+        ValueError: malformed records (see :func:`~lenvm_rl.data.group_by_prompt`), a prompt with no gold
+            answer, or a gold answer that is not a number.
+    """
+    means = policy_prompt_means(records, answers, tokenizer)
+    row = {}
+    for name in POLICY_COLUMNS:
+        row[name], row[f"{name}_se"] = mean_and_standard_error(means[name])
+    return PolicyEvaluation(**row, num_prompts=len(means["prompt_index"]), num_completions=len(records))
+
+
+def paired_policy_difference(means_a: dict[str, torch.Tensor], means_b: dict[str, torch.Tensor]) -> dict:
+    """Policy A minus policy B on the same held-out prompts, paired by prompt: ``{metric: (mean, se)}``.
+
+    For each :data:`POLICY_COLUMNS` metric, ``d_p = a_p - b_p`` of the per-prompt means
+    (:func:`policy_prompt_means`), then the mean of ``d`` and its standard error over prompts
+    (:func:`~lenvm_rl.core.mean_and_standard_error`). Pairing removes the prompt-to-prompt spread both
+    policies share, so the difference is usually far tighter than the two unpaired errors suggest.
+
+    Raises:
+        ValueError: when the two cover different prompts.
+    """
+    if not torch.equal(means_a["prompt_index"], means_b["prompt_index"]):
+        raise ValueError(f"paired differences need the same prompts: {len(means_a['prompt_index'])} vs "
+                         f"{len(means_b['prompt_index'])} prompts, or other prompt_index values")
+    return {name: mean_and_standard_error(means_a[name] - means_b[name]) for name in POLICY_COLUMNS}
 
 
 def format_policy_table(rows: dict[str, PolicyEvaluation]) -> str:

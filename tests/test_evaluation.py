@@ -20,6 +20,8 @@ from lenvm_rl.evaluation import (
     format_policy_table,
     format_report,
     noise_floor,
+    paired_policy_difference,
+    policy_prompt_means,
     prompt_length_baseline,
     split_half_mre,
 )
@@ -370,6 +372,20 @@ def test_evaluate_policy_errors_and_single_prompt(smollm2_tokenizer):
         evaluate_policy([], ["7"], smollm2_tokenizer)
     one = evaluate_policy(records[:2], ["7"], smollm2_tokenizer)
     assert one.accuracy == 0.5 and math.isnan(one.accuracy_se)  # no spread over prompts with one prompt
+
+
+def test_paired_policy_difference_by_hand(smollm2_tokenizer):
+    records = policy_records(smollm2_tokenizer)
+    means = policy_prompt_means(records, ["7", "12"], smollm2_tokenizer)
+    assert means["prompt_index"].tolist() == [0, 1]
+    assert means["accuracy"].tolist() == [0.5, 0.5] and means["answer_rate"].tolist() == [1.0, 0.5]
+    other = policy_prompt_means(records, ["9", "12"], smollm2_tokenizer)  # prompt 0 now all wrong
+    diff = paired_policy_difference(means, other)
+    # d = (1/2 - 0, 1/2 - 1/2) = (0.5, 0): mean 0.25, SE |0.5 - 0| / 2 = 0.25
+    assert diff["accuracy"] == pytest.approx((0.25, 0.25))
+    assert diff["mean_length"] == pytest.approx((0.0, 0.0)) and diff["answer_rate"] == pytest.approx((0.0, 0.0))
+    with pytest.raises(ValueError, match="the same prompts"):
+        paired_policy_difference(means, policy_prompt_means(records[:2], ["7"], smollm2_tokenizer))
 
 
 def test_format_policy_table(smollm2_tokenizer):
