@@ -6,8 +6,9 @@
     python bench/bench_grpo.py report --output-dir bench/results/grpo                    # table + PNG
     # PPO with the LenVMCritic (s > 0), the same critic at s = 0, and the sequence-level twin (issue 10):
     python bench/bench_grpo.py train --lenvm LENVM_DIR --output-dir bench/results/ppo \
-        --arms ppo_lenvm,ppo_lenvm_s0,ppo_group --steps 32 --chunk 8
+        --arms ppo_lenvm,ppo_lenvm_s0,ppo_group --steps 16 --chunk 8
     python bench/bench_grpo.py evaluate --output-dir bench/results/ppo --arms ppo_lenvm,ppo_lenvm_s0,ppo_group
+    #   (--backend vllm, from the vLLM environment, samples with vLLM: float32, eager; how the PPO table was made)
     python bench/bench_grpo.py report --output-dir bench/results/ppo --arms ppo_lenvm,ppo_lenvm_s0,ppo_group \
         --plot docs/ppo_compare.png
 
@@ -224,9 +225,20 @@ def evaluate(args) -> None:
     policies = {"base": resolve_model_path(args.model)}
     policies.update({arm: str(out / arm / "final") for arm in args.arms.split(",") if (out / arm / "final").is_dir()})
     for name, path in policies.items():
+        output = out / "eval" / f"{name}.jsonl"
+        if output.is_file() and len(output.read_text().splitlines()) >= len(prompts) * args.eval_samples:
+            print(f"== held-out samples of {name}: {output} is complete", flush=True)
+            continue
         print(f"== held-out samples of {name} ({path})", flush=True)
-        model = load_backbone(path).eval() if args.backend == "hf" else path
-        sample_rollouts(model, tokenizer, prompts, out / "eval" / f"{name}.jsonl", config, model_name=path)
+        if args.backend == "hf":
+            model = load_backbone(path).eval()
+        else:  # the settings of bench/rollouts/sample_issue9.sh: float32, eager (torch.compile fails on these CPUs)
+            from lenvm_rl.data.rollouts import _import_vllm
+
+            model = _import_vllm().LLM(model=path, dtype="float32", seed=config.seed, enforce_eager=True,
+                                       max_model_len=1024)
+        sample_rollouts(model, tokenizer, prompts, output, config, model_name=path)
+        del model
 
 
 def report(args) -> None:

@@ -22,6 +22,6 @@ python bench/bench_grpo.py train --lenvm "$LENVM" --output-dir "$OUT" "$@"
 # 3. held-out samples and the report; ARMS (comma-separated) must name the arms trained above when they are not
 #    bench_grpo.py's default GRPO arms, e.g. the PPO comparison of issue 10:
 #    OUT=bench/results/ppo LENVM=bench/results/grpo/critic ARMS=ppo_lenvm,ppo_lenvm_s0,ppo_group \
-#        PLOT=docs/ppo_compare.png bash bench/grpo_compare.sh --arms ppo_lenvm,ppo_lenvm_s0,ppo_group --steps 32 --chunk 8
+#        PLOT=docs/ppo_compare.png bash bench/grpo_compare.sh --arms ppo_lenvm,ppo_lenvm_s0,ppo_group --steps 16 --chunk 8
 python bench/bench_grpo.py evaluate --output-dir "$OUT" ${ARMS:+--arms "$ARMS"}
 python bench/bench_grpo.py report --output-dir "$OUT" ${ARMS:+--arms "$ARMS"} --plot "${PLOT:-docs/grpo_compare.png}"

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash bench/grpo_compare.sh
 OUT=bench/results/ppo LENVM=bench/results/grpo/critic ARMS=ppo_lenvm,ppo_lenvm_s0,ppo_group PLOT=docs/ppo_compare.png \
-    bash bench/grpo_compare.sh --arms ppo_lenvm,ppo_lenvm_s0,ppo_group --steps 32 --chunk 8
+    bash bench/grpo_compare.sh --arms ppo_lenvm,ppo_lenvm_s0,ppo_group --steps 16 --chunk 8
