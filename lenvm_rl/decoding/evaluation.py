@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lenvm_rl.core import length_score
+from lenvm_rl.core import length_score, mean_and_standard_error
 from lenvm_rl.data.prompts import to_messages
 from lenvm_rl.decoding.generate import GuidedCompletion, guided_generate
 from lenvm_rl.decoding.guidance import GuidanceConfig
@@ -30,20 +30,8 @@ __all__ = [
 
 
 def _mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and its standard error ``s / sqrt(n)``, ``s`` the sample standard deviation (``n - 1``; NaN for n = 1)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
-
-
-def _rate_se(flags: Sequence[bool]) -> tuple[float, float]:
-    """A rate ``p`` and its binomial standard error ``sqrt(p (1 - p) / n)``."""
-    n = len(flags)
-    p = sum(bool(f) for f in flags) / n
-    return p, math.sqrt(p * (1 - p) / n)
+    """:func:`lenvm_rl.core.mean_and_standard_error` of plain numbers (flags count as 0/1)."""
+    return mean_and_standard_error(torch.tensor([float(v) for v in values], dtype=torch.float64))
 
 
 @dataclass(frozen=True)
@@ -138,9 +126,10 @@ class TradeoffPoint:
     """One point of the trade-off: ``method`` ``"tilt"`` (``setting`` = beta) or ``"budget"`` (``setting`` = B).
 
     Over ``n`` completions: ``accuracy`` (correct answers), ``answer_rate`` (a parseable ``#### N``,
-    :func:`lenvm_rl.rewards.extract_answer`), each with its binomial standard error ``sqrt(p (1 - p) / n)``
-    (``accuracy_se``, ``answer_rate_se``), and ``mean_length`` with ``mean_length_se = s / sqrt(n)``, ``s`` the
-    sample standard deviation of the lengths (NaN when ``n`` is 1).
+    :func:`lenvm_rl.rewards.extract_answer`) and ``mean_length``, each with the standard error of its mean,
+    ``s / sqrt(n)`` with ``s`` the sample standard deviation of the per-completion 0/1 flags or lengths
+    (:func:`lenvm_rl.core.mean_and_standard_error`, as :func:`lenvm_rl.evaluation.evaluate_policy`; for a rate
+    ``p`` that is ``sqrt(p (1 - p) / (n - 1))``); NaN when ``n`` is 1.
     """
 
     method: str
@@ -160,8 +149,8 @@ def tradeoff_point(method: str, setting: float, lengths: Sequence[float], correc
     if not lengths or not len(lengths) == len(correct) == len(answered):
         raise ValueError(f"need as many (> 0) lengths, correctness and answer flags, got {len(lengths)}, "
                          f"{len(correct)} and {len(answered)}")
-    accuracy, accuracy_se = _rate_se(correct)
-    answer_rate, answer_rate_se = _rate_se(answered)
+    accuracy, accuracy_se = _mean_se(correct)
+    answer_rate, answer_rate_se = _mean_se(answered)
     mean_length, mean_length_se = _mean_se([float(x) for x in lengths])
     return TradeoffPoint(method=method, setting=float(setting), accuracy=accuracy, mean_length=mean_length,
                          answer_rate=answer_rate, n=len(lengths), accuracy_se=accuracy_se,

@@ -121,9 +121,9 @@ def test_budget_baseline_truncates_and_counts_cut_answers_wrong():
     assert point.method == "budget" and point.setting == 100 and point.n == 4
     # within the budget with EOS: the 50- and 80-token completions
     assert point.accuracy == pytest.approx(0.25)  # only the 50-token correct answer fits
-    assert point.accuracy_se == pytest.approx(math.sqrt(0.25 * 0.75 / 4))  # 0.2165
+    assert point.accuracy_se == pytest.approx(math.sqrt(0.25 * 0.75 / 3))  # sample SE of 0/1 flags: 0.25
     assert point.answer_rate == pytest.approx(0.5)  # 50 (#### 4) and 80 (#### 5); 150 and 200 are cut
-    assert point.answer_rate_se == pytest.approx(0.25)  # sqrt(0.5 * 0.5 / 4)
+    assert point.answer_rate_se == pytest.approx(math.sqrt(0.5 * 0.5 / 3))  # 0.2887
     # lengths min(L, 100): 50, 100, 80, 100 -> mean 82.5, squared deviations 1056.25 + 306.25 + 6.25 + 306.25
     assert point.mean_length == pytest.approx(82.5)
     assert point.mean_length_se == pytest.approx(math.sqrt(1675 / 3 / 4))  # 11.81
@@ -138,7 +138,7 @@ def test_budget_baseline_truncates_and_counts_cut_answers_wrong():
 def test_tilt_point_counts_completions_as_they_are():
     point = tilt_point(FOUR, FOUR_CORRECT, -20)
     assert (point.method, point.setting, point.n) == ("tilt", -20.0, 4)
-    assert point.accuracy == pytest.approx(0.75) and point.accuracy_se == pytest.approx(math.sqrt(0.75 * 0.25 / 4))
+    assert point.accuracy == pytest.approx(0.75) and point.accuracy_se == pytest.approx(math.sqrt(0.75 * 0.25 / 3))
     assert point.answer_rate == 1.0 and point.answer_rate_se == 0.0  # every text has a parseable #### N
     # lengths 50, 150, 80, 200: mean 120, squared deviations 4900 + 900 + 1600 + 6400 = 13800
     assert point.mean_length == pytest.approx(120.0) and point.mean_length_se == pytest.approx(math.sqrt(1150))
