@@ -52,8 +52,9 @@ from lenvm_rl.decoding import (
     budget_baseline,
     length_score_benchmark,
     plot_tradeoff,
+    tilt_point,
+    tradeoff_arm,
 )
-from lenvm_rl.decoding.evaluation import tilt_point, tradeoff_arm
 from lenvm_rl.modeling import LenVM, load_backbone, resolve_model_path
 
 GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"

@@ -17,6 +17,9 @@ from lenvm_rl.decoding.evaluation import (
     length_report,
     length_score_benchmark,
     plot_tradeoff,
+    tilt_point,
+    tradeoff_arm,
+    tradeoff_point,
     tradeoff_sweep,
 )
 from lenvm_rl.decoding.generate import GuidedCompletion, guided_generate
@@ -39,7 +42,10 @@ __all__ = [
     "length_score_benchmark",
     "length_tokens",
     "plot_tradeoff",
+    "tilt_point",
     "trace_html",
     "trace_td_residuals",
+    "tradeoff_arm",
+    "tradeoff_point",
     "tradeoff_sweep",
 ]
