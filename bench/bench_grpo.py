@@ -277,7 +277,7 @@ def report(args) -> None:
         for arm, times in step_times.items():
             print(f"| {arm} | {statistics.mean(times):.1f} | {statistics.mean(times) / base:.2f} |")
     for ax, title in zip(axes, ("mean completion length (tokens)", "task reward (correct + 0.5 format)")):
-        ax.set_xlabel("GRPO step")
+        ax.set_xlabel("PPO step (one mini-batch)" if set(arms) & set(PPO_ARMS) else "GRPO step")
         ax.set_title(title)
         ax.legend()
     figure.tight_layout()
