@@ -158,9 +158,9 @@ def tradeoff_point(method: str, setting: float, lengths: Sequence[float], correc
 
 
 def _answered(completions: Sequence[GuidedCompletion]) -> list[bool]:
-    from lenvm_rl.rewards import extract_answer
+    from lenvm_rl.rewards import gsm8k_format_reward
 
-    return [extract_answer(c.text) is not None for c in completions]
+    return [r > 0 for r in gsm8k_format_reward([c.text for c in completions])]
 
 
 def _check_flags(completions: Sequence[GuidedCompletion], correct: Sequence[bool]) -> None:
