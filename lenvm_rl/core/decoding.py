@@ -115,8 +115,9 @@ def tilt(logprobs: Tensor, u: Tensor, mask: Tensor, beta: float | Tensor) -> Ten
     _check_step("u", u, logprobs)
     _check_step("mask", mask, logprobs)
     beta = _row_tensor("beta", beta, logprobs.shape[0], logprobs)
-    scores = logprobs.float() + beta[:, None] * torch.where(mask, u.float(), 0.0)
-    return torch.log_softmax(scores.masked_fill(~mask, -math.inf), dim=-1)
+    # float64 inside: re-normalising already normalised float32 log-probs (beta = 0) then returns them to the ulp
+    scores = logprobs.double() + beta[:, None].double() * torch.where(mask, u.double(), 0.0)
+    return torch.log_softmax(scores.masked_fill(~mask, -math.inf), dim=-1).float()
 
 
 def constraint_mask(lengths: Tensor, mask: Tensor, constraint: Constraint, remaining: float | Tensor) -> Tensor:
