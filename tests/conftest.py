@@ -16,13 +16,14 @@ TINY_KW = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_at
                num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
 
 
-def tiny_backbone(arch: str = "llama", vocab_size: int = 128, seed: int = 0):
-    """A random causal LM with hidden size 32, in eval mode."""
+def tiny_backbone(arch: str = "llama", vocab_size: int = 128, seed: int = 0, **overrides):
+    """A random causal LM with hidden size 32 (``overrides`` replace ``TINY_KW`` entries), in eval mode."""
     torch.manual_seed(seed)
+    kwargs = TINY_KW | overrides
     if arch == "llama":
-        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **TINY_KW)).eval()
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **kwargs)).eval()
     if arch == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, **TINY_KW)).eval()
+        return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, **kwargs)).eval()
     raise ValueError(arch)
 
 

@@ -145,6 +145,20 @@ def test_greedy_cached_path_generates_the_naive_tokens(lenvm, policy, tokenizer,
     assert [c.token_ids for c in cached] == [c.token_ids for c in naive]
 
 
+def test_a_lenvm_smaller_than_the_policy(lenvm, tokenizer):
+    """A 4-layer, 64-wide policy guided by the 2-layer, 32-wide LenVM: the cached path still equals the naive one."""
+    policy = tiny_backbone("llama", vocab_size=len(tokenizer), seed=5, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
+    assert policy.num_parameters() > sum(p.numel() for p in lenvm.parameters())
+    kwargs = dict(lenvm=lenvm, guidance=GuidanceConfig(constraint="equal", target=4, top_k=8), max_new_tokens=6,
+                  batch_size=2)
+    cached = guided_generate(policy, tokenizer, PROMPTS, **kwargs)
+    naive = guided_generate(policy, tokenizer, PROMPTS, scoring="naive", **kwargs)
+    assert [c.token_ids for c in cached] == [c.token_ids for c in naive]
+    plain = guided_generate(policy, tokenizer, PROMPTS, max_new_tokens=6, batch_size=2)
+    assert [c.token_ids for c in cached] != [c.token_ids for c in plain]
+
+
 def test_batched_equals_unbatched_with_left_padding(lenvm, policy, tokenizer):
     kwargs = dict(lenvm=lenvm, guidance=GuidanceConfig(beta=-20.0, top_k=8), max_new_tokens=6)
     batched = guided_generate(policy, tokenizer, PROMPTS, batch_size=2, **kwargs)
