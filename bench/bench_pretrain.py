@@ -89,7 +89,9 @@ evaluated on the same held-out prompts::
 A row ``PxK`` takes samples ``0 .. K-1`` of the questions ``prompt_index 0 .. P-1`` (``curve_mask``; it stops if
 any is missing, e.g. a file still being sampled), so 200x8, 800x2 and 1600x1 hold 1,600 completions each and
 a ``Px1`` row contains the smaller ones. One ``gamma`` for all rows (of all the training rollouts; each row's
-own is in the JSON). Per row: the ``s_0`` head (the ``variants`` row ``s_0 only``: ``--head-lr`` 3e-5,
+own is in the JSON). ``--gamma`` fixes it instead, so that a file sampled later joins without re-extracting the
+others (their ``meta.json`` holds the gamma): the all-7,473 row adds ``gsm8k_train3200-7472_n1_t0.7.vllm.jsonl``
+(``bench/rollouts/sample_issue9.sh``) to ``TRAIN`` with ``--gamma 0.9910458562488609 --rows ... 7473x1``. Per row: the ``s_0`` head (the ``variants`` row ``s_0 only``: ``--head-lr`` 3e-5,
 ``--head-epochs`` 30, ``--s0-batch-size`` 16, seed ``--seed``; the same run is also evaluated after
 ``--head-also-epochs`` for the JSON), its mean over ``--head-seeds``, the ridge probe (``--ridge-alpha``
 1e3), and, fitted on the row's records, the constant baseline and the prompt-length regression of
@@ -972,7 +974,8 @@ def curve(args) -> None:
     rows_spec = [parse_curve_row(text) for text in args.rows]
     eval_paths = args.eval_rollouts or []
     train_records = read_rollouts(args.train_rollouts)
-    gamma = gamma_from_records(train_records)  # one gamma for every row: that of all the training rollouts
+    # one gamma for every row: that of all the training rollouts, or --gamma (keeps the caches of a shorter list)
+    gamma = args.gamma if args.gamma is not None else gamma_from_records(train_records)
     root, train_dirs, eval_dirs = _extract_all(args, gamma, "boundary", "boundary")
     recipe = args.recipe_positions == "all"
     if recipe:  # every state: the held-out files first, then the training files of the smallest rows first
@@ -1178,6 +1181,10 @@ def parse_args(argv=None):
     learning.add_argument("--rows", nargs="+", default=["200x8", "800x2", "1600x1", "200x1", "400x1", "800x1",
                                                         "3200x1"],
                           help="training rows PROMPTSxSAMPLES: the first SAMPLES samples of prompt_index 0..PROMPTS-1")
+    learning.add_argument("--gamma", type=float,
+                          help="discount of every row (default: 0.01 ** (1 / L99) of all --train-rollouts). Pass the "
+                               "gamma of the cached features (their meta.json) to add a training file without "
+                               "re-extracting the others: the caches must match it")
     learning.add_argument("--head-lr", type=float, default=3e-5, help="learning rate of the s_0 head")
     learning.add_argument("--head-epochs", type=int, default=30, help="epochs of the s_0 head (the fixed recipe)")
     learning.add_argument("--head-also-epochs", type=int, nargs="*", default=[10, 100],
@@ -1199,6 +1206,8 @@ def parse_args(argv=None):
     learning.add_argument("--recipe-epochs", type=int, default=3,
                           help="epochs of the recipe head (its batch: --head-batch-size states, default 1024)")
     args = parser.parse_args(argv)
+    if args.part == "curve" and args.gamma is not None and not 0 < args.gamma < 1:
+        parser.error(f"--gamma must be in (0, 1), got {args.gamma}")
     if args.output is None:
         args.output = f"bench/results/{'curve' if args.part == 'curve' else 'variants'}-gsm8k.json"
     return args

@@ -252,3 +252,24 @@ def test_curve_recipe_head_on_all_states(tmp_path, capsys, monkeypatch):
     recipe_lines = [line for line in table.splitlines() if line.startswith("| 4 × 2 | 8 |")]
     assert len(recipe_lines) == 2 and recipe_lines[1].count(" / — / — / — |") == 1  # the regression: s_0 only
     assert "not measured: RE at 25/50/75 % of the trajectory of the s_0 head" in table
+
+
+def test_curve_gamma_keeps_the_caches_of_a_shorter_file_list(tmp_path):
+    backbone_dir = tmp_path / "tiny"
+    tiny_backbone("llama", vocab_size=128, seed=1).save_pretrained(backbone_dir)
+    paths = [str(write(tmp_path / f"shard{i}.jsonl", records)) for i, records in enumerate(SHARDS[:2])]
+    late = shard([4, 5], [[40], [2]], 4)  # prompts 4-5 sampled later; a 40-token completion moves L99, so gamma
+    paths.append(str(write(tmp_path / "late.jsonl", late)))
+    cache = tmp_path / "cache"
+    common = ["curve", "--model", str(backbone_dir), "--cache-dir", str(cache), "--batch-size", "2",
+              "--chunk-records", "3", "--extract-only"]
+    bench.curve(bench.parse_args(common + ["--train-rollouts", *paths[:2]]))
+    meta = json.loads((cache / "shard0.jsonl.boundary" / "meta.json").read_text())
+    chunks = {p: p.read_bytes() for p in sorted(cache.glob("shard[01].jsonl.boundary/*.safetensors"))}
+    with pytest.raises(ValueError, match="written for other settings.*gamma"):
+        bench.curve(bench.parse_args(common + ["--train-rollouts", *paths]))  # all files: another gamma
+    bench.curve(bench.parse_args(common + ["--train-rollouts", *paths, "--gamma", str(meta["gamma"])]))
+    assert json.loads((cache / "late.jsonl.boundary" / "meta.json").read_text())["gamma"] == meta["gamma"]
+    assert {p: p.read_bytes() for p in chunks} == chunks  # the first files' features were reused, not rewritten
+    with pytest.raises(SystemExit):
+        bench.parse_args(common + ["--train-rollouts", *paths, "--gamma", "1"])
