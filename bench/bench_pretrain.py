@@ -90,8 +90,10 @@ A row ``PxK`` takes samples ``0 .. K-1`` of the questions ``prompt_index 0 .. P-
 any is missing, e.g. a file still being sampled), so 200x8, 800x2 and 1600x1 hold 1,600 completions each and
 a ``Px1`` row contains the smaller ones. One ``gamma`` for all rows (of all the training rollouts; each row's
 own is in the JSON). ``--gamma`` fixes it instead, so that a file sampled later joins without re-extracting the
-others (their ``meta.json`` holds the gamma): the all-7,473 row adds ``gsm8k_train3200-7472_n1_t0.7.vllm.jsonl``
-(``bench/rollouts/sample_issue9.sh``) to ``TRAIN`` with ``--gamma 0.9910458562488609 --rows ... 7473x1``. Per row: the ``s_0`` head (the ``variants`` row ``s_0 only``: ``--head-lr`` 3e-5,
+others (their ``meta.json`` holds the gamma). The README's table adds ``gsm8k_train3200-7472_n1_t0.7.vllm.jsonl``
+(``bench/rollouts/sample_issue9.sh``; it holds train rows 3200-6399 so far) to ``TRAIN`` and runs
+``--recipe-positions all --gamma 0.9910458562488609 --rows 200x8 800x2 1600x1 200x1 400x1 800x1 3200x1 6400x1``
+(``7473x1`` once the file is complete). Per row: the ``s_0`` head (the ``variants`` row ``s_0 only``: ``--head-lr`` 3e-5,
 ``--head-epochs`` 30, ``--s0-batch-size`` 16, seed ``--seed``; the same run is also evaluated after
 ``--head-also-epochs`` for the JSON), its mean over ``--head-seeds``, the ridge probe (``--ridge-alpha``
 1e3), and, fitted on the row's records, the constant baseline and the prompt-length regression of
