@@ -520,12 +520,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["pretrain"]:  # TRL-style dataclass parser: every TrainingArguments option
+        from lenvm_rl.scripts import end_processes
         from lenvm_rl.scripts.pretrain import main as pretrain
         from lenvm_rl.scripts.pretrain import make_parser
 
         parser = make_parser()
         parser.prog = "lenvm-rl pretrain"
         pretrain(*parser.parse_args_and_config(argv[1:]))
+        end_processes()
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)

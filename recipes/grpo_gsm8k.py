@@ -24,7 +24,9 @@ The sequence-level twin needs no LenVM: ``--length_estimator group --length_gamm
 Every option: ``python recipes/grpo_gsm8k.py --help``; the pipeline is :mod:`lenvm_rl.scripts.grpo`.
 """
 
+from lenvm_rl.scripts import end_processes
 from lenvm_rl.scripts.grpo import main, make_parser
 
 if __name__ == "__main__":
     main(*make_parser().parse_args_and_config())
+    end_processes()

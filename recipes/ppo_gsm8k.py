@@ -24,8 +24,10 @@ plain PPO without a LenVM: ``--length_estimator none``; the sequence-level twin:
 Every option: ``python recipes/ppo_gsm8k.py --help``; the pipeline is :mod:`lenvm_rl.scripts.grpo`.
 """
 
+from lenvm_rl.scripts import end_processes
 from lenvm_rl.scripts.grpo import main, make_parser
 from lenvm_rl.trainers import PPOConfig
 
 if __name__ == "__main__":
     main(*make_parser(PPOConfig).parse_args_and_config())
+    end_processes()

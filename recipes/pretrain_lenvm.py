@@ -16,7 +16,9 @@ Two CPU processes (gloo): ``accelerate launch --multi_gpu --num_processes 2 reci
 Every option: ``python recipes/pretrain_lenvm.py --help``.
 """
 
+from lenvm_rl.scripts import end_processes
 from lenvm_rl.scripts.pretrain import main, make_parser
 
 if __name__ == "__main__":
     main(*make_parser().parse_args_and_config())
+    end_processes()

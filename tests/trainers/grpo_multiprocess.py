@@ -20,6 +20,7 @@ from pathlib import Path
 from grpo_fixtures import EOS_ID, constant_reward, prompt_dataset, tiny_lenvm, tiny_policy, tiny_tokenizer
 
 from lenvm_rl import LengthAwareGRPOConfig, LengthAwareGRPOTrainer
+from lenvm_rl.scripts import end_processes
 
 NUM_GENERATIONS = 8
 GLOBAL_BATCH = 24
@@ -74,8 +75,7 @@ def main(out_dir: str, mode: str, critic_path: str | None = None) -> None:
                              train_dataset=prompt_dataset(48), processing_class=tiny_tokenizer(),
                              rollout_func=rollout_func, length_critic=critic)
     trainer.train()
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()  # tears the gloo group down before exit
+    end_processes()
 
 
 if __name__ == "__main__":

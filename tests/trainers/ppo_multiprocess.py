@@ -10,10 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from grpo_fixtures import prompt_dataset, tiny_lenvm, tiny_policy, tiny_tokenizer
 
 from lenvm_rl import LenVMCritic, PPOConfig, PPOTrainer
+from lenvm_rl.scripts import end_processes
 
 
 def starts_with_c(completions, **kwargs):
@@ -48,8 +48,7 @@ def main(out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
         "policy": policy, "critic": critic, "completions": trainer.first_completions,
         "policy_changed": policy != policy_before, "critic_changed": critic != critic_before}))
-    trainer.accelerator.end_training()
-    torch.distributed.destroy_process_group() if torch.distributed.is_initialized() else None
+    end_processes()
 
 
 if __name__ == "__main__":
