@@ -98,6 +98,12 @@ def check_record(record: dict) -> None:
         raise ValueError(f"{where}: finish_reason must be 'eos' or 'length', got {record['finish_reason']!r}")
     if record["finish_reason"] == "eos" and record["completion_length"] == 0:
         raise ValueError(f"{where}: ended with EOS but has no completion token (L counts the EOS)")
+    limit = (record.get("sampler") or {}).get("max_new_tokens")
+    if record["finish_reason"] == "length" and limit is not None and record["completion_length"] != limit:
+        raise ValueError(f"{where}: finish_reason 'length' after {record['completion_length']} tokens, but its "
+                         f"sampler's max_new_tokens is {limit}: a completion cut at the limit has exactly that many, "
+                         "so this one was stopped by something else (an aborted request, the engine's model length) "
+                         "and its length is not censored at the limit; delete the record and resample its prompt")
     if not record["prompt_ids"]:
         raise ValueError(f"{where}: prompt_ids is empty; s_0 is the last prompt token")
 
@@ -143,6 +149,10 @@ def read_rollouts(paths: str | os.PathLike | list[str | os.PathLike]) -> list[di
         if not path.is_file():
             raise FileNotFoundError(f"rollout file not found: {path}")
         for lineno, record in read_jsonl(path, torn_tail_ok=True):  # a torn tail's group is re-sampled
+            try:
+                check_record(record)
+            except ValueError as err:
+                raise ValueError(f"{path} line {lineno}: {err}") from None
             key = (record.get("prompt_index"), record.get("sample_index"))
             if key in seen:
                 raise ValueError(f"{path} line {lineno}: prompt_index={key[0]} sample_index={key[1]} is already in "
@@ -311,7 +321,9 @@ def _vllm_generate(llm, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *
     in TRL; ``seed`` is not used, so shards and resumed runs are not seeded per prompt group as with
     ``hf``. Per-request seeds crashed vLLM's CPU build (v0.32) here on a 400-sequence batch ("CPU
     Generator does not use offset"). vLLM ends a completion at EOS and keeps the EOS token in
-    ``token_ids``; it is appended if a version drops it, since ``L`` counts it.
+    ``token_ids``; it is appended if a version drops it, since ``L`` counts it. Any other finish (an
+    aborted request, or a cut before ``max_new_tokens`` by the engine's model length) raises before
+    the batch is written: such a completion is neither ended nor censored at the limit.
     """
     from vllm import SamplingParams, TokensPrompt
 
@@ -319,10 +331,19 @@ def _vllm_generate(llm, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *
                             max_tokens=config.max_new_tokens, stop_token_ids=eos_ids, skip_special_tokens=False)
     outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
     results = []
-    for request in outputs:
+    for j, request in enumerate(outputs):
         for completion in sorted(request.outputs, key=lambda c: c.index):
             ids = list(completion.token_ids)
-            ended = completion.finish_reason == "stop"
+            reason = completion.finish_reason
+            if reason not in ("stop", "length") or (reason == "length" and len(ids) != config.max_new_tokens):
+                cause = ("the prompt plus max_new_tokens exceed the engine's max_model_len (raise "
+                         "--vllm-max-model-length)" if reason == "length" else "vLLM did not finish the request")
+                raise RuntimeError(
+                    f"vLLM finished prompt {j} of this batch ({len(prompt_ids[j])} prompt tokens) with "
+                    f"finish_reason={reason!r} after {len(ids)} of max_new_tokens={config.max_new_tokens} tokens: "
+                    f"{cause}. Such a completion is neither ended nor cut at the limit; nothing of this batch was "
+                    "written, and a rerun resumes")
+            ended = reason == "stop"
             if ended and (not ids or ids[-1] not in eos_ids):
                 ids.append(eos_ids[0])
             results.append((ids, ended))

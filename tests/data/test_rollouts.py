@@ -75,6 +75,23 @@ def test_resume_skips_finished_prompts_and_writes_no_duplicates(policy, smollm2_
                         temperature=0.7, backend="hf"), model_name="tiny", progress=False)
 
 
+def test_a_length_cut_short_of_max_new_tokens_is_refused_naming_the_line(policy, smollm2_tokenizer, tmp_path):
+    # A record "cut at the limit" with fewer tokens than the limit is not censored at the limit (a vLLM request
+    # that was aborted, or stopped by the engine's model length): reading it is an error, never a wrong target.
+    out = tmp_path / "r.jsonl"
+    config = RolloutConfig(num_completions=3, temperature=1.0, max_new_tokens=6, batch_size=6, backend="hf")
+    records = sample_rollouts(policy, smollm2_tokenizer, PROMPTS[:2], out, config, model_name="tiny", progress=False)
+    line = next(i for i, r in enumerate(records, 1) if r["finish_reason"] == "length")
+    cut = dict(records[line - 1], completion_ids=records[line - 1]["completion_ids"][:3], completion_length=3)
+    out.write_text("".join(json.dumps(cut if i == line else r) + "\n" for i, r in enumerate(records, 1)))
+    where = f"r.jsonl line {line}: record prompt_index={cut['prompt_index']} sample_index={cut['sample_index']}"
+    with pytest.raises(ValueError, match=f"{where}: finish_reason 'length' after 3 tokens, but its sampler's "
+                                         "max_new_tokens is 6"):
+        read_rollouts(out)
+    with pytest.raises(ValueError, match="delete the record and resample its prompt"):  # resuming reads it too
+        sample_rollouts(policy, smollm2_tokenizer, PROMPTS, out, config, model_name="tiny", progress=False)
+
+
 def test_shards_sampled_with_offsets_equal_one_unsharded_run(policy, smollm2_tokenizer, tmp_path):
     config = RolloutConfig(num_completions=2, max_new_tokens=5, batch_size=4, backend="hf")
     whole = sample_rollouts(policy, smollm2_tokenizer, PROMPTS, tmp_path / "all.jsonl", config, progress=False)

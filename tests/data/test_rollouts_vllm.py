@@ -76,3 +76,14 @@ def test_vllm_samples_resume_and_take_a_path(policy_dir, llm, smollm2_tokenizer,
     assert sample_rollouts(str(policy_dir[0]), smollm2_tokenizer, PROMPTS[:2], out, config, progress=False) == first
     resumed = sample_rollouts(llm, smollm2_tokenizer, PROMPTS, out, config, progress=False)
     assert resumed[:6] == first and [r["prompt_index"] for r in resumed] == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+
+
+def test_a_completion_stopped_by_the_engine_model_length_is_refused(llm, smollm2_tokenizer, tmp_path):
+    # Prompt 0 runs to any limit under greedy decoding; the engine's max_model_len (256) stops it short of
+    # max_new_tokens, so it is neither ended nor censored at the limit: an error, and nothing is written.
+    out = tmp_path / "r.jsonl"
+    config = RolloutConfig(num_completions=1, temperature=1e-3, max_new_tokens=240, batch_size=4, backend="vllm")
+    with pytest.raises(RuntimeError, match=r"finish_reason='length' after \d+ of max_new_tokens=240 tokens: the "
+                                           r"prompt plus max_new_tokens exceed the engine's max_model_len"):
+        sample_rollouts(llm, smollm2_tokenizer, PROMPTS, out, config, progress=False)
+    assert not out.exists()
