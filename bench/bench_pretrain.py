@@ -90,10 +90,10 @@ A row ``PxK`` takes samples ``0 .. K-1`` of the questions ``prompt_index 0 .. P-
 any is missing, e.g. a file still being sampled), so 200x8, 800x2 and 1600x1 hold 1,600 completions each and
 a ``Px1`` row contains the smaller ones. One ``gamma`` for all rows (of all the training rollouts; each row's
 own is in the JSON). ``--gamma`` fixes it instead, so that a file sampled later joins without re-extracting the
-others (their ``meta.json`` holds the gamma). The README's table adds ``gsm8k_train3200-7472_n1_t0.7.vllm.jsonl``
-(``bench/rollouts/sample_issue9.sh``; it holds train rows 3200-6399 so far) to ``TRAIN`` and runs
-``--recipe-positions all --gamma 0.9910458562488609 --rows 200x8 800x2 1600x1 200x1 400x1 800x1 3200x1 6400x1``
-(``7473x1`` once the file is complete). Per row: the ``s_0`` head (the ``variants`` row ``s_0 only``: ``--head-lr`` 3e-5,
+others (their ``meta.json`` holds the gamma). The README's table adds ``gsm8k_train3200-6399_n1_t0.7.vllm.jsonl`` and
+``gsm8k_train6400-7472_n1_t0.7.vllm.jsonl`` (``bench/rollouts/sample_issue9.sh``) to ``TRAIN`` and runs
+``--recipe-positions all --gamma 0.9910458562488609 --rows 200x8 800x2 1600x1 200x1 400x1 800x1 3200x1 6400x1
+7473x1``. Per row: the ``s_0`` head (the ``variants`` row ``s_0 only``: ``--head-lr`` 3e-5,
 ``--head-epochs`` 30, ``--s0-batch-size`` 16, seed ``--seed``; the same run is also evaluated after
 ``--head-also-epochs`` for the JSON), its mean over ``--head-seeds``, the ridge probe (``--ridge-alpha``
 1e3), and, fitted on the row's records, the constant baseline and the prompt-length regression of
@@ -109,8 +109,9 @@ held-out set (``variants``); the curve holds them fixed.
 all-states head, kept fixed across rows): a fresh ``ValueHead`` (seed ``--seed``) on the frozen trunk's states
 at *every* position ``s_0 .. s_L`` of the row's training completions (the same ``curve_mask`` records, selected
 at their ``s_0`` rows: ``curve_state_mask``), loss weight ``--recipe-boundary-weight`` 100 at ``s_0`` and 1
-elsewhere, AdamW lr ``--recipe-lr`` 3e-4 constant, ``--recipe-epochs`` 3, ``--head-batch-size`` 1024 states
-(``fit_value_head``, as ``variants``). It is evaluated at every state of the held-out completions: prompt MRE ±
+elsewhere, AdamW lr ``--recipe-lr`` 3e-4 decaying linearly to 0 (``--recipe-lr-scheduler-type``, the
+``Trainer``'s default), ``--recipe-epochs`` 3, ``--head-batch-size`` 1024 states (``fit_value_head``, as
+``variants``, whose grid kept the lr constant). It is evaluated at every state of the held-out completions: prompt MRE ±
 SE (``V(s_0)`` per prompt), RE at 0/25/50/75 % of the trajectory and value MSE over the EOS-terminated
 completions (as ``evaluate_lenvm``). The constant baseline (``V`` the constant at every state, as
 ``evaluate_constant``) gets the same columns; the prompt-length regression predicts at ``s_0`` only (its RE at
@@ -433,20 +434,28 @@ def head_values(head, hidden: torch.Tensor, batch_size: int = 65536) -> torch.Te
 
 
 def fit_value_head(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, *, learning_rate: float,
-                   epochs: list[int], batch_size: int, seed: int = 0, weight_decay: float = 0.0, evaluate=None):
-    """A fresh ``ValueHead`` fitted on fixed states with AdamW at a constant learning rate.
+                   epochs: list[int], batch_size: int, seed: int = 0, weight_decay: float = 0.0,
+                   lr_scheduler_type: str = "constant", evaluate=None):
+    """A fresh ``ValueHead`` fitted on fixed states with AdamW.
 
     Each step draws ``batch_size`` positions of a fresh random permutation per epoch and minimises
     ``core.value_regression_loss`` with per-position ``weights`` (``sum w (V - G)**2 / sum w`` over the
-    minibatch). After each epoch in ``epochs`` the head (eval mode) goes to ``evaluate(head)``. Returns
+    minibatch). The learning rate follows ``transformers.get_scheduler(lr_scheduler_type)`` without warmup over
+    ``max(epochs)`` epochs, as the ``Trainer``'s: ``"constant"`` makes the head after epoch ``e`` of a longer run
+    exactly the head of an ``e``-epoch run; ``"linear"`` (``LenVMConfig``'s default) decays to 0 at the last
+    epoch. After each epoch in ``epochs`` the head (eval mode) goes to ``evaluate(head)``. Returns
     ``[(epoch, mean training loss of that epoch, evaluate(head) or None, seconds so far), ...]``.
     """
+    from transformers import get_scheduler
+
     from lenvm_rl.core import value_regression_loss
     from lenvm_rl.modeling import ValueHead
 
     torch.manual_seed(seed)
     head = ValueHead(hidden.shape[1])
     optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    scheduler = get_scheduler(lr_scheduler_type, optimizer, num_warmup_steps=0,
+                              num_training_steps=max(epochs) * math.ceil(len(targets) / batch_size))
     generator = torch.Generator().manual_seed(seed)
     targets, weights = targets.float(), weights.float()
     results, start = [], time.perf_counter()
@@ -460,6 +469,7 @@ def fit_value_head(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.T
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            scheduler.step()
             losses.append(loss.item())
         if epoch in epochs:
             head.eval()
@@ -1042,7 +1052,8 @@ def curve(args) -> None:
             [(_, recipe_loss, recipe_eval, recipe_seconds)] = fit_value_head(
                 hidden, targets, state_weights(is_s0, args.recipe_boundary_weight), learning_rate=args.recipe_lr,
                 epochs=[args.recipe_epochs], batch_size=args.head_batch_size, seed=args.seed,
-                weight_decay=args.weight_decay, evaluate=lambda head: [s.evaluate_head(head) for s in state_sets])
+                weight_decay=args.weight_decay, lr_scheduler_type=args.recipe_lr_scheduler_type,
+                evaluate=lambda head: [s.evaluate_head(head) for s in state_sets])
             evaluation[RECIPE_HEAD] = {s.name: result for s, result in zip(state_sets, recipe_eval)}
             del hidden, targets, is_s0
         row = {"prompts": prompts, "samples": samples, "completions": len(row_records),
@@ -1077,7 +1088,8 @@ def curve(args) -> None:
                                  "target": "prompt mean of G_0 over the row's samples"},
                     "ridge probe": {"alpha": args.ridge_alpha}}
         | ({RECIPE_HEAD: {"positions": "all", "boundary_weight": args.recipe_boundary_weight,
-                          "learning_rate": args.recipe_lr, "epochs": args.recipe_epochs,
+                          "learning_rate": args.recipe_lr, "lr_scheduler_type": args.recipe_lr_scheduler_type,
+                          "epochs": args.recipe_epochs,
                           "batch_size": args.head_batch_size, "weight_decay": args.weight_decay, "seed": args.seed,
                           "target": "G_t of each state of each sample"}} if recipe else {}),
         "held_out": {s.name: {"prompts": len(s.groups), "completions": len(s.records)} for s in sets},
@@ -1102,7 +1114,8 @@ def curve(args) -> None:
     print(format_curve_table(rows, table_sets, sets[-1].name))
     if recipe:
         print()
-        print(f"{RECIPE_HEAD}: s_0 weight {args.recipe_boundary_weight:g}, lr {args.recipe_lr:g}, {args.recipe_epochs} "
+        print(f"{RECIPE_HEAD}: s_0 weight {args.recipe_boundary_weight:g}, lr {args.recipe_lr:g} "
+              f"{args.recipe_lr_scheduler_type}, {args.recipe_epochs} "
               f"epochs, batch {args.head_batch_size} states, seed {args.seed}; RE at 0/25/50/75 % of the trajectory "
               f"(%) and value MSE over every state of the EOS-terminated completions of {sets[-1].name}")
         print(format_recipe_table(rows, table_sets, sets[-1].name))
@@ -1207,6 +1220,10 @@ def parse_args(argv=None):
     learning.add_argument("--recipe-lr", type=float, default=3e-4, help="AdamW learning rate of the recipe head")
     learning.add_argument("--recipe-epochs", type=int, default=3,
                           help="epochs of the recipe head (its batch: --head-batch-size states, default 1024)")
+    learning.add_argument("--recipe-lr-scheduler-type", choices=["linear", "constant"], default="linear",
+                          help="learning-rate schedule of the recipe head, without warmup: linear decays to 0 at the "
+                               "last epoch, as LenVMConfig's default (constant: the item-2 grid's schedule, whose "
+                               "boundary fitted on one sample per prompt swings from epoch to epoch)")
     args = parser.parse_args(argv)
     if args.part == "curve" and args.gamma is not None and not 0 < args.gamma < 1:
         parser.error(f"--gamma must be in (0, 1), got {args.gamma}")

@@ -3,6 +3,7 @@ tiny random backbone (its baselines agree with lenvm_rl.evaluation on the same r
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -240,11 +241,16 @@ def test_curve_recipe_head_on_all_states(tmp_path, capsys, monkeypatch):
     keep = bench.curve_state_mask(states, 4, 2)
     held_out = bench.HeldOut("eval_a.jsonl", eval_records, bench.load_features(cache / "eval_a.jsonl.all"), True,
                              gamma)
-    [(_, loss, cell, _)] = bench.fit_value_head(
-        states["hidden"][keep], states["targets"][keep], bench.state_weights(states["is_s0"][keep], 100),
-        learning_rate=1e-2, epochs=[2], batch_size=8, seed=0, evaluate=held_out.evaluate_head)
+    fit = functools.partial(
+        bench.fit_value_head, states["hidden"][keep], states["targets"][keep],
+        bench.state_weights(states["is_s0"][keep], 100), learning_rate=1e-2, epochs=[2], batch_size=8, seed=0,
+        evaluate=held_out.evaluate_head)
+    [(_, loss, cell, _)] = fit(lr_scheduler_type="linear")  # the curve's default, LenVMConfig's schedule
+    [(_, constant_loss, _, _)] = fit(lr_scheduler_type="constant")
     row = next(r for r in result["rows"] if (r["prompts"], r["samples"]) == (4, 2))
     assert row["recipe train loss"] == pytest.approx(loss, rel=1e-6)
+    assert row["recipe train loss"] != pytest.approx(constant_loss, rel=1e-6)
+    assert result["recipes"][bench.RECIPE_HEAD]["lr_scheduler_type"] == "linear"
     assert row["eval"][bench.RECIPE_HEAD]["eval_a.jsonl"]["prompt_mre"] == pytest.approx(cell["prompt_mre"], rel=1e-6)
     assert row["eval"][bench.RECIPE_HEAD]["eval_a.jsonl"]["positionwise_re"] == pytest.approx(
         cell["positionwise_re"], rel=1e-6)
