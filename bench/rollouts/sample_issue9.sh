@@ -16,4 +16,5 @@ run test 50 150 8 gsm8k_test50-199_n8_t0.7.vllm.jsonl
 run train 200 600 2 gsm8k_train200-799_n2_t0.7.vllm.jsonl
 run train 800 800 1 gsm8k_train800-1599_n1_t0.7.vllm.jsonl
 run train 1600 1600 1 gsm8k_train1600-3199_n1_t0.7.vllm.jsonl
-run train 3200 4273 1 gsm8k_train3200-7472_n1_t0.7.vllm.jsonl
+run train 3200 3200 1 gsm8k_train3200-6399_n1_t0.7.vllm.jsonl
+run train 6400 1073 1 gsm8k_train6400-7472_n1_t0.7.vllm.jsonl
