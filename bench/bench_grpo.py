@@ -214,7 +214,7 @@ def evaluate(args) -> None:
     """Sample the base policy and every finished arm on the held-out questions (resumable, one file each)."""
     from transformers import AutoTokenizer
 
-    from lenvm_rl.data import RolloutConfig, sample_rollouts
+    from lenvm_rl.data import RolloutConfig, sample_rollouts, vllm_engine
     from lenvm_rl.modeling import load_backbone, resolve_model_path
 
     out = Path(args.output_dir)
@@ -233,10 +233,7 @@ def evaluate(args) -> None:
         if args.backend == "hf":
             model = load_backbone(path).eval()
         else:  # the settings of bench/rollouts/sample_issue9.sh: float32, eager (torch.compile fails on these CPUs)
-            from lenvm_rl.data.rollouts import _import_vllm
-
-            model = _import_vllm().LLM(model=path, dtype="float32", seed=config.seed, enforce_eager=True,
-                                       max_model_len=1024)
+            model = vllm_engine(path, dtype="float32", seed=config.seed, enforce_eager=True, max_model_len=1024)
         sample_rollouts(model, tokenizer, prompts, output, config, model_name=path)
         del model
 

