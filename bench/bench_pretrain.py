@@ -111,7 +111,7 @@ at *every* position ``s_0 .. s_L`` of the row's training completions (the same `
 at their ``s_0`` rows: ``curve_state_mask``), loss weight ``--recipe-boundary-weight`` 100 at ``s_0`` and 1
 elsewhere, AdamW lr ``--recipe-lr`` 3e-4 decaying linearly to 0 (``--recipe-lr-scheduler-type``, the
 ``Trainer``'s default), ``--recipe-epochs`` 3, ``--head-batch-size`` 1024 states (``fit_value_head``, as
-``variants``, whose grid kept the lr constant). It is evaluated at every state of the held-out completions: prompt MRE ±
+``variants``, whose grid kept the lr constant); also for each of ``--recipe-seeds`` (mean and sd over seeds). It is evaluated at every state of the held-out completions: prompt MRE ±
 SE (``V(s_0)`` per prompt), RE at 0/25/50/75 % of the trajectory and value MSE over the EOS-terminated
 completions (as ``evaluate_lenvm``). The constant baseline (``V`` the constant at every state, as
 ``evaluate_constant``) gets the same columns; the prompt-length regression predicts at ``s_0`` only (its RE at
@@ -857,16 +857,20 @@ prompt's token count (fitted in value space, so unbiased whatever the samples pe
 RECIPE_HEAD = "recipe head (all states)"
 """With ``--recipe-positions all``: the item-2 recipe, a ``ValueHead`` fitted on every state of the row's training
 completions (``variants``' all-states head), evaluated at every held-out state."""
-RECIPE_TABLE = (RECIPE_HEAD, "constant baseline", "prompt-length regression")
+RECIPE_SEED_MEAN = "recipe head, mean of seeds"
+RECIPE_TABLE = (RECIPE_HEAD, RECIPE_SEED_MEAN, "constant baseline", "prompt-length regression")
 
 
 def seed_mean(cells: list[dict]) -> dict:
-    """One cell from the cells of several seeds: means, and ``seed_sd`` (standard deviation of the MRE over seeds)."""
+    """One cell from the cells of several seeds: means (NaN where a seed's is), and ``seed_sd`` (standard deviation
+    of the MRE over seeds)."""
     mres = [cell["prompt_mre"] for cell in cells]
     mean = {key: statistics.fmean(cell[key] for cell in cells)
-            for key in ("prompt_mre", "prompt_mre_se", "s0_value_mse", "re_at_0")}
+            for key in ("prompt_mre", "prompt_mre_se", "s0_value_mse", "re_at_0", "value_mse")}
+    positionwise = {f: statistics.fmean(cell["positionwise_re"][f] for cell in cells)
+                    for f in cells[0]["positionwise_re"]}
     return mean | {"seed_sd": statistics.stdev(mres) if len(mres) > 1 else math.nan, "seeds": len(cells),
-                   "num_infinite": max(cell["num_infinite"] for cell in cells), "value_mse": math.nan}
+                   "num_infinite": max(cell["num_infinite"] for cell in cells), "positionwise_re": positionwise}
 
 
 MSE_PREDICTORS = ("s_0 head", "ridge probe", "constant baseline", "prompt-length regression")
@@ -902,6 +906,8 @@ def format_recipe_table(rows: list[dict], sets: list[str], re_set: str) -> str:
     def mre(cell):
         if math.isinf(cell["prompt_mre"]):
             return f"∞ ({cell['num_infinite']} at V = -1)"
+        if "seed_sd" in cell:
+            return f"{100 * cell['prompt_mre']:.1f} ({100 * cell['seed_sd']:.1f})"
         return f"{100 * cell['prompt_mre']:.1f} ± {100 * cell['prompt_mre_se']:.1f}"
 
     def number(x, spec):
@@ -938,7 +944,8 @@ def plot_curve(result: dict, path) -> None:
     fixed = [r for r in result["rows"] if r["samples"] > 1 or r["completions"] == result["fixed_completions"]]
     figure, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), sharey=True, squeeze=False)
     styles = {SEED_MEAN: ("C0", "o"), "s_0 head": ("C9", "."), "ridge probe": ("C1", "s"),
-              "constant baseline": ("C7", "^"), "prompt-length regression": ("C2", "v"), RECIPE_HEAD: ("C4", "D")}
+              "constant baseline": ("C7", "^"), "prompt-length regression": ("C2", "v"),
+              RECIPE_SEED_MEAN: ("C4", "D")}
     styles = {predictor: style for predictor, style in styles.items() if predictor in result["slopes"]}
     for ax, name in zip(axes[0], sets):
         for predictor, (color, marker) in styles.items():
@@ -952,7 +959,7 @@ def plot_curve(result: dict, path) -> None:
                 if r["samples"] > 1:
                     ax.plot(r["prompts"], 100 * r["eval"][predictor][name]["prompt_mre"], color=color,
                             marker=marker, markerfacecolor="none", markersize=9, linestyle="none")
-                    if predictor == SEED_MEAN:
+                    if predictor in (SEED_MEAN, RECIPE_SEED_MEAN):
                         ax.annotate(f"{r['prompts']}×{r['samples']}", (r["prompts"],
                                     100 * r["eval"][predictor][name]["prompt_mre"]), textcoords="offset points",
                                     xytext=(6, 4), fontsize=8, color=color)
@@ -1005,7 +1012,7 @@ def curve(args) -> None:
         train_states = _concat_features([load_features(d) for d in recipe_train_dirs])
         # the same held-out files at every state; they also give the baselines' RE and value MSE at every state
         state_sets = _held_out_sets(eval_paths, recipe_eval_dirs, True, gamma)
-        predictors = CURVE_PREDICTORS + (RECIPE_HEAD,)
+        predictors = CURVE_PREDICTORS + (RECIPE_HEAD, RECIPE_SEED_MEAN)
     baseline_sets = state_sets if recipe else sets  # the s_0 metrics of a baseline are the same on either
     record_prompt = torch.tensor([r["prompt_index"] for r in train_records])
     record_sample = torch.tensor([r.get("sample_index", 0) for r in train_records])
@@ -1049,12 +1056,18 @@ def curve(args) -> None:
         if recipe:  # the item-2 recipe on every state of the row's records
             states = curve_state_mask(train_states, prompts, samples)
             hidden, targets, is_s0 = (train_states[key][states] for key in ("hidden", "targets", "is_s0"))
-            [(_, recipe_loss, recipe_eval, recipe_seconds)] = fit_value_head(
+            recipe_runs = {seed: fit_value_head(
                 hidden, targets, state_weights(is_s0, args.recipe_boundary_weight), learning_rate=args.recipe_lr,
-                epochs=[args.recipe_epochs], batch_size=args.head_batch_size, seed=args.seed,
+                epochs=[args.recipe_epochs], batch_size=args.head_batch_size, seed=seed,
                 weight_decay=args.weight_decay, lr_scheduler_type=args.recipe_lr_scheduler_type,
-                evaluate=lambda head: [s.evaluate_head(head) for s in state_sets])
-            evaluation[RECIPE_HEAD] = {s.name: result for s, result in zip(state_sets, recipe_eval)}
+                evaluate=lambda head: [s.evaluate_head(head) for s in state_sets])[0]
+                for seed in dict.fromkeys([args.seed, *args.recipe_seeds])}
+            recipe_by_seed = {seed: {s.name: cell for s, cell in zip(state_sets, run[2])}
+                              for seed, run in recipe_runs.items()}
+            _, recipe_loss, _, recipe_seconds = recipe_runs[args.seed]
+            evaluation[RECIPE_HEAD] = recipe_by_seed[args.seed]
+            evaluation[RECIPE_SEED_MEAN] = {s.name: seed_mean([cells[s.name] for cells in recipe_by_seed.values()])
+                                            for s in state_sets}
             del hidden, targets, is_s0
         row = {"prompts": prompts, "samples": samples, "completions": len(row_records),
                "censored": sum(r["finish_reason"] == "length" for r in row_records),
@@ -1064,7 +1077,8 @@ def curve(args) -> None:
                "seconds": time.perf_counter() - start}
         if recipe:
             row |= {"recipe states": int(states.sum()), "recipe train loss": recipe_loss,
-                    "recipe seconds": recipe_seconds}
+                    "recipe seconds": recipe_seconds,
+                    "recipe head by seed": {str(seed): cells for seed, cells in recipe_by_seed.items()}}
         rows.append(row)
         print(f"{prompts} x {samples}: " + "; ".join(
             f"{name} " + ", ".join(f"{100 * cell['prompt_mre']:.1f} %" for cell in evaluation[name].values())
@@ -1091,6 +1105,7 @@ def curve(args) -> None:
                           "learning_rate": args.recipe_lr, "lr_scheduler_type": args.recipe_lr_scheduler_type,
                           "epochs": args.recipe_epochs,
                           "batch_size": args.head_batch_size, "weight_decay": args.weight_decay, "seed": args.seed,
+                          "seeds": sorted({args.seed, *args.recipe_seeds}),
                           "target": "G_t of each state of each sample"}} if recipe else {}),
         "held_out": {s.name: {"prompts": len(s.groups), "completions": len(s.records)} for s in sets},
         "table_sets": table_sets, "fixed_completions": max(p * k for p, k in rows_spec if k > 1) if any(
@@ -1220,6 +1235,9 @@ def parse_args(argv=None):
     learning.add_argument("--recipe-lr", type=float, default=3e-4, help="AdamW learning rate of the recipe head")
     learning.add_argument("--recipe-epochs", type=int, default=3,
                           help="epochs of the recipe head (its batch: --head-batch-size states, default 1024)")
+    learning.add_argument("--recipe-seeds", type=int, nargs="*", default=[0, 1, 2],
+                          help="seeds of the recipe head whose mean (and sd over seeds) is reported beside --seed's "
+                               "run")
     learning.add_argument("--recipe-lr-scheduler-type", choices=["linear", "constant"], default="linear",
                           help="learning-rate schedule of the recipe head, without warmup: linear decays to 0 at the "
                                "last epoch, as LenVMConfig's default (constant: the item-2 grid's schedule, whose "

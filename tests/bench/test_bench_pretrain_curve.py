@@ -250,6 +250,13 @@ def test_curve_recipe_head_on_all_states(tmp_path, capsys, monkeypatch):
     row = next(r for r in result["rows"] if (r["prompts"], r["samples"]) == (4, 2))
     assert row["recipe train loss"] == pytest.approx(loss, rel=1e-6)
     assert row["recipe train loss"] != pytest.approx(constant_loss, rel=1e-6)
+    by_seed = row["recipe head by seed"]  # --recipe-seeds 0 1 2 (the default): seed 0 is the run above
+    assert set(by_seed) == {"0", "1", "2"} and by_seed["0"] == row["eval"][bench.RECIPE_HEAD]
+    mean = row["eval"][bench.RECIPE_SEED_MEAN]["eval_a.jsonl"]
+    for key in ("prompt_mre", "value_mse"):
+        assert mean[key] == pytest.approx(sum(cells["eval_a.jsonl"][key] for cells in by_seed.values()) / 3)
+    assert mean["positionwise_re"]["0.5"] == pytest.approx(
+        sum(cells["eval_a.jsonl"]["positionwise_re"]["0.5"] for cells in by_seed.values()) / 3)
     assert result["recipes"][bench.RECIPE_HEAD]["lr_scheduler_type"] == "linear"
     assert row["eval"][bench.RECIPE_HEAD]["eval_a.jsonl"]["prompt_mre"] == pytest.approx(cell["prompt_mre"], rel=1e-6)
     assert row["eval"][bench.RECIPE_HEAD]["eval_a.jsonl"]["positionwise_re"] == pytest.approx(
