@@ -100,29 +100,30 @@ others (their ``meta.json`` holds the gamma). The README's table adds ``gsm8k_tr
 ``lenvm_rl.evaluation`` (a line in value space, ``CURVE_PREDICTORS``); the split-half MRE and noise floor of
 each held-out set. Each gets the held-out prompt MRE ± SE over prompts, the value MSE at ``s_0`` and the RE at
 0 % of the trajectory (both over the EOS-terminated held-out completions, as ``evaluate_lenvm``). The RE at
-25/50/75 % is not measured for them: these predictors see ``s_0`` only. The slope is the least-squares change of
+25/50/75 % is not measured for them: these predictors see ``s_0`` only. ``paired`` (JSON; also printed) is each
+of ``PAIRED_PREDICTORS``' MRE minus the prompt-length regression's, paired by held-out prompt, ± the SE of that
+paired mean (``paired_difference``). The slope is the least-squares change of
 the MRE per doubling of the prompts over the ``Px1`` rows; the JSON also gives where that line reaches
 ``--target-mre`` on the first held-out file. The head recipe and the ridge penalty were picked on the
 held-out set (``variants``); the curve holds them fixed.
 
-``--recipe-positions all`` adds, per row, the recipe that won item 2 on the validation split (``variants``'
-all-states head, kept fixed across rows): a fresh ``ValueHead`` (seed ``--seed``) on the frozen trunk's states
-at *every* position ``s_0 .. s_L`` of the row's training completions (the same ``curve_mask`` records, selected
-at their ``s_0`` rows: ``curve_state_mask``), loss weight ``--recipe-boundary-weight`` 100 at ``s_0`` and 1
-elsewhere, AdamW lr ``--recipe-lr`` 3e-4 decaying linearly to 0 (``--recipe-lr-scheduler-type``, the
-``Trainer``'s default), ``--recipe-epochs`` 3, ``--head-batch-size`` 1024 states (``fit_value_head``, as
-``variants``, whose grid kept the lr constant); also for each of ``--recipe-seeds`` (mean and sd over seeds). It is evaluated at every state of the held-out completions: prompt MRE ±
-SE (``V(s_0)`` per prompt), RE at 0/25/50/75 % of the trajectory and value MSE over the EOS-terminated
-completions (as ``evaluate_lenvm``). The constant baseline (``V`` the constant at every state, as
-``evaluate_constant``) gets the same columns; the prompt-length regression predicts at ``s_0`` only (its RE at
-0 % from ``V(s_0)``, the rest ``—``). This needs the all-state features ``<file>.all`` beside the boundary ones in
-the same cache: of the held-out files, and of the training files that hold records of the ``--rows`` (about 0.27
-GB per 1,000 completions in float16; the trunk runs over 650k tokens for the 2,000 held-out completions, 45 min at
-250 tokens/s, and 1.7M for all five training files). The extraction takes the held-out files first, then the
-training files in the order of the smallest row that needs them (``recipe_train_files``), so a partial run
-completes whole rows early; it resumes like the boundary one.
-Caches of the same settings (``meta.json``: gamma, dtype, bf16, chunking) can be shared by a symlink, e.g. the
-``variants`` caches of the 200 x 8 files::
+``--recipe-positions all`` adds, per row, the recipe that won item 2 on the validation split (``variants``' all-states
+head, kept fixed across rows): a fresh ``ValueHead`` (seed ``--seed``) on the frozen trunk's states at *every*
+position ``s_0 .. s_L`` of the row's training completions (the same ``curve_mask`` records, selected at their ``s_0``
+rows: ``curve_state_mask``), loss weight ``--recipe-boundary-weight`` 100 at ``s_0`` and 1 elsewhere, AdamW lr
+``--recipe-lr`` 3e-4 decaying linearly to 0 (``--recipe-lr-scheduler-type``, the ``Trainer``'s default),
+``--recipe-epochs`` 3, ``--head-batch-size`` 1024 states (``fit_value_head``, as ``variants``, whose grid kept the lr
+constant); also for each of ``--recipe-seeds`` (mean and sd over seeds). It is evaluated at every state of the
+held-out completions: prompt MRE ± SE (``V(s_0)`` per prompt), RE at 0/25/50/75 % of the trajectory and value MSE over
+the EOS-terminated completions (as ``evaluate_lenvm``). The constant baseline (``V`` the constant at every state, as
+``evaluate_constant``) gets the same columns; the prompt-length regression predicts at ``s_0`` only (its RE at 0 %
+from ``V(s_0)``, the rest ``—``). This needs the all-state features ``<file>.all`` beside the boundary ones in the
+same cache: of the held-out files, and of the training files that hold records of the ``--rows`` (about 0.27 GB per
+1,000 completions in float16; the trunk runs over 650k tokens for the 2,000 held-out completions, 45 min at 250
+tokens/s, and 1.7M for all five training files). The extraction takes the held-out files first, then the training
+files in the order of the smallest row that needs them (``recipe_train_files``), so a partial run completes whole rows
+early; it resumes like the boundary one. Caches of the same settings (``meta.json``: gamma, dtype, bf16, chunking) can
+be shared by a symlink, e.g. the ``variants`` caches of the 200 x 8 files::
 
     C=bench/results/features/smollm2-135m-curve; V=../smollm2-135m-e18d83e22d
     for f in gsm8k_train200_n8_t0.7.rows0-139.jsonl gsm8k_train200_n8_t0.7.rows140-199.jsonl; do
@@ -542,11 +543,18 @@ class HeldOut:
         positionwise RE, ``{str(f): RE}`` for ``f`` in ``evaluation.FRACTIONS`` (0, 0.25, 0.5, 0.75), from
         ``V(s_k)`` of each EOS-terminated completion's own states (``k = floor(f * L)``); NaN otherwise.
         """
-        from lenvm_rl.core import length_to_value, positionwise_relative_error, value_regression_loss, value_to_length
-        from lenvm_rl.evaluation import FRACTIONS, _prompt_mre
+        from lenvm_rl.core import (
+            length_to_value,
+            mean_and_standard_error,
+            positionwise_relative_error,
+            value_regression_loss,
+            value_to_length,
+        )
+        from lenvm_rl.evaluation import FRACTIONS, _prompt_errors
 
         lengths = value_to_length(s0_values, self.gamma)
-        mre, se = _prompt_mre(lengths, self.groups, self.gamma)
+        prompt_errors = _prompt_errors(lengths, self.groups, self.gamma)
+        mre, se = mean_and_standard_error(prompt_errors)
         mse = math.nan
         positionwise = dict.fromkeys(map(str, FRACTIONS), math.nan)
         if all_values is not None and len(self.targets):
@@ -569,7 +577,8 @@ class HeldOut:
             re_at_0 = positionwise_relative_error(v0[:, None].expand(steps.shape), steps, (0.0,),
                                                   gamma=self.gamma).item()
         return {"prompt_mre": mre, "prompt_mre_se": se, "value_mse": mse, "s0_value_mse": s0_mse,
-                "re_at_0": re_at_0, "positionwise_re": positionwise, "num_infinite": int(torch.isinf(lengths).sum())}
+                "re_at_0": re_at_0, "positionwise_re": positionwise, "num_infinite": int(torch.isinf(lengths).sum()),
+                "prompt_errors": prompt_errors.tolist()}
 
     def evaluate_head(self, head) -> dict:
         return self.evaluate_values(head_values(head, self.s0_hidden),
@@ -869,8 +878,40 @@ def seed_mean(cells: list[dict]) -> dict:
             for key in ("prompt_mre", "prompt_mre_se", "s0_value_mse", "re_at_0", "value_mse")}
     positionwise = {f: statistics.fmean(cell["positionwise_re"][f] for cell in cells)
                     for f in cells[0]["positionwise_re"]}
+    errors = torch.tensor([cell["prompt_errors"] for cell in cells], dtype=torch.float64).mean(0).tolist()
     return mean | {"seed_sd": statistics.stdev(mres) if len(mres) > 1 else math.nan, "seeds": len(cells),
-                   "num_infinite": max(cell["num_infinite"] for cell in cells), "positionwise_re": positionwise}
+                   "num_infinite": max(cell["num_infinite"] for cell in cells), "positionwise_re": positionwise,
+                   "prompt_errors": errors}
+
+
+def paired_difference(cell: dict, reference: dict) -> dict:
+    """The prompt MRE of ``cell`` minus that of ``reference`` on the same held-out prompts, paired by prompt:
+    ``{"difference": mean_p (e_p - r_p), "se": its standard error over prompts}``. Pairing removes the spread of
+    the prompts' difficulty that both predictors share, which the unpaired SEs of the two MREs both carry."""
+    from lenvm_rl.core import mean_and_standard_error
+
+    difference, se = mean_and_standard_error(torch.tensor(cell["prompt_errors"], dtype=torch.float64)
+                                             - torch.tensor(reference["prompt_errors"], dtype=torch.float64))
+    return {"difference": difference, "se": se}
+
+
+PAIRED_REFERENCE = "prompt-length regression"
+PAIRED_PREDICTORS = (SEED_MEAN, "ridge probe", RECIPE_SEED_MEAN)
+
+
+def format_paired_table(rows: list[dict], sets: list[str]) -> str:
+    """Markdown: per training row, the paired difference of each predictor of ``PAIRED_PREDICTORS`` found in the
+    rows to ``PAIRED_REFERENCE``, in percentage points ± SE over prompts, on each of ``sets`` separated by ``/``."""
+    names = [name for name in PAIRED_PREDICTORS if name in rows[0]["paired"]]
+    head = ["prompts × samples"] + [f"{name} − {PAIRED_REFERENCE}" for name in names]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(names)]
+    for row in rows:
+        cells = [f"{row['prompts']} × {row['samples']}"]
+        for name in names:
+            pairs = [row["paired"][name][s] for s in sets]
+            cells.append(" / ".join(f"{100 * pair['difference']:+.1f} ± {100 * pair['se']:.1f}" for pair in pairs))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 MSE_PREDICTORS = ("s_0 head", "ridge probe", "constant baseline", "prompt-length regression")
@@ -1075,6 +1116,8 @@ def curve(args) -> None:
                "s_0 head by epoch": {str(e): v for e, v in by_epoch.items()},
                "s_0 head by seed": {str(seed): v for seed, v in by_seed.items()},
                "seconds": time.perf_counter() - start}
+        row["paired"] = {name: {s: paired_difference(cells[s], evaluation[PAIRED_REFERENCE][s]) for s in cells}
+                         for name, cells in evaluation.items() if name in PAIRED_PREDICTORS}
         if recipe:
             row |= {"recipe states": int(states.sum()), "recipe train loss": recipe_loss,
                     "recipe seconds": recipe_seconds,
@@ -1134,6 +1177,9 @@ def curve(args) -> None:
               f"epochs, batch {args.head_batch_size} states, seed {args.seed}; RE at 0/25/50/75 % of the trajectory "
               f"(%) and value MSE over every state of the EOS-terminated completions of {sets[-1].name}")
         print(format_recipe_table(rows, table_sets, sets[-1].name))
+    print()
+    print(f"paired by prompt: prompt MRE minus that of the {PAIRED_REFERENCE} (pp, ± SE over prompts)")
+    print(format_paired_table(rows, table_sets))
     for s in sets:
         print(f"{s.name}: " + ", ".join(f"{name} {100 * mre:.1f} ± {100 * se:.1f} %"
                                         for name, (mre, se) in references[s.name].items()))

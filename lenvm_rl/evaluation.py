@@ -542,10 +542,16 @@ def _group_lengths(groups: dict[int, list[dict]]) -> tuple[Tensor, Tensor]:
     return lengths, mask
 
 
-def _prompt_mre(predicted_lengths: Tensor, groups: dict[int, list[dict]], gamma: float) -> tuple[float, float]:
-    """Prompt MRE and its standard error over prompts, for ``(N,)`` predicted lengths in the order of ``groups``."""
+def _prompt_errors(predicted_lengths: Tensor, groups: dict[int, list[dict]], gamma: float) -> Tensor:
+    """``(P,)`` per-prompt relative errors (:func:`~lenvm_rl.core.prompt_relative_errors`) of ``(P,)`` predicted
+    lengths in the order of ``groups``."""
     lengths, mask = _group_lengths(groups)
-    return mean_and_standard_error(prompt_relative_errors(predicted_lengths, lengths, gamma, mask))
+    return prompt_relative_errors(predicted_lengths, lengths, gamma, mask)
+
+
+def _prompt_mre(predicted_lengths: Tensor, groups: dict[int, list[dict]], gamma: float) -> tuple[float, float]:
+    """Prompt MRE and its standard error over prompts, for ``(P,)`` predicted lengths in the order of ``groups``."""
+    return mean_and_standard_error(_prompt_errors(predicted_lengths, groups, gamma))
 
 
 def _at_least_two_samples(groups: dict[int, list[dict]], what: str) -> None:

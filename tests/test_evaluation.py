@@ -40,7 +40,8 @@ def make_record(prompt_index, sample_index, prompt_ids, length, finish_reason="e
         "prompt_index": prompt_index, "sample_index": sample_index,
         "prompt": [{"role": "user", "content": f"prompt {prompt_index}"}],
         "prompt_ids": list(prompt_ids), "completion_ids": completion_ids, "completion_length": length,
-        "finish_reason": finish_reason, "sampler": {"max_new_tokens": 8},
+        # a completion cut at the limit has exactly max_new_tokens tokens (check_record): its own limit here
+        "finish_reason": finish_reason, "sampler": {"max_new_tokens": length if finish_reason == "length" else 8},
     }
 
 

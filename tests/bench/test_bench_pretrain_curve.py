@@ -250,6 +250,14 @@ def test_curve_recipe_head_on_all_states(tmp_path, capsys, monkeypatch):
     row = next(r for r in result["rows"] if (r["prompts"], r["samples"]) == (4, 2))
     assert row["recipe train loss"] == pytest.approx(loss, rel=1e-6)
     assert row["recipe train loss"] != pytest.approx(constant_loss, rel=1e-6)
+    # paired by prompt against the prompt-length line: the difference of the MREs, with the SE of the paired mean
+    for name in (bench.RECIPE_SEED_MEAN, "ridge probe"):
+        other, line = row["eval"][name]["eval_a.jsonl"], row["eval"]["prompt-length regression"]["eval_a.jsonl"]
+        differences = torch.tensor(other["prompt_errors"]) - torch.tensor(line["prompt_errors"])
+        paired = row["paired"][name]["eval_a.jsonl"]
+        assert paired["difference"] == pytest.approx(other["prompt_mre"] - line["prompt_mre"], abs=1e-6)
+        assert paired["se"] == pytest.approx((differences.std() / len(differences) ** 0.5).item(), rel=1e-4)
+    assert "paired by prompt: prompt MRE minus that of the prompt-length regression" in table
     by_seed = row["recipe head by seed"]  # --recipe-seeds 0 1 2 (the default): seed 0 is the run above
     assert set(by_seed) == {"0", "1", "2"} and by_seed["0"] == row["eval"][bench.RECIPE_HEAD]
     mean = row["eval"][bench.RECIPE_SEED_MEAN]["eval_a.jsonl"]
