@@ -1014,7 +1014,7 @@ def plot_curve(result: dict, path) -> None:
             ax.axhline(100 * result["target_mre"], color="C3", linewidth=1,
                        label=f"target {100 * result['target_mre']:.1f} %")
         ax.set_xscale("log", base=2)
-        ax.set_xticks([r["prompts"] for r in growing], [str(r["prompts"]) for r in growing])
+        ax.set_xticks([r["prompts"] for r in growing], [str(r["prompts"]) for r in growing], rotation=45)
         ax.set_xlabel("training prompts (log scale); hollow markers: P × K with K > 1")
         ax.set_title(f"{name} ({result['held_out'][name]['prompts']} prompts)", fontsize=10)
         ax.grid(alpha=0.3)
