@@ -1287,7 +1287,7 @@ def parse_args(argv=None):
     learning.add_argument("--recipe-lr-scheduler-type", choices=["linear", "constant"], default="linear",
                           help="learning-rate schedule of the recipe head, without warmup: linear decays to 0 at the "
                                "last epoch, as LenVMConfig's default (constant: the item-2 grid's schedule, whose "
-                               "boundary fitted on one sample per prompt swings from epoch to epoch)")
+                               "boundary prediction spreads widely over seeds)")
     args = parser.parse_args(argv)
     if args.part == "curve" and args.gamma is not None and not 0 < args.gamma < 1:
         parser.error(f"--gamma must be in (0, 1), got {args.gamma}")
