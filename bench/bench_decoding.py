@@ -6,7 +6,12 @@
     python bench/bench_decoding.py tradeoff --lenvm bench/results/grpo/critic --num-prompts 50 \\
         --betas -5 -20 -50 -200 --budgets 64 128 192 256 --png bench/results/decoding/tradeoff.png
 
-``length-score`` and ``tradeoff`` decode greedily, or sample with ``--sample --temperature T --seed S``.
+``length-score`` and ``tradeoff`` decode greedily, or sample with ``--sample --temperature T --seed S``
+(under the ``equal`` constraint of ``length-score`` the LenVM arm is deterministic all the same: one candidate per
+step). ``length-score`` states the target in the prompt of both the prompt-only and the LenVM arm, in ``--unit``
+tokens (counted before EOS) or words (counted as LIFEBench counts them; the LenVM then aims at
+``--tokens-per-word`` tokens a word), drops answers of length <= 1 and averages per target first, as LIFEBench's
+scorer does.
 With ``--output PATH.json`` they write their results after every finished unit (a target with its three
 methods; the unguided arm with its budget points, or one tilt beta) and a re-run with the same arguments
 resumes, skipping the units done; a file written with other arguments is refused. Tables give each mean
@@ -44,11 +49,12 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LogitsProcessorList
 
-from lenvm_rl.data.prompts import encode_prompt
+from lenvm_rl.data.prompts import encode_prompt, to_messages
 from lenvm_rl.decoding import (
     LengthReport,
     LenVMLogitsProcessor,
     TradeoffPoint,
+    average_over_targets,
     budget_baseline,
     length_score_benchmark,
     plot_tradeoff,
@@ -80,7 +86,7 @@ def load_models(args):
 def prefix_ids(tokenizer, length: int) -> torch.Tensor:
     """A chat-templated prompt of GSM8K questions, cut to exactly ``length`` tokens."""
     questions, _ = gsm8k(0, 40)
-    ids = encode_prompt(tokenizer, "Solve these problems one by one.\n\n" + "\n\n".join(questions))
+    ids = encode_prompt(tokenizer, to_messages("Solve these problems one by one.\n\n" + "\n\n".join(questions)))
     if len(ids) < length:
         raise ValueError(f"the prefix has only {len(ids)} tokens; ask for fewer")
     return torch.tensor(ids[-length:])[None]
@@ -231,7 +237,8 @@ def _result_args(args, *names) -> dict:
 
 def _decoding(args) -> str:
     mode = f"sampled at temperature {args.temperature:g}, seed {args.seed}" if args.sample else "greedy"
-    return f"{mode}, top-{args.candidates}, top-p {args.top_p:g}, min-p {args.min_p:g}"
+    min_p = "the default (0.1 under a hard constraint, else 0)" if args.min_p is None else f"{args.min_p:g}"
+    return f"{mode}, top-{args.candidates}, top-p {args.top_p:g}, min-p {min_p}"
 
 
 def _pm(value: float, se: float, digits: int) -> str:
@@ -241,14 +248,16 @@ def _pm(value: float, se: float, digits: int) -> str:
 def length_score(args) -> None:
     torch.set_num_threads(args.threads)
     prompts, _ = gsm8k(args.offset, args.num_prompts)
-    store = Resumable(args.output, "length-score", _result_args(args, "targets", "max_factor"))
+    store = Resumable(args.output, "length-score", _result_args(args, "targets", "max_factor", "unit",
+                                                                "tokens_per_word"))
     todo = [t for t in args.targets if str(t) not in store.units]
     if todo:
         policy, tokenizer, lenvm = load_models(args)
     start = time.perf_counter()
     for i, target in enumerate(todo, 1):
         t0 = time.perf_counter()
-        rows = length_score_benchmark(policy, tokenizer, lenvm, prompts, [target], top_k=args.candidates,
+        rows = length_score_benchmark(policy, tokenizer, lenvm, prompts, [target], unit=args.unit,
+                                      tokens_per_word=args.tokens_per_word, top_k=args.candidates,
                                       top_p=args.top_p, min_p=args.min_p, do_sample=args.sample,
                                       temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
                                       max_new_tokens_factor=args.max_factor)[target]
@@ -257,15 +266,20 @@ def length_score(args) -> None:
         print(f"[{i}/{len(todo)}] target {target}: {now - t0:.0f} s (elapsed {now - start:.0f} s); "
               + ", ".join(f"{k} LS {v.score:.1f} ± {v.score_se:.1f}" for k, v in rows.items()), flush=True)
     results = {t: {name: LengthReport(**r) for name, r in store.units[str(t)].items()} for t in args.targets}
-    print(f"\nEqual-To length score (± standard error over completions), {len(prompts)} GSM8K test questions from "
-          f"row {args.offset}, {_decoding(args)}, completions capped at {args.max_factor:g}x the target; "
+    per_word = f", the LenVM at {args.tokens_per_word:g} tokens a word" if args.unit == "words" else ""
+    print(f"\nEqual-To length score in {args.unit} (± standard error over completions), {len(prompts)} GSM8K test "
+          f"questions from row {args.offset}, the target stated in the prompt of the prompt-only and LenVM arms"
+          f"{per_word}; {_decoding(args)}, completions capped at {args.max_factor:g}x the LenVM's token target; "
           f"LenVM {args.lenvm}")
     methods = list(next(iter(results.values())))
-    print(f"{'target':>6}  " + "  ".join(f"{name:>33}" for name in methods))
+    print(f"{'target':>7}  " + "  ".join(f"{name:>38}" for name in methods))
     for target, rows in results.items():
-        print(f"{target:>6}  " + "  ".join(
-            f"LS {_pm(r.score, r.score_se, 1)} (len {_pm(r.mean_length, r.mean_length_se, 1)})".rjust(33)
-            for r in rows.values()))
+        print(f"{target:>7}  " + "  ".join(
+            (f"LS {_pm(r.score, r.score_se, 1)} (len {_pm(r.mean_length, r.mean_length_se, 1)})"
+             + (f" -{r.dropped}" if r.dropped else "")).rjust(38) for r in rows.values()))
+    averages = average_over_targets(results)
+    print(f"{'average':>7}  " + "  ".join(f"LS {averages[name]:.1f}".rjust(38) for name in methods))
+    print("(average: the mean of the per-target scores; -N: N answers of length <= 1 left out, as LIFEBench does)")
     if args.output:
         print("results:", args.output)
 
@@ -329,7 +343,8 @@ def main() -> None:
                        help="LenVM checkpoint; 'fresh' (speed's default) is an untrained head on the policy")
         p.add_argument("--candidates", type=int, default=16)
         p.add_argument("--top-p", type=float, default=1.0, help="candidate set: nucleus within the top-k")
-        p.add_argument("--min-p", type=float, default=0.0, help="candidate set: min-p within the top-k")
+        p.add_argument("--min-p", type=float, default=None,
+                       help="candidate set: min-p within the top-k (default: 0.1 under a hard constraint, else 0)")
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--offset", type=int, default=200, help="first GSM8K test row (held out)")
@@ -348,6 +363,12 @@ def main() -> None:
                             "resumes from it")
     sub.choices["length-score"].add_argument("--targets", type=int, nargs="+", default=[32, 64, 128, 256])
     sub.choices["length-score"].add_argument("--max-factor", type=float, default=2.0)
+    sub.choices["length-score"].add_argument("--unit", choices=["tokens", "words"], default="tokens",
+                                             help="targets in answer tokens (EOS not counted) or LIFEBench words")
+    sub.choices["length-score"].add_argument("--tokens-per-word", type=float, default=1.0,
+                                             help="with --unit words: the LenVM's token target is this times the "
+                                                  "word target, plus EOS (default 1: the reference's client passes "
+                                                  "the word target as the token target)")
     sub.choices["tradeoff"].add_argument("--betas", type=float, nargs="+", default=[-5.0, -20.0, -50.0, -200.0])
     sub.choices["tradeoff"].add_argument("--budgets", type=int, nargs="+", default=[64, 128, 192, 256])
     sub.choices["tradeoff"].add_argument("--max-new-tokens", type=int, default=512)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lenvm_rl.data import RolloutConfig, group_by_prompt, load_prompts, read_rollouts, sample_rollouts
+from lenvm_rl.data import RolloutConfig, group_by_prompt, load_prompts, read_rollouts, sample_rollouts, to_messages
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -74,7 +74,7 @@ def speed(args) -> None:
 
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    prompts = load_prompts(args.data, prompt_column="question", limit=args.num_prompts)
+    prompts = [to_messages(p) for p in load_prompts(args.data, prompt_column="question", limit=args.num_prompts)]
     settings = dict(num_completions=args.num_completions, temperature=args.temperature,
                     max_new_tokens=args.max_new_tokens)
     rows = []

@@ -9,20 +9,29 @@
 - :mod:`lenvm_rl.decoding`: LenVM-guided ``generate`` (:class:`LenVMLogitsProcessor`) and length analysis;
 - :mod:`lenvm_rl.rewards`: GSM8K correctness and format rewards;
 - :mod:`lenvm_rl.data`, :mod:`lenvm_rl.evaluation`: rollouts, value datasets, held-out evaluation.
+
+The exports below load on first use (PEP 562), so ``import lenvm_rl.core`` or ``import lenvm_rl.serving``
+does not pay for TRL and transformers.
 """
 
-from lenvm_rl.critics import LenVMCritic, LenVMCriticOutput
-from lenvm_rl.decoding import GuidanceConfig, GuidedCompletion, LenVMLogitsProcessor, guided_generate
-from lenvm_rl.modeling import LenVM, LenVMOutput, TaskValueModel, ValueHead
-from lenvm_rl.predict import LengthPrediction, LengthPredictor, LengthTrace
-from lenvm_rl.trainers import (
-    LengthAwareGRPOConfig,
-    LengthAwareGRPOTrainer,
-    LenVMConfig,
-    LenVMTrainer,
-    PPOConfig,
-    PPOTrainer,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what static type checkers and IDEs see; at run time __getattr__ imports on demand
+    from lenvm_rl.critics import LenVMCritic, LenVMCriticOutput
+    from lenvm_rl.decoding import GuidanceConfig, GuidedCompletion, LenVMLogitsProcessor, guided_generate
+    from lenvm_rl.modeling import LenVM, LenVMOutput, TaskValueModel, ValueHead
+    from lenvm_rl.predict import LengthPrediction, LengthPredictor, LengthTrace
+    from lenvm_rl.trainers import (
+        LengthAwareGRPOConfig,
+        LengthAwareGRPOTrainer,
+        LenVMConfig,
+        LenVMTrainer,
+        PPOConfig,
+        PPOTrainer,
+    )
 
 __version__ = "0.1.0"
 __all__ = [
@@ -47,3 +56,29 @@ __all__ = [
     "__version__",
     "guided_generate",
 ]
+
+_EXPORTS = {  # export -> the module that defines it
+    **dict.fromkeys(["LenVMCritic", "LenVMCriticOutput"], "lenvm_rl.critics"),
+    **dict.fromkeys(["GuidanceConfig", "GuidedCompletion", "LenVMLogitsProcessor", "guided_generate"],
+                    "lenvm_rl.decoding"),
+    **dict.fromkeys(["LenVM", "LenVMOutput", "TaskValueModel", "ValueHead"], "lenvm_rl.modeling"),
+    **dict.fromkeys(["LengthPrediction", "LengthPredictor", "LengthTrace"], "lenvm_rl.predict"),
+    **dict.fromkeys(["LengthAwareGRPOConfig", "LengthAwareGRPOTrainer", "LenVMConfig", "LenVMTrainer", "PPOConfig",
+                     "PPOTrainer"], "lenvm_rl.trainers"),
+}
+_SUBMODULES = {"core", "critics", "data", "decoding", "evaluation", "modeling", "predict", "rewards", "serving",
+               "trainers"}  # ``import lenvm_rl; lenvm_rl.core`` keeps working
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBMODULES})

@@ -28,9 +28,26 @@ from lenvm_rl.modeling import EMBEDDED_MODELS
 
 __all__ = ["main"]
 
+logger = logging.getLogger("lenvm_rl.cli")
+
 
 class CLIError(Exception):
     """Bad input: printed as ``lenvm-rl <command>: error: <message>``, exit status 2."""
+
+
+DEVICE_HELP = "torch device, e.g. cpu or cuda:0; auto: cuda when available, else cpu (default: auto)"
+PROMPT_FORMAT_HELP = ("how a string prompt becomes s_0: raw (the text as is, TRL's convention) or chat (one user "
+                      "message under the chat template); chat messages always use the template (default: the format "
+                      "the LenVM was pretrained on; chat for a checkpoint that records none)")
+
+
+def resolve_device(device: str) -> str:
+    """The torch device a ``--device`` value names: ``auto`` is ``cuda`` where CUDA is available, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _load_predictor(args):
@@ -44,6 +61,7 @@ def _load_predictor(args):
             device=args.device,
             trust_remote_code=args.trust_remote_code,
             batch_size=args.batch_size,
+            prompt_format=getattr(args, "prompt_format", None),
         )
     except (FileNotFoundError, ValueError) as err:
         raise CLIError(f"--model {args.model}: {err}") from None
@@ -164,6 +182,7 @@ def cmd_rollout(args) -> None:
     from transformers import AutoTokenizer
 
     from lenvm_rl.data import load_prompts
+    from lenvm_rl.data.prompts import apply_prompt_format
     from lenvm_rl.data.rollouts import RolloutConfig, resolve_backend, sample_rollouts
     from lenvm_rl.modeling import load_backbone, resolve_model_path
 
@@ -172,8 +191,8 @@ def cmd_rollout(args) -> None:
             num_completions=args.num_completions, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, backend=args.backend,
         )
-        prompts = load_prompts(args.prompts, prompt_column=args.prompt_column, split=args.split,
-                               limit=args.limit, offset=args.offset)
+        prompts = [apply_prompt_format(p, args.prompt_format) for p in load_prompts(
+            args.prompts, prompt_column=args.prompt_column, split=args.split, limit=args.limit, offset=args.offset)]
     except (FileNotFoundError, ValueError) as err:
         raise CLIError(str(err)) from None
     path = resolve_model_path(args.model)
@@ -184,7 +203,7 @@ def cmd_rollout(args) -> None:
             model = load_backbone(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
         except FileNotFoundError as err:
             raise CLIError(f"--model {args.model}: {err}") from None
-        model = model.to(args.device or "cpu").eval()
+        model = model.to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
     try:
         records = sample_rollouts(model, tokenizer, prompts, args.output, config, model_name=args.model,
@@ -284,6 +303,7 @@ def cmd_generate(args) -> None:
             policy=args.policy, lenvm=args.lenvm, prompts=prompts, guidance=guidance, out=sys.stdout, fmt=args.format,
             max_new_tokens=args.max_new_tokens, do_sample=args.sample, batch_size=args.batch_size, seed=args.seed,
             gamma=args.gamma, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+            prompt_format=args.prompt_format,
         )
     except (FileNotFoundError, ValueError) as err:
         raise CLIError(str(err)) from None
@@ -325,13 +345,53 @@ def cmd_serve(args) -> None:
         raise CLIError(str(err)) from None
     if args.max_batch_tokens < 1:
         raise CLIError(f"--max-batch-tokens must be >= 1, got {args.max_batch_tokens}")
-    predictor = _load_predictor(args)
-    from lenvm_rl.serving import serve
-
     if not 0.0 <= args.max_padding < 1.0:
         raise CLIError(f"--max-padding must be in [0, 1), got {args.max_padding}")
-    serve(predictor, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
+    model = _load_served_model(args)
+    from lenvm_rl.serving import serve
+
+    serve(model, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
           max_batch_size=args.batch_size, max_padding=args.max_padding)
+
+
+def _load_served_model(args):
+    """The LenVM to serve, as a ``LengthPredictor`` when it has a tokenizer (``--tokenizer``, else the one
+    saved in the checkpoint), else as a bare ``LenVM``: the reference protocol sends token ids, so only
+    ``/predict`` needs a tokenizer."""
+    from transformers import AutoTokenizer
+
+    from lenvm_rl.modeling import LenVM
+    from lenvm_rl.modeling.vocabulary import check_vocabulary, saved_tokenizer
+    from lenvm_rl.predict import LengthPredictor
+
+    if args.model in EMBEDDED_MODELS:  # a bare backbone (untrained head) and its tokenizer
+        predictor = _load_predictor(args)
+        model, tokenizer, untrained = predictor.model, predictor.tokenizer, True
+    else:
+        try:
+            model = LenVM.from_pretrained(args.model, gamma=args.gamma, dtype=args.dtype, device=args.device,
+                                          trust_remote_code=args.trust_remote_code)
+        except (FileNotFoundError, ValueError) as err:
+            raise CLIError(f"--model {args.model}: {err}") from None
+        untrained = False
+        try:
+            tokenizer = None if args.tokenizer else saved_tokenizer(model.config.name_or_path)
+        except (OSError, ValueError) as err:
+            raise CLIError(f"--model {args.model}: its tokenizer does not load ({err}); "
+                           "pass --tokenizer PATH") from None
+    if args.tokenizer:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=args.trust_remote_code)
+            check_vocabulary(tokenizer, model, names=(f"--tokenizer {args.tokenizer}", f"the LenVM {args.model}"))
+        except (OSError, ValueError) as err:
+            raise CLIError(f"--tokenizer {args.tokenizer}: {err}") from None
+    if tokenizer is None:
+        logger.warning("%s holds no tokenizer: serving /encode, /tree_value, /token_value, /candidate_value and "
+                       "/flush_cache (token ids); /predict answers HTTP 400 until the server is started with "
+                       "--tokenizer PATH", args.model)
+        return model
+    return LengthPredictor(model, tokenizer, batch_size=args.batch_size, untrained=untrained,
+                           prompt_format=getattr(args, "prompt_format", None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="discount of the value head; read from the checkpoint's config.json when omitted")
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                        help="backbone dtype (the head always runs in float32); default: as saved")
-        p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+        p.add_argument("--device", default="auto", help=DEVICE_HELP)
         p.add_argument("--batch-size", type=int, default=batch_size,
                        help=f"sequences per forward pass (default: {batch_size})")
         p.add_argument("--trust-remote-code", action="store_true",
@@ -356,17 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict remaining tokens at the prompt boundary",
                        description="Predict the expected number of completion tokens for each prompt.")
     model_args(p)
-    p.add_argument("--prompt", action="append", help="a prompt (user message); repeat for several")
+    p.add_argument("--prompt", action="append", help="a prompt (text, see --prompt-format); repeat for several")
     p.add_argument("--input", help="JSONL file, one object per line with 'prompt' (text) or 'messages' (chat)")
     p.add_argument("--prompt-column", default=None,
                    help="JSONL field holding the prompt (default: messages if present, else prompt)")
+    p.add_argument("--prompt-format", choices=["raw", "chat"], default=None, help=PROMPT_FORMAT_HELP)
     p.add_argument("--format", choices=["table", "jsonl"], default="table", help="output format (default: table)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("trace", help="per-token values along a completion",
                        description="Per-token values and predicted remaining tokens along a completion.")
     model_args(p)
-    p.add_argument("--prompt", required=True, help="the prompt (user message)")
+    p.add_argument("--prompt", required=True, help="the prompt (text, see --prompt-format)")
+    p.add_argument("--prompt-format", choices=["raw", "chat"], default=None, help=PROMPT_FORMAT_HELP)
     p.add_argument("--completion", required=True,
                    help="the completion text (append the EOS token to score a finished completion)")
     p.add_argument("--format", choices=["table", "jsonl"], default="table", help="output format (default: table)")
@@ -378,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="JSONL file or Hub dataset id (repo or repo:config)")
     p.add_argument("--prompt-column", default=None,
                    help="column with the prompt text or chat messages (default: messages, else prompt)")
+    p.add_argument("--prompt-format", choices=["raw", "chat"], default="raw",
+                   help="how string prompts are sent: raw (the text as is; TRL's convention, what GRPO does with "
+                        "a string dataset) or chat (each as one user message under the chat template, as a "
+                        "conversational dataset); chat messages always use the template (default: raw)")
     p.add_argument("--split", default="train", help="split of a Hub dataset (default: train)")
     p.add_argument("--offset", type=int, default=0,
                    help="first prompt row to use (default: 0); records keep source rows as prompt_index, so shards "
@@ -398,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generation backend; auto uses vLLM when installed (default: auto)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="policy dtype (default: the checkpoint's for hf; vLLM's auto choice for vllm)")
-    p.add_argument("--device", default=None, help="torch device for the hf backend (default: cpu)")
+    p.add_argument("--device", default="auto", help="torch device for the hf backend: " + DEVICE_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code (off by default)")
     p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.9,
                    help="vllm backend: fraction of GPU memory vLLM may use (default: 0.9)")
@@ -436,29 +502,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate with LenVM guidance (tilt or a length target)",
                        description="Generate with a policy, guided by a LenVM: exponential tilting with --beta "
                                    "(< 0: shorter) or a --constraint on the completion length --target (tokens, "
-                                   "EOS included). Without --lenvm the policy decodes alone.")
+                                   "EOS included). Without --lenvm the policy decodes alone. The equal and at_most "
+                                   "constraints keep one candidate per step, so their output is deterministic: "
+                                   "--sample and --seed change nothing there and --temperature only reshapes the "
+                                   "candidates (a warning says so; the reference's constraints are one-hot too).")
     p.add_argument("--policy", required=True, help="policy: model directory, Hub id or short name")
     p.add_argument("--lenvm", default=None,
                    help="LenVM checkpoint (it may be smaller than the policy but must share its vocabulary)")
-    p.add_argument("--prompt", action="append", help="a prompt (user message); repeat for several")
+    p.add_argument("--prompt", action="append", help="a prompt (text, see --prompt-format); repeat for several")
     p.add_argument("--input", help="JSONL file, one object per line with 'prompt' (text) or 'messages' (chat)")
     p.add_argument("--prompt-column", default=None,
                    help="JSONL field holding the prompt (default: messages if present, else prompt)")
+    p.add_argument("--prompt-format", choices=["raw", "chat"], default=None, help=PROMPT_FORMAT_HELP)
     p.add_argument("--constraint", choices=["equal", "at_most", "at_least", "soft_equal"], default=None,
                    help="length constraint with --target (default: none, tilt with --beta)")
-    p.add_argument("--target", type=int, default=None, help="target completion length in tokens, > 0")
+    p.add_argument("--target", type=int, default=None,
+                   help="target completion length in tokens, EOS included, > 0 (the reference's target_length T is "
+                        "--target T+1); under equal and at_most the completion can always end at the target")
     p.add_argument("--beta", type=float, default=0.0,
                    help="tilt p'(x) ∝ p(x) exp(beta u(x)), u = -V; beta < 0 favours shorter (default: 0)")
     p.add_argument("--top-k", type=int, default=16, help="candidates scored per step (default: 16)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus threshold within the top-k (default: 1.0)")
-    p.add_argument("--min-p", type=float, default=0.0, help="min-p threshold within the top-k (default: 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="policy temperature (default: 1.0)")
-    p.add_argument("--sample", action="store_true", help="sample from the guided distribution (default: greedy)")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="min-p threshold within the top-k (default: 0.1 with equal, at_most or at_least, which pick "
+                        "by length alone and need plausible candidates; else 0)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="policy temperature (default: 1.0); with equal or at_most it only reshapes the candidates")
+    p.add_argument("--sample", action="store_true",
+                   help="sample from the guided distribution (default: greedy); no effect with equal or at_most")
     p.add_argument("--max-new-tokens", type=int, default=256, help="length limit (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--gamma", type=float, default=None, help="the LenVM's discount when its config lacks it")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="model dtype")
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code (off by default)")
     p.add_argument("--format", choices=["text", "jsonl"], default="text",
@@ -472,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--input", default=None,
                    help="JSONL with 'prompt' and 'completion_ids' (rollouts, or lenvm-rl generate --format jsonl)")
-    p.add_argument("--prompt", default=None, help="the prompt (user message), with --completion")
+    p.add_argument("--prompt", default=None, help="the prompt (text, see --prompt-format), with --completion")
+    p.add_argument("--prompt-format", choices=["raw", "chat"], default=None, help=PROMPT_FORMAT_HELP)
     p.add_argument("--completion", default=None, help="the completion text (append the EOS token if it ended)")
     p.add_argument("--index", type=int, default=0, help="which completion to trace and draw (default: 0)")
     p.add_argument("--top", type=int, default=10, help="length tokens listed each way (default: 10)")
@@ -502,12 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="HTTP length-prediction server (/encode, /tree_value, /predict, /health)",
                        description="Serve a LenVM over HTTP with the reference serving protocol (/encode, "
-                                   "/tree_value, /flush_cache) plus /predict and /health, batching concurrent "
-                                   "requests. Needs pip install 'lenvm-rl[serve]'. SIGTERM finishes in-flight "
-                                   "requests, then exits.")
+                                   "/tree_value, /token_value, /candidate_value, /flush_cache, /v1/models) plus "
+                                   "/predict and /health, batching concurrent requests. Needs pip install "
+                                   "'lenvm-rl[serve]'. SIGTERM finishes in-flight requests, then exits.")
     model_args(p, batch_size=64)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=30010, help="port (default: 30010)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer directory or Hub id for /predict (default: the one saved with --model; "
+                        "without any, every endpoint but /predict serves, since they take token ids)")
     p.add_argument("--max-batch-tokens", type=int, default=16384,
                    help="padded tokens per forward pass; a request holding more gets HTTP 413 (default: 16384)")
     p.add_argument("--max-padding", type=float, default=0.25,
@@ -533,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be >= 1")
+    if getattr(args, "device", None) is not None:
+        args.device = resolve_device(args.device)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         args.func(args)

@@ -20,6 +20,7 @@ All math is in :mod:`lenvm_rl.core`; the critic only lays out the batch and call
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,9 +29,13 @@ import torch
 from torch import Tensor
 
 from lenvm_rl.core import length_gae, logits_to_length, potential_shaping, value_regression_loss
+from lenvm_rl.data.prompts import prompt_mismatch
 from lenvm_rl.modeling import LenVM
+from lenvm_rl.modeling.vocabulary import check_vocabulary
 
-__all__ = ["LenVMCritic", "LenVMCriticOutput", "completion_layout", "gather_states"]
+__all__ = ["LenVMCritic", "LenVMCriticOutput", "completion_layout", "gather_states", "place_critic"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,7 +75,9 @@ class LenVMCritic:
         batch_size: rows scored per forward pass (bounds memory); each micro-batch is trimmed to its
             own real columns.
         device, dtype: where and in what precision the LenVM runs (default: as loaded). Inputs are
-            moved there and outputs moved back to the inputs' device.
+            moved there and outputs moved back to the inputs' device. A ``device`` given here *pins*
+            the critic: the trainers leave it there (see :func:`place_critic`); without one, they move
+            it to the accelerator's device.
         eos_token_id: id or ids that end a completion, overriding the LenVM config's and generation
             config's ``eos_token_id``. Used only to infer ``terminated`` when the call omits it.
         processing_class: the policy's tokenizer. When given, the LenVM's vocabulary is checked against
@@ -109,9 +116,11 @@ class LenVMCritic:
             lenvm.to(device=device, dtype=dtype)
             lenvm.v_head.float()  # the head always runs in float32
         self.model = lenvm.eval().requires_grad_(False)
+        self.pinned = device is not None
         self.lam = float(lam)
         self.batch_size = batch_size
         self.eos_token_ids = _eos_ids(lenvm, eos_token_id)
+        self._format_warned = False
         if processing_class is not None:
             self.check_vocabulary(processing_class)
 
@@ -127,28 +136,26 @@ class LenVMCritic:
     def check_vocabulary(self, processing_class) -> None:
         """Raise ``ValueError`` unless the LenVM reads the policy's token ids as the same tokens.
 
-        Compares the vocabularies when the LenVM's checkpoint directory holds a tokenizer, else the
-        tokenizer's size against the LenVM's embedding table.
+        :func:`lenvm_rl.modeling.vocabulary.check_vocabulary`: the token-to-id maps, or the vocabulary hash the
+        LenVM's checkpoint records, or the tokenizer saved beside it.
         """
-        policy_name = getattr(processing_class, "name_or_path", type(processing_class).__name__)
-        tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
-        lenvm_tokenizer = _saved_tokenizer(self.name_or_path)
-        if lenvm_tokenizer is not None and hasattr(tokenizer, "get_vocab"):
-            if lenvm_tokenizer.get_vocab() != tokenizer.get_vocab():
-                raise ValueError(
-                    f"the LenVM's tokenizer ({self.name_or_path}, {len(lenvm_tokenizer)} tokens) differs from the "
-                    f"policy's ({policy_name}, {len(tokenizer)} tokens): a LenVM only scores the token ids of the "
-                    "vocabulary it was trained on; pretrain one on the policy's own rollouts"
-                )
+        check_vocabulary(processing_class, self.model)
+
+    def check_prompt_format(self, example: dict, processing_class=None, *, chat_template: str | None = None,
+                            chat_template_kwargs: dict | None = None) -> None:
+        """Warn once when the dataset's prompts (``example["prompt"]``, one row) are formatted unlike the LenVM's
+        training prompts: raw text against chat messages (``trl.data_utils.is_conversational``), or another chat
+        template (``processing_class``'s or ``chat_template``, with ``chat_template_kwargs``)."""
+        if self._format_warned or "prompt" not in example:
             return
-        vocab_size = self.model.config.vocab_size
-        if len(tokenizer) > vocab_size:
-            raise ValueError(
-                f"the policy's tokenizer ({policy_name}) has {len(tokenizer)} tokens but the LenVM "
-                f"({self.name_or_path or type(self.model.backbone).__name__}) has a vocabulary of {vocab_size}: "
-                "a LenVM only scores the token ids of the vocabulary it was trained on; pretrain one on the "
-                "policy's own rollouts"
-            )
+        try:
+            why = prompt_mismatch(self.model, example["prompt"], processing_class, chat_template=chat_template,
+                                  chat_template_kwargs=chat_template_kwargs)
+        except TypeError:  # a prompt of neither format: TRL decides what it is, there is nothing to compare
+            return
+        if why:
+            logger.warning(why)
+            self._format_warned = True
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -166,8 +173,9 @@ class LenVMCritic:
 
         ``terminated`` (B,) bool defaults to "the last real completion token is an EOS id".
         ``action_mask`` (B, T) defaults to ``completion_mask``; it must lie inside ``completion_mask``.
-        ``return_hidden`` also returns the trunk's hidden states (see :meth:`hidden_states`), on the
-        LenVM's device, for a second head on the same forward.
+        ``return_hidden`` also returns the trunk's hidden states (see :meth:`hidden_states`), for a second
+        head on the same forward. The LenVM runs on its own device; every output, the hidden states
+        included, comes back on the device of ``completion_ids``.
         """
         prompt_mask, completion_mask, action_mask, terminated = self._check_inputs(
             prompt_ids, prompt_mask, completion_ids, completion_mask, terminated, action_mask
@@ -195,8 +203,8 @@ class LenVMCritic:
             shaping=shaping,
             lengths=lengths,
             terminated=terminated,
-            hidden_states=torch.cat([h[0] for h in hidden]) if return_hidden else None,
-            final_hidden_states=torch.cat([h[1] for h in hidden]) if return_hidden else None,
+            hidden_states=torch.cat([h[0] for h in hidden]).to(out_device) if return_hidden else None,
+            final_hidden_states=torch.cat([h[1] for h in hidden]).to(out_device) if return_hidden else None,
         )
 
     def _check_inputs(self, prompt_ids, prompt_mask, completion_ids, completion_mask, terminated, action_mask):
@@ -254,7 +262,8 @@ class LenVMCritic:
         """The LenVM trunk's hidden states at the states ``s_t`` (B, T, H) and at ``s_T`` (B, H), no grad.
 
         Laid out like :attr:`LenVMCriticOutput.values`; entries at padding positions are meaningless. A
-        second value head on the same (frozen) trunk reads these, so one forward serves both heads.
+        second value head on the same (frozen) trunk reads these, so one forward serves both heads. They stay
+        on the LenVM's device (:attr:`device`), where :meth:`refit` uses them.
         """
         hidden, final_hidden = [], []
         with torch.no_grad():
@@ -312,6 +321,19 @@ class LenVMCritic:
         return losses
 
 
+def place_critic(critic: LenVMCritic, device: torch.device | str) -> LenVMCritic:
+    """The trainers' placement rule for a length critic they are given: move it to ``device`` unless it is pinned.
+
+    ``device`` is the accelerator's (the policy's, ``cuda:<local rank>`` under DDP and ZeRO-3 alike). A critic
+    built without ``device=`` moves there, whatever device its LenVM was on. One built with
+    ``LenVMCritic(..., device=...)`` is pinned and stays put; it moves each batch to its own device and returns
+    its outputs on the batch's device, so the trainer gets them on ``device`` either way.
+    """
+    if not critic.pinned:
+        critic.model.to(device)
+    return critic
+
+
 def completion_layout(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
                       device: torch.device | str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Concatenate a TRL-layout batch, trimmed to its real columns, on ``device``.
@@ -357,14 +379,3 @@ def _eos_ids(lenvm: LenVM, eos_token_id) -> list[int]:
             f"no usable EOS ids ({ids!r}): the LenVM's config records none; pass eos_token_id= to LenVMCritic"
         )
     return sorted(set(ids))
-
-
-def _saved_tokenizer(name_or_path: str | None):
-    """The tokenizer saved in a LenVM checkpoint directory, or None."""
-    if name_or_path is None or not os.path.isdir(name_or_path):
-        return None
-    if not any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(name_or_path)

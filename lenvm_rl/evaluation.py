@@ -38,6 +38,7 @@ true length ``L* >= L``:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,8 +59,10 @@ from lenvm_rl.core import (
     value_regression_loss,
     value_to_length,
 )
-from lenvm_rl.data.rollouts import group_by_prompt
+from lenvm_rl.data.prompts import format_mismatch
+from lenvm_rl.data.rollouts import group_by_prompt, rollout_encoding
 from lenvm_rl.modeling import LenVM
+from lenvm_rl.modeling.vocabulary import check_vocabulary
 
 __all__ = ["FRACTIONS", "NOISE_FLOOR_ROW", "SPLIT_HALF_ROW", "LenVMEvaluation", "PolicyEvaluation",
            "PromptLengthBaseline", "constant_baseline_value", "evaluate_constant", "evaluate_lenvm",
@@ -69,6 +72,8 @@ __all__ = ["FRACTIONS", "NOISE_FLOOR_ROW", "SPLIT_HALF_ROW", "LenVMEvaluation", 
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 """Fractions of each trajectory at which the remaining-length relative error is reported."""
+
+logger = logging.getLogger(__name__)
 
 NOISE_FLOOR_ROW = "noise floor (oracle vs K samples)"
 SPLIT_HALF_ROW = "split-half (K/2 vs K/2)"
@@ -138,10 +143,20 @@ def evaluate_lenvm(model: LenVM, records: Sequence[dict], *, batch_size: int = 1
     sequence of its lowest ``sample_index`` (all of a prompt's sequences share that prefix, so any
     would give it up to float noise). Results do not depend on the order of ``records``.
 
+    Records sampled with another vocabulary than the LenVM's are refused; records whose prompts were formatted
+    unlike the LenVM's training prompts (raw against chat, another chat template) log a warning
+    (:func:`~lenvm_rl.data.rollouts.rollout_encoding`, :func:`~lenvm_rl.data.format_mismatch`).
+
     Raises:
-        ValueError: see :func:`evaluate_constant`.
+        ValueError: see :func:`evaluate_constant`; or another vocabulary.
     """
     groups = group_by_prompt(records)
+    encoding = rollout_encoding(records)
+    check_vocabulary(model, (encoding.sampler, encoding.vocabulary_hash),
+                     names=("the LenVM", "the sampler of the records"))
+    why = format_mismatch(model, encoding.prompt_format, encoding.chat_template_hash)
+    if why:
+        logger.warning("evaluating on these records: %s", why)
     ordered = [rec for group in groups.values() for rec in group]
     was_training = model.training
     model.eval()

@@ -4,9 +4,9 @@
 >>> predictor.predict(["Natalia sold clips to 48 of her friends..."])    # doctest: +SKIP
 [LengthPrediction(value=..., length=...)]
 
-A prediction reads the value at ``s_0``, the last prompt token (after the chat template and its
-generation prompt), and inverts it: ``length = ln(1 + V) / ln(gamma)`` (LENVM.md §1). This is the
-return-consistent length: on a predicted *mean* value it sits below the mean sampled length
+A prediction reads the value at ``s_0``, the last prompt token (see :meth:`LengthPredictor.encode_prompt`
+for how a prompt becomes tokens), and inverts it: ``length = ln(1 + V) / ln(gamma)`` (LENVM.md §1). This
+is the return-consistent length: on a predicted *mean* value it sits below the mean sampled length
 (Jensen), so compare it with :func:`lenvm_rl.core.return_consistent_length` of sampled lengths.
 """
 
@@ -20,7 +20,13 @@ from typing import Union
 import torch
 
 from lenvm_rl.core import logits_to_length
-from lenvm_rl.data.prompts import encode_prompt
+from lenvm_rl.data.prompts import (
+    PromptFormat,
+    apply_prompt_format,
+    encode_prompt,
+    prompt_mismatch,
+    resolve_prompt_format,
+)
 from lenvm_rl.modeling import EMBEDDED_MODELS, LenVM
 
 __all__ = ["LengthPrediction", "LengthPredictor", "LengthTrace", "Prompt"]
@@ -28,7 +34,7 @@ __all__ = ["LengthPrediction", "LengthPredictor", "LengthTrace", "Prompt"]
 logger = logging.getLogger(__name__)
 
 Prompt = Union[str, list[dict]]
-"""A plain user message, or chat messages ``[{"role": ..., "content": ...}, ...]``."""
+"""A string, or chat messages ``[{"role": ..., "content": ...}, ...]``; see :meth:`LengthPredictor.encode_prompt`."""
 
 
 @dataclass(frozen=True)
@@ -61,15 +67,31 @@ class LengthPredictor:
         tokenizer: the backbone's tokenizer.
         batch_size: sequences per forward pass; inputs are length-sorted so padding stays small.
         untrained: set when the head is freshly initialised; every output then says so.
+        prompt_format: how a *string* prompt becomes ``s_0``: ``"raw"`` (TRL's convention: the text as is,
+            with the tokenizer's special tokens) or ``"chat"`` (one user message under the chat template with
+            its generation prompt). ``None`` (default): the format the LenVM was pretrained on
+            (``model.prompt_format``); for a checkpoint that records none, ``"chat"`` when the tokenizer has a
+            chat template, as every string prompt was formatted before formats were recorded. Chat messages
+            always go through the chat template.
+        chat_template_kwargs, tools: passed to the chat template (:func:`lenvm_rl.data.encode_prompt`).
+
+    A prompt formatted unlike the LenVM's training prompts (raw against chat, or another chat template)
+    logs a warning, once per predictor.
     """
 
-    def __init__(self, model: LenVM, tokenizer, *, batch_size: int = 16, untrained: bool = False):
+    def __init__(self, model: LenVM, tokenizer, *, batch_size: int = 16, untrained: bool = False,
+                 prompt_format: PromptFormat | None = None, chat_template_kwargs: dict | None = None,
+                 tools: list | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.untrained = untrained
+        self.prompt_format = resolve_prompt_format(prompt_format, model, tokenizer)
+        self.chat_template_kwargs = chat_template_kwargs
+        self.tools = tools
+        self._format_warned = False
 
     @classmethod
     def from_pretrained(
@@ -81,8 +103,10 @@ class LengthPredictor:
         device: torch.device | str | None = None,
         trust_remote_code: bool = False,
         batch_size: int = 16,
+        prompt_format: PromptFormat | None = None,
+        chat_template_kwargs: dict | None = None,
     ) -> "LengthPredictor":
-        """Load a LenVM checkpoint and its tokenizer.
+        """Load a LenVM checkpoint and its tokenizer (``prompt_format`` and ``chat_template_kwargs`` as in the class).
 
         A short name of an embedded backbone (e.g. ``smollm2-135m``) has no trained head: it gets a
         fresh head seeded with 0, ``untrained=True``, and a warning. Any other path must hold a
@@ -107,15 +131,23 @@ class LengthPredictor:
                 name_or_path, gamma=gamma, dtype=dtype, device=device, trust_remote_code=trust_remote_code
             )
         tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path, trust_remote_code=trust_remote_code)
-        return cls(model, tokenizer, batch_size=batch_size, untrained=untrained)
+        return cls(model, tokenizer, batch_size=batch_size, untrained=untrained, prompt_format=prompt_format,
+                   chat_template_kwargs=chat_template_kwargs)
 
     @property
     def gamma(self) -> float:
         return self.model.gamma
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids of the state ``s_0``; see :func:`lenvm_rl.data.encode_prompt`."""
-        return encode_prompt(self.tokenizer, prompt)
+        """Token ids of the state ``s_0``: a string formatted as :attr:`prompt_format` says, then
+        :func:`lenvm_rl.data.encode_prompt`, the encoder of rollouts and TRL's GRPO."""
+        prompt = apply_prompt_format(prompt, self.prompt_format)
+        if not self._format_warned:
+            why = prompt_mismatch(self.model, prompt, self.tokenizer, chat_template_kwargs=self.chat_template_kwargs)
+            if why:
+                logger.warning(why)
+                self._format_warned = True
+        return encode_prompt(self.tokenizer, prompt, tools=self.tools, chat_template_kwargs=self.chat_template_kwargs)
 
     def predict(self, prompts: list[Prompt], *, progress: bool = False) -> list[LengthPrediction]:
         """Predicted remaining tokens at the prompt boundary, one per prompt, in input order."""

@@ -16,6 +16,20 @@ TINY_KW = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_at
                num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA; skipped where torch.cuda.is_available() is False")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests run only where CUDA is available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 def tiny_backbone(arch: str = "llama", vocab_size: int = 128, seed: int = 0, **overrides):
     """A random causal LM with hidden size 32 (``overrides`` replace ``TINY_KW`` entries), in eval mode."""
     torch.manual_seed(seed)

@@ -32,7 +32,7 @@ def test_predict_jsonl_file_to_jsonl(tiny_checkpoint, tmp_path, capsys):
                  "--format", "jsonl"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["index"] for r in records] == [0, 1]
-    assert records[1]["prompt"] == [{"role": "user", "content": "Hi"}]
+    assert records[1]["prompt"] == "Hi"  # as given; formatted for the LenVM by --prompt-format
     assert all(-1 < r["value"] < 0 and r["length"] > 0 and r["gamma"] == 0.99 and not r["untrained"] for r in records)
 
 
@@ -161,3 +161,33 @@ def test_evaluate_skips_references_a_single_sample_cannot_give(tiny_checkpoint, 
            "prompt_index=1 has 1" in captured.err and "note: no split-half (K/2 vs K/2) row" in captured.err
     assert main(["evaluate", "--model", str(tiny_checkpoint), "--rollouts", test, "--bootstrap", "0"]) == 2
     assert "lenvm-rl evaluate: error: --bootstrap must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_device_auto_is_cuda_where_available_else_cpu(monkeypatch):
+    import torch
+
+    from lenvm_rl.cli import build_parser, resolve_device
+
+    parser = build_parser()
+    for argv in (["predict", "--model", "m"], ["serve", "--model", "m"], ["evaluate", "--model", "m", "--rollouts", "r"],
+                 ["generate", "--policy", "p"]):
+        assert parser.parse_args(argv).device == "auto", argv
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
+
+
+def test_predict_runs_with_the_resolved_device(tiny_checkpoint, monkeypatch, capsys):
+    import torch
+
+    from lenvm_rl.predict import LengthPredictor
+
+    devices = []
+    load = LengthPredictor.from_pretrained.__func__
+    monkeypatch.setattr(LengthPredictor, "from_pretrained",
+                        classmethod(lambda cls, *a, **kw: devices.append(kw["device"]) or load(cls, *a, **kw)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["predict", "--model", str(tiny_checkpoint), "--prompt", "Hi"]) == 0
+    assert devices == ["cpu"]

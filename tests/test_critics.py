@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from conftest import tiny_backbone
 
 from lenvm_rl import LenVM, LenVMCritic
+from lenvm_rl.critics import place_critic
 
 EOS = 2  # also the pad id, as in SmolLM2
 PAD = EOS
@@ -161,7 +163,7 @@ def test_a_lenvm_with_another_vocabulary_is_refused(lenvm, tiny_checkpoint, smol
         LenVMCritic(lenvm, processing_class=smollm2_tokenizer)
     other = type(smollm2_tokenizer).from_pretrained(smollm2_tokenizer.name_or_path)
     other.add_tokens(["<tool_output>"])
-    with pytest.raises(ValueError, match=r"tokenizer .*tiny-lenvm.* differs from the policy's"):
+    with pytest.raises(ValueError, match=r"policy tokenizer .*\(49153 tokens\) and the LenVM tokenizer .*tiny-lenvm.* differ"):
         LenVMCritic(str(tiny_checkpoint), processing_class=other)
 
 
@@ -198,3 +200,21 @@ def test_refit_moves_the_head_only_and_lowers_the_loss(lenvm):
         assert torch.equal(v, backbone_before[k]), k
     assert any(not torch.equal(v, head_before[k]) for k, v in critic.model.v_head.state_dict().items())
     assert not any(p.requires_grad for p in critic.model.parameters())  # frozen again
+
+
+def test_place_critic_moves_an_unpinned_critic_and_leaves_a_pinned_one(lenvm):
+    """The trainers' placement rule (on CPU, "meta" stands in for the accelerator's device; tests/gpu runs CUDA)."""
+    unpinned = LenVMCritic(copy.deepcopy(lenvm))
+    assert not unpinned.pinned
+    assert place_critic(unpinned, "meta") is unpinned
+    assert unpinned.device.type == "meta" and {p.device.type for p in unpinned.model.parameters()} == {"meta"}
+    pinned = LenVMCritic(copy.deepcopy(lenvm), device="cpu")  # an explicit device pins it
+    assert pinned.pinned
+    place_critic(pinned, "meta")
+    assert {p.device.type for p in pinned.model.parameters()} == {"cpu"}
+    # a pinned critic hands every output over on the device of the inputs, the trunk states included
+    _, _, _, batch = hand_batch()
+    prompt_ids, prompt_mask, completion_ids, completion_mask, action_mask = batch
+    out = pinned(prompt_ids, prompt_mask, completion_ids, completion_mask, action_mask=action_mask, return_hidden=True)
+    tensors = [v for v in vars(out).values() if isinstance(v, torch.Tensor)]
+    assert len(tensors) == 9 and all(v.device == completion_ids.device for v in tensors)

@@ -35,12 +35,17 @@ def test_predictions_come_back_in_input_order_whatever_the_batching(tiny_checkpo
         assert a.length == pytest.approx(b.length, rel=1e-4) == pytest.approx(c.length, rel=1e-4)
 
 
-def test_string_prompt_is_a_user_message_under_the_chat_template(predictor):
+def test_a_checkpoint_without_a_recorded_format_takes_a_string_as_a_user_message(predictor):
+    # tiny_checkpoint records no prompt format (model.prompt_format "unknown"): strings are formatted as every
+    # LenVM was trained before formats were recorded; prompt_format="raw" / "chat" chooses explicitly.
     text = "Name a prime number."
+    assert predictor.model.prompt_format == "unknown" and predictor.prompt_format == "chat"
     ids = predictor.encode_prompt(text)
     assert ids == predictor.encode_prompt([{"role": "user", "content": text}])
     rendered = predictor.tokenizer.decode(ids)
     assert rendered.rstrip().endswith("<|im_start|>assistant"), rendered  # generation prompt included
+    raw = LengthPredictor(predictor.model, predictor.tokenizer, prompt_format="raw")
+    assert raw.encode_prompt(text) == predictor.tokenizer(text)["input_ids"]
 
 
 def test_trace_starts_at_the_prompt_boundary(predictor):

@@ -9,7 +9,8 @@ export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-6} VLLM_CPU_OMP_THREADS_
 DATA=../shared/data/gsm8k
 run() {  # run SPLIT OFFSET LIMIT N OUTPUT
   lenvm-rl rollout --backend vllm --model smollm2-135m --prompts "$DATA/$1.jsonl" --prompt-column question \
-    --offset "$2" --limit "$3" -n "$4" --temperature 0.7 --max-new-tokens 512 --batch-size 400 --dtype float32 \
+    --prompt-format chat --offset "$2" --limit "$3" -n "$4" --temperature 0.7 --max-new-tokens 512 --batch-size 400 \
+    --dtype float32 \
     --vllm-max-model-length 1024 --vllm-enforce-eager --output "bench/rollouts/$5"
 }
 run test 50 150 8 gsm8k_test50-199_n8_t0.7.vllm.jsonl

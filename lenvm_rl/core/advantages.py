@@ -105,22 +105,32 @@ def group_centered(x: Tensor, num_generations: int) -> Tensor:
 # ----------------------------------------------------------------------------- length advantages and rewards
 
 
-def group_length_advantages(lengths: Tensor, gamma: float, num_generations: int) -> Tensor:
+def group_length_advantages(lengths: Tensor, gamma: float, num_generations: int,
+                            final_values: Tensor | None = None) -> Tensor:
     """Sequence-level twin of the length advantage (LENVM.md section 6): ``A_i = G_i - mean_group(G)``.
 
-    ``G_i = -(1 - gamma**L_i)`` (:func:`~lenvm_rl.core.length_math.length_to_value`) is the realised
-    discounted length return of completion ``i``; ``L_i`` is its realised length (a truncated
-    completion counts the tokens it has). Shorter completions get larger advantages. In training the
-    group must be the whole group, gathered across processes. The result is one number per
-    completion, to broadcast over its tokens (:func:`combine_advantages` accepts it as ``(B,)``).
+    ``G_i = -(1 - gamma**L_i * (1 + V_i))`` is the discounted length return of completion ``i`` from its first
+    state, ``L_i`` its realised length and ``V_i = final_values[i]`` the LenVM's value of the state after its
+    last token: 0 for a completion that ended with EOS, ``V(s_T)`` for one that was cut. It is exactly the
+    Monte-Carlo return from ``s_0`` that the token-level estimator bootstraps at a cut,
+    ``sum_{k<L} gamma**k * (-(1 - gamma)) + gamma**L * V(s_T)``, so both estimators optimise one objective and
+    differ only in credit assignment. Without ``final_values`` every completion is scored at its realised
+    length, ``G_i = -(1 - gamma**L_i)`` (:func:`~lenvm_rl.core.length_math.length_to_value`): a cut
+    completion then counts only the tokens it has, which under-penalises it. Shorter completions get larger
+    advantages. In training the group must be the whole group, gathered across processes. The result is one
+    number per completion, to broadcast over its tokens (:func:`combine_advantages` accepts it as ``(B,)``).
 
     Args:
         lengths: (N,) realised lengths ``>= 0``, contiguous groups of ``num_generations``.
         gamma: discount in (0, 1).
+        final_values: optional (N,) ``V(s_T)`` in ``[-1, 0]``: 0 for completions that ended with EOS.
     Returns:
         float32 (N,); sums to ~0 within each group.
     """
     returns = length_to_value(lengths, gamma)
+    if final_values is not None:
+        _check_shape("final_values", final_values, lengths.shape, "lengths")
+        returns = returns + gamma ** lengths.float() * final_values.float()
     return returns - _group_mean("lengths", returns, num_generations)
 
 
@@ -253,11 +263,15 @@ def scale_by_std(x: Tensor, mask: Tensor, reference: Tensor, reference_mask: Ten
     ``reference`` is typically ``x`` itself gathered across processes, so it may have a different
     number of rows or columns; pass ``reference = x`` on one process.
 
+    A ``reference_mask`` with no nonzero entry (every completion masked, e.g. all cut under TRL's
+    ``mask_truncated_completions=True``) leaves the std undefined: then ``x`` is returned unscaled
+    (float32, 0 where ``mask`` is 0), and the caller logs the skip.
+
     Args:
         x: (B, T).
         mask: (B, T) bool or 0/1.
-        reference: any shape, typically (B', T'); reference_mask: the same shape, with at least one
-            nonzero entry. Values at masked positions of either never matter.
+        reference: any shape, typically (B', T'); reference_mask: the same shape. Values at masked
+            positions of either never matter.
         eps: finite, ``>= 0``; with ``eps = 0`` a constant reference divides by zero.
     Returns:
         float32 (B, T), 0 where ``mask`` is 0.
@@ -268,8 +282,8 @@ def scale_by_std(x: Tensor, mask: Tensor, reference: Tensor, reference_mask: Ten
     _check_ndim("x", x, 2, "(B, T)")
     _check_shape("mask", mask, x.shape, "x")
     _check_shape("reference_mask", reference_mask, reference.shape, "reference")
-    if not bool(reference_mask.bool().any()):
-        raise ValueError("reference_mask has no nonzero entry: the std is undefined")
+    if not bool(reference_mask.bool().any()):  # no std to scale by: skip the scaling
+        return torch.where(mask.bool(), x.float(), 0.0)
     std = masked_std(reference, reference_mask)
     return torch.where(mask.bool(), x.float() / (std + eps), 0.0)
 
@@ -277,11 +291,14 @@ def scale_by_std(x: Tensor, mask: Tensor, reference: Tensor, reference_mask: Ten
 def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     """Advantage whitening: ``(x - mean) / sqrt(var + eps)`` over the valid positions (PPO's normalisation).
 
-    Mean and population variance are taken over ``mask`` of the whole tensor (one batch).
+    Mean and population variance are taken over ``mask`` of the whole tensor (one batch). A ``mask`` with
+    no nonzero entry (every completion masked, e.g. all cut under TRL's ``mask_truncated_completions=True``)
+    has no mean or variance: then ``x`` is returned unwhitened (float32, 0 where ``mask`` is 0, so all 0),
+    and the caller logs the skip.
 
     Args:
         x: (B, T).
-        mask: (B, T) bool or 0/1 with at least one nonzero entry.
+        mask: (B, T) bool or 0/1.
         eps: finite, ``> 0``.
     Returns:
         float32 (B, T), 0 where ``mask`` is 0.
@@ -292,8 +309,8 @@ def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     _check_ndim("x", x, 2, "(B, T)")
     _check_shape("mask", mask, x.shape, "x")
     valid = mask.bool()
-    if not bool(valid.any()):
-        raise ValueError("mask has no nonzero entry: there is nothing to whiten")
+    if not bool(valid.any()):  # nothing to whiten: skip
+        return torch.where(valid, x.float(), 0.0)
     mean = masked_mean(x, valid)
     std = masked_std(x, valid)
     return torch.where(valid, (x.float() - mean) / torch.sqrt(std.square() + eps), 0.0)

@@ -18,8 +18,14 @@ predicted remaining tokens. ``lengths`` are remaining tokens in length space
 (:func:`~lenvm_rl.core.logits_to_length`).
 
 Remaining target. With a token target ``T*`` (the completion length, EOS included), after a
-candidate the completion has ``n = t + 1`` tokens, so the remaining target is ``T* - n``: the
-candidate whose predicted remaining length ``l(x)`` equals it would end the completion at ``T*``.
+candidate the completion has ``n = t + 1`` tokens, so the remaining target is ``T* - n``
+(:func:`remaining_target`): the candidate whose predicted remaining length ``l(x)`` equals it would
+end the completion at ``T*``.
+
+End token. Under a hard ``"equal"`` or ``"at_most"`` constraint the policy may never rank EOS among
+its candidates, and the completion would then run to the token limit. :func:`add_end_candidate`
+puts the most probable end token into the set once the target is reached, so these constraints can
+always end there.
 
 Outputs are float32 log-probabilities over the ``K`` candidates (``-inf`` outside the set), or a
 ``(B, K)`` bool mask of the allowed candidates.
@@ -36,6 +42,8 @@ from torch import Tensor
 __all__ = [
     "CONSTRAINTS",
     "select_candidates",
+    "add_end_candidate",
+    "remaining_target",
     "tilt",
     "constraint_mask",
     "soft_equal_beta",
@@ -97,6 +105,67 @@ def select_candidates(
     return ids, logprobs, mask
 
 
+def add_end_candidate(
+    logits: Tensor, ids: Tensor, logprobs: Tensor, mask: Tensor, end_ids: Tensor, force: bool | Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Append the most probable end token as candidate ``K + 1``; in the rows of ``force`` it joins the set.
+
+    Row ``b``'s end token is ``e_b = argmax_{e in end_ids} logits[b, e]``. In a forced row ``e_b`` joins
+    the set: in the column that already holds it when it is one of the ``K`` candidates, else in the
+    new last column. It never joins where ``logits[b, e_b] = -inf`` (banned, e.g. by
+    ``min_new_tokens``). Elsewhere the new column stays out of the set; a column out of the set never
+    changes any output, so its id may repeat an earlier candidate's.
+
+    Args:
+        logits: (B, V) the scores :func:`select_candidates` was given.
+        ids, logprobs, mask: (B, K) from :func:`select_candidates`.
+        end_ids: (E,) long end-of-sequence ids, ``E >= 1``.
+        force: a bool or (B,) bool, the rows whose end token must be a candidate.
+    Returns:
+        ``(ids, logprobs, mask)``, each (B, K + 1); ``logprobs[:, K] = log p(e_b)`` under the full
+        distribution.
+    """
+    _check_step("ids", ids, logprobs)
+    _check_step("mask", mask, logprobs)
+    end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=logits.device).flatten()
+    if end_ids.numel() == 0:
+        raise ValueError("end_ids is empty: give at least one end-of-sequence id")
+    force = torch.as_tensor(force, dtype=torch.bool, device=logits.device).expand(logits.shape[0])
+    end_logprobs = torch.log_softmax(logits.float(), dim=-1)[:, end_ids]  # (B, E)
+    best_logprob, best = end_logprobs.max(dim=-1)
+    end = end_ids[best]  # (B,)
+    force = force & (best_logprob > -math.inf)
+    present = ids.to(end.device) == end[:, None]  # (B, K)
+    mask = mask | (present & force[:, None])
+    new_in_set = force & ~present.any(dim=-1)
+    return (torch.cat([ids, end[:, None].to(ids.device)], dim=1),
+            torch.cat([logprobs, best_logprob[:, None].to(logprobs)], dim=1),
+            torch.cat([mask, new_in_set[:, None].to(mask.device)], dim=1))
+
+
+def remaining_target(target: int, generated: int) -> int:
+    """The remaining target after this step's candidate: ``r = T* - (t + 1)``.
+
+    ``T*`` counts the completion's tokens, EOS included, as every length in this library does, and as
+    the LenVM's labels do: ``l(s)`` is the number of tokens after state ``s``, EOS included (0 at EOS).
+    At step ``t`` (``t`` tokens generated) a candidate makes ``t + 1``, so the candidate whose
+    ``l(x) = r`` ends the completion at exactly ``T*`` tokens.
+
+    The reference implementation (sglang-LenVM, ``target_length_mode="total"``) uses ``r = T - t``
+    with the same labels, so its completions aim at ``T + 1`` tokens with EOS (``T`` before it): its
+    ``target_length = T`` is ``target = T + 1`` here.
+
+    Args:
+        target: ``T* >= 1``.
+        generated: ``t >= 0``, completion tokens so far.
+    Returns:
+        ``r`` (negative once the target is passed).
+    """
+    if generated < 0:
+        raise ValueError(f"generated must be >= 0, got {generated!r}")
+    return target - (generated + 1)
+
+
 def tilt(logprobs: Tensor, u: Tensor, mask: Tensor, beta: float | Tensor) -> Tensor:
     """Exponential tilting over the candidate set: ``p'(x) ∝ p(x) · exp(beta · u(x))``.
 
@@ -132,7 +201,9 @@ def constraint_mask(lengths: Tensor, mask: Tensor, constraint: Constraint, remai
       once ``r <= 0`` the target is met and every candidate of the set stays allowed.
 
     Exactly one candidate per row is allowed (except ``"at_least"`` once met); ties go to the most
-    probable candidate (the earliest). Masked-out candidates are never picked.
+    probable candidate (the earliest). Masked-out candidates are never picked. So under ``"equal"``
+    and ``"at_most"`` decoding is deterministic: sampling has one candidate to draw (the reference's
+    hard constraints are one-hot too).
 
     Args:
         lengths: (B, K) predicted remaining tokens ``l(x)`` (may be ``inf``).

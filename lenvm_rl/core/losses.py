@@ -1,4 +1,4 @@
-"""PPO's losses and per-token rewards: pure tensor functions (no model, no I/O).
+"""PPO's losses, per-token rewards and task GAE: pure tensor functions (no model, no I/O).
 
 Conventions are those of :mod:`lenvm_rl.core.length_math`: per-token tensors are completion-aligned
 ``(B, T)``; ``mask`` (bool or 0/1, nonzero = a token the policy generated) selects the positions
@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lenvm_rl.core.length_math import _check_ndim, _check_shape
+from lenvm_rl.core.length_math import _check_ndim, _check_shape, gae
 from lenvm_rl.core.metrics import masked_mean
 
-__all__ = ["clipped_policy_loss", "clipped_value_loss", "kl_estimate", "ppo_token_rewards"]
+__all__ = ["clipped_policy_loss", "clipped_value_loss", "kl_estimate", "ppo_token_rewards", "task_gae"]
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -32,12 +32,22 @@ def _check_same(mask: Tensor, **tensors: Tensor) -> None:
 
 
 def clipped_policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_range: float,
+    importance_weights: Tensor | None = None,
 ) -> Tensor:
     """PPO's clipped surrogate, negated for minimisation (Schulman et al. 2017, Eq. 7).
 
     ``ratio_t = exp(logprobs_t - old_logprobs_t)``,
-    ``L = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))`` over ``mask``.
+    ``L = mean_t w_t * max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))`` over ``mask``.
+
+    ``w`` corrects for a sampler that is not ``pi_old``: with vLLM generation it is TRL's truncated (or
+    masked) importance ratio ``pi_old / pi_vLLM`` (``importance_sampling_ratio`` of TRL's GRPO output,
+    per token or per sequence), multiplied into the per-token loss exactly as TRL's GRPO loss does.
+    ``None`` means ``w = 1``.
 
     Args:
         logprobs: (B, T) log pi_theta(y_t | s_t), with grad.
@@ -45,6 +55,7 @@ def clipped_policy_loss(
         advantages: (B, T).
         mask: (B, T), nonzero = action token; needs at least one.
         clip_range: eps > 0.
+        importance_weights: (B, T) per token, (B, 1) per sequence, or None. No grad flows through it.
     Returns:
         a scalar float32 tensor.
     """
@@ -56,7 +67,13 @@ def clipped_policy_loss(
     advantages = torch.where(valid, advantages.float(), 0.0)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    return masked_mean(torch.maximum(unclipped, clipped), valid)
+    per_token = torch.maximum(unclipped, clipped)
+    if importance_weights is not None:
+        if importance_weights.shape not in (mask.shape, (mask.shape[0], 1)):
+            raise ValueError(f"importance_weights must have shape {tuple(mask.shape)} (per token) or "
+                             f"({mask.shape[0]}, 1) (per sequence), got {tuple(importance_weights.shape)}")
+        per_token = per_token * torch.where(valid, importance_weights.detach().float(), 0.0)
+    return masked_mean(per_token, valid)
 
 
 def clipped_value_loss(
@@ -152,3 +169,31 @@ def ppo_token_rewards(
     at_last = positions[None, :] == last[:, None]
     rewards = -kl_coef * kl.float() + torch.where(at_last, scores[:, None], 0.0)
     return torch.where(valid, rewards, 0.0)
+
+
+def task_gae(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """PPO's task GAE: the episode ends at the last action token of every row, the next value there is 0.
+
+    ``A_t = sum_i (gamma * lam)**i * delta_{t+i}`` with ``delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)`` over the
+    real steps, and ``V = 0`` after the last one whether the completion ended with EOS or was cut at
+    ``max_completion_length`` (:func:`~lenvm_rl.core.length_math.gae` with zero ``final_values``);
+    ``returns = A + values``. A cut completion is not bootstrapped with ``V(s_T)``: the reward function has
+    already scored the text as it is, cut included, at its last token, so nothing more is paid after it.
+    Adding ``V(s_T)`` would count that score twice (once in ``r_{T-1}``, once through a critic that has
+    learnt it), and with a critic that generalises from ``s_{T-1}`` to ``s_T`` the targets of cut rows grow
+    with every refit, which pays the policy for not ending. This is CleanRL's and TRL's former PPO
+    convention. The length return is different: a cut completion would have gone on, so
+    :func:`~lenvm_rl.core.length_math.length_gae` keeps its bootstrap.
+
+    Args:
+        rewards: (B, T) per-token rewards (:func:`ppo_token_rewards`).
+        values: (B, T) the task critic's ``V(s_t)``.
+        mask: (B, T), nonzero = action token.
+        gamma: discount in (0, 1]; lam: in [0, 1].
+    Returns:
+        ``(advantages, returns)``: float32 (B, T), both 0 at masked positions.
+    """
+    _check_same(mask, rewards=rewards, values=values)
+    return gae(rewards, values, mask, values.new_zeros(values.shape[0], dtype=torch.float32), gamma, lam)

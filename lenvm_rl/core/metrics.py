@@ -2,7 +2,7 @@
 per-prompt relative errors behind the prompt-boundary MRE with its baselines (a linear fit, split halves, the
 bootstrap noise floor).
 
-Everything here is a pure torch function (no model, no I/O).
+Everything here is a pure function (no model, no I/O): torch statistics, and the LIFEBench word count of a text.
 
 Conventions
 -----------
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 import torch
 from torch import Tensor
@@ -49,6 +50,7 @@ __all__ = [
     "fit_linear",
     "split_half_relative_errors",
     "noise_floor_relative_errors",
+    "lifebench_word_count",
 ]
 
 
@@ -379,3 +381,26 @@ def noise_floor_relative_errors(
         resampled = return_consistent_length(packed.gather(1, picks), gamma, slots)
         total += _relative_error(oracle, resampled, "a bootstrap resample").double()
     return (total / num_bootstrap).float()
+
+
+# ----------------------------------------------------------------------------- text length
+
+_CJK_CHARACTER = re.compile("[\u4e00-\u9fff]")
+_LATIN_WORD = re.compile(r"\b[A-Za-z0-9'-]+\b")
+
+
+def lifebench_word_count(text: str) -> int:
+    """Words in ``text`` as LIFEBench counts them: each CJK character (U+4E00..U+9FFF) is a word, plus each
+    run of ASCII letters, digits, apostrophes and hyphens that starts and ends at a word boundary.
+
+    So ``"don't"``, ``"state-of-the-art"`` and ``"42"`` are one word each, ``"3.14"`` is two and ``"..."`` none;
+    a Latin run glued to a CJK character is not counted (``"中文abc"`` is 2), as in LIFEBench.
+
+    Args:
+        text: any string.
+    Returns:
+        the count, ``>= 0``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return len(_CJK_CHARACTER.findall(text)) + len(_LATIN_WORD.findall(text))

@@ -3,11 +3,17 @@
 Each record (one JSON line per completion) holds::
 
     prompt_index, sample_index      which prompt (its row in the prompt source), which of its n samples
-    prompt                          chat messages
+    prompt                          as given: raw text, or chat messages (its format, see encode_prompt)
     prompt_ids, completion_ids      token ids; completion_ids ends with EOS when finish_reason == "eos"
     completion_length               len(completion_ids): L, EOS included
     finish_reason                   "eos" or "length" (cut at max_new_tokens: censored, L unknown)
-    sampler                         model, temperature, top_p, max_new_tokens, seed, backend
+    sampler                         model, temperature, top_p, max_new_tokens, seed, backend, and the
+                                    tokenizer's vocabulary_hash and chat_template_hash (None for raw text)
+
+``prompt_ids`` come from :func:`~lenvm_rl.data.encode_prompt`, TRL's convention: a string is tokenized as
+raw text, chat messages go through the chat template. Value pretraining reads the stored ids, never
+re-encodes, and :func:`rollout_encoding` tells it how they were built (records written before the hashes
+were recorded are recovered from the sampler model's own tokenizer when it is local).
 
 EOS and lengths come from the generated tokens themselves, never from ``ids != pad``: some
 tokenizers (SmolLM2) use the EOS token as padding. Records are appended one prompt group at a
@@ -30,12 +36,15 @@ from pathlib import Path
 
 import torch
 
-from lenvm_rl.data.prompts import encode_prompt, read_jsonl
+from lenvm_rl.data.prompts import chat_template_hash, encode_prompt, prompt_format, read_jsonl
 
 __all__ = [
-    "RolloutConfig", "check_record", "finish_reasons", "group_by_prompt", "read_rollouts", "resolve_backend",
-    "sample_rollouts", "vllm_engine",
+    "RolloutConfig", "RolloutEncoding", "check_record", "finish_reasons", "group_by_prompt", "read_rollouts",
+    "resolve_backend", "rollout_encoding", "sample_rollouts", "vllm_engine",
 ]
+
+RECORDED_LATER = ("vocabulary_hash", "chat_template_hash")
+"""Sampler keys that records written before they existed lack; resuming such a file does not compare them."""
 
 
 @dataclass
@@ -52,6 +61,9 @@ class RolloutConfig:
         "help": "Base seed; hf seeds each prompt group from it, vllm seeds the engine it builds."})
     backend: str = field(default="auto", metadata={
         "help": "'hf' (transformers generate), 'vllm', or 'auto' (vllm if installed)."})
+    chat_template_kwargs: dict | None = field(default=None, metadata={
+        "help": "Keyword arguments of the chat template for chat prompts (as GRPOConfig.chat_template_kwargs, "
+                "e.g. {'enable_thinking': False}); part of the recorded chat_template_hash."})
 
     def __post_init__(self):
         if self.num_completions < 1:
@@ -162,6 +174,63 @@ def read_rollouts(paths: str | os.PathLike | list[str | os.PathLike]) -> list[di
     return records
 
 
+@dataclass(frozen=True)
+class RolloutEncoding:
+    """How the states ``s_0`` of rollout records were built, as a LenVM checkpoint records it.
+
+    ``prompt_format`` is ``"raw"``, ``"chat"`` or ``"unknown"`` (records without a ``prompt``);
+    ``chat_template_hash`` and ``vocabulary_hash`` are those of the sampler's tokenizer (``None`` when unknown);
+    ``sampler`` names the sampler model(s).
+    """
+
+    prompt_format: str = "unknown"
+    chat_template_hash: str | None = None
+    vocabulary_hash: str | None = None
+    sampler: str | None = None
+
+
+def rollout_encoding(records: Sequence[dict]) -> RolloutEncoding:
+    """The :class:`RolloutEncoding` shared by all ``records``; ``ValueError`` when they mix formats or tokenizers.
+
+    Records written before the sampler recorded its tokenizer's hashes get them from the sampler model's own
+    tokenizer, when that model is local (a short name or a directory) and re-encodes the first prompt to the
+    stored ``prompt_ids``; otherwise they stay unknown.
+    """
+    formats = {prompt_format(rec["prompt"]) for rec in records if "prompt" in rec}
+    samplers = [rec.get("sampler") or {} for rec in records]
+    found = {key: {s[key] for s in samplers if s.get(key) is not None} for key in RECORDED_LATER}
+    models = sorted({str(s["model"]) for s in samplers if s.get("model") is not None})
+    for name, values in (("prompt formats", formats), *found.items()):
+        if len(values) > 1:
+            raise ValueError(f"the rollout records mix {name} ({sorted(values)}; sampler models {models}): a LenVM "
+                             "learns one way of building s_0 from one tokenizer; sample all records alike")
+    encoding = RolloutEncoding(prompt_format=formats.pop() if formats else "unknown",
+                               chat_template_hash=next(iter(found["chat_template_hash"]), None),
+                               vocabulary_hash=next(iter(found["vocabulary_hash"]), None),
+                               sampler=", ".join(models) or None)
+    if encoding.vocabulary_hash is None and len(models) == 1 and "prompt" in records[0]:
+        encoding = _recover_encoding(encoding, records[0], models[0])
+    return encoding
+
+
+def _recover_encoding(encoding: RolloutEncoding, record: dict, model: str) -> RolloutEncoding:
+    """``encoding`` with the hashes of the sampler model's local tokenizer, if it re-encodes ``record``'s prompt."""
+    from lenvm_rl.modeling.embedded import EMBEDDED_MODELS, resolve_model_path
+    from lenvm_rl.modeling.vocabulary import saved_tokenizer, vocabulary_hash
+
+    path = resolve_model_path(model) if model in EMBEDDED_MODELS else model
+    tokenizer = saved_tokenizer(path)
+    try:
+        same = tokenizer is not None and encode_prompt(tokenizer, record["prompt"]) == list(record["prompt_ids"])
+    except (TypeError, ValueError):  # a malformed prompt, or chat messages and no chat template
+        same = False
+    if not same:
+        return encoding
+    chat = encoding.prompt_format == "chat"
+    return RolloutEncoding(encoding.prompt_format, chat_template_hash(tokenizer) if chat else None,
+                           vocabulary_hash(tokenizer), encoding.sampler)
+
+
 def _eos_ids(generation_eos, tokenizer) -> list[int]:
     """The ids that end a completion: the generation config's EOS, else the tokenizer's."""
     ids = generation_eos if generation_eos is not None else tokenizer.eos_token_id
@@ -176,7 +245,7 @@ def _resume(path: Path, n: int, sampler: dict) -> list[dict]:
         return []
     records = read_rollouts(path)
     for rec in records:
-        stored = {k: rec["sampler"].get(k) for k in sampler}
+        stored = {k: rec["sampler"].get(k, sampler[k] if k in RECORDED_LATER else None) for k in sampler}
         if stored != sampler:
             raise ValueError(
                 f"{path} was written with sampler settings {stored}, not {sampler}; use another output file"
@@ -203,15 +272,20 @@ def _write_records(path: Path, records: list[dict], mode: str = "a") -> None:
 def sample_rollouts(
     model,
     tokenizer,
-    prompts: list[list[dict]],
+    prompts: list[str | list[dict]],
     output_file: str | os.PathLike,
     config: RolloutConfig | None = None,
     *,
     model_name: str | None = None,
     offset: int = 0,
+    tools: list | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Sample ``config.num_completions`` completions for every prompt, appending to ``output_file``.
+
+    Prompts are raw strings or chat messages, encoded as TRL's GRPO encodes them
+    (:func:`~lenvm_rl.data.encode_prompt`, with ``tools`` and ``config.chat_template_kwargs``); to sample
+    string prompts under the chat template, pass them through :func:`~lenvm_rl.data.to_messages` first.
 
     Resumable: prompts whose records are all in ``output_file`` are skipped (settings must match).
     ``model`` is a loaded transformers causal LM for the ``hf`` backend; for ``vllm`` it is a
@@ -234,10 +308,20 @@ def sample_rollouts(
     if model_name is None:
         model_name = (str(model) if isinstance(model, (str, os.PathLike)) else
                       model.config.name_or_path if backend == "hf" else model.llm_engine.model_config.model)
+    from lenvm_rl.modeling.vocabulary import vocabulary_hash
+
+    formats = {prompt_format(p) for p in prompts}
+    if len(formats) > 1:
+        raise ValueError("prompts mix raw strings and chat messages; TRL formats a whole dataset one way: make them "
+                         "all chat messages (lenvm_rl.data.to_messages) or all strings")
+    chat = formats == {"chat"}
     sampler = {
         "model": model_name,
         "temperature": config.temperature, "top_p": config.top_p,
         "max_new_tokens": config.max_new_tokens, "seed": config.seed, "backend": backend,
+        "vocabulary_hash": vocabulary_hash(tokenizer),
+        "chat_template_hash": chat_template_hash(tokenizer, chat_template_kwargs=config.chat_template_kwargs)
+        if chat else None,
     }
     path = Path(output_file)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +337,8 @@ def sample_rollouts(
         return sorted(finished, key=itemgetter("prompt_index", "sample_index"))
     if backend == "vllm" and isinstance(model, (str, os.PathLike)):
         model = vllm_engine(model, seed=config.seed)  # vLLM's defaults otherwise
-    encoded = {i: encode_prompt(tokenizer, prompts[i]) for i in todo}
+    encoded = {i: encode_prompt(tokenizer, prompts[i], tools=tools, chat_template_kwargs=config.chat_template_kwargs)
+               for i in todo}
     generate = _vllm_generate if backend == "vllm" else _hf_generate
     eos_ids = _eos_ids(model.generation_config.eos_token_id if backend == "hf" else
                        model.llm_engine.model_config.try_get_generation_config().get("eos_token_id"), tokenizer)

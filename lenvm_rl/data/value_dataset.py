@@ -17,15 +17,18 @@ Censored completions (cut at the length limit, true ``L`` unknown) follow an exp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 
 from lenvm_rl.core import gamma_from_lengths, monte_carlo_targets
-from lenvm_rl.data.rollouts import check_record
+from lenvm_rl.data.rollouts import RolloutEncoding, check_record, rollout_encoding
 
-__all__ = ["CensoredPolicy", "ValueDataCollator", "build_value_dataset", "gamma_from_records"]
+__all__ = ["CensoredPolicy", "ValueDataCollator", "build_value_dataset", "dataset_encoding", "gamma_from_records"]
+
+ENCODING_COLUMN = "prompt_encoding"
 
 CensoredPolicy = Literal["infinite", "drop"]
 
@@ -38,9 +41,11 @@ def _check_censored(censored: str) -> None:
 def build_value_dataset(records: list[dict], *, censored: CensoredPolicy = "infinite"):
     """Tokenized examples, one per completion.
 
-    Columns: ``input_ids`` (prompt then completion ids), ``prompt_length``, ``completion_length``
-    (``L``, EOS included), ``terminated`` (ended with EOS), ``prompt_index``, and ``length``
-    (``len(input_ids)``, for length-grouped batching).
+    Columns: ``input_ids`` (prompt then completion ids, exactly as the records store them), ``prompt_length``,
+    ``completion_length`` (``L``, EOS included), ``terminated`` (ended with EOS), ``prompt_index``, ``length``
+    (``len(input_ids)``, for length-grouped batching), and ``prompt_encoding``: the records'
+    :class:`~lenvm_rl.data.rollouts.RolloutEncoding` as JSON, which :class:`~lenvm_rl.LenVMTrainer` checks
+    against the tokenizer and records in the checkpoint (:func:`dataset_encoding`).
     """
     import datasets
 
@@ -63,7 +68,20 @@ def build_value_dataset(records: list[dict], *, censored: CensoredPolicy = "infi
     if not rows["input_ids"]:
         raise ValueError("every completion was cut at the length limit and censored='drop' left none; "
                          "use censored='infinite' or sample with a larger max_new_tokens")
+    rows[ENCODING_COLUMN] = [json.dumps(asdict(rollout_encoding(records)))] * len(rows["input_ids"])
     return datasets.Dataset.from_dict(rows)
+
+
+def dataset_encoding(dataset) -> RolloutEncoding | None:
+    """The :class:`~lenvm_rl.data.rollouts.RolloutEncoding` of a :func:`build_value_dataset` dataset; ``None`` for
+    a dataset without the column. ``ValueError`` when its rows disagree (datasets of mixed origin)."""
+    if dataset is None or ENCODING_COLUMN not in getattr(dataset, "column_names", ()):
+        return None
+    values = dataset.unique(ENCODING_COLUMN)
+    if len(values) > 1:
+        raise ValueError(f"the dataset's rows were encoded in {len(values)} different ways ({values}); a LenVM "
+                         "learns one way of building s_0 from one tokenizer")
+    return RolloutEncoding(**json.loads(values[0]))
 
 
 def gamma_from_records(records: list[dict], *, quantile: float = 0.99) -> float:

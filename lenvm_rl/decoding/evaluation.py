@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lenvm_rl.core import length_score, mean_and_standard_error
+from lenvm_rl.core import length_score, lifebench_word_count, mean_and_standard_error
 from lenvm_rl.data.prompts import to_messages
 from lenvm_rl.decoding.generate import GuidedCompletion, guided_generate
 from lenvm_rl.decoding.guidance import GuidanceConfig
@@ -17,10 +17,14 @@ from lenvm_rl.decoding.guidance import GuidanceConfig
 __all__ = [
     "LengthReport",
     "TradeoffPoint",
+    "UNITS",
+    "answer_length",
+    "average_over_targets",
     "budget_baseline",
     "length_instruction",
     "length_report",
     "length_score_benchmark",
+    "lenvm_token_target",
     "plot_tradeoff",
     "tilt_point",
     "tradeoff_arm",
@@ -39,7 +43,8 @@ class LengthReport:
     """Means over ``n`` completions: LIFEBench length ``score`` (0-100), signed ``deviation`` ``LD``, ``abs_deviation``.
 
     ``score_se = s / sqrt(n)`` and ``mean_length_se`` likewise, ``s`` the sample standard deviation (``n - 1`` in
-    the denominator) of the per-completion scores or lengths; NaN when ``n`` is 1.
+    the denominator) of the per-completion scores or lengths; NaN when ``n`` is 1 (every mean is NaN when ``n``
+    is 0). ``dropped`` completions (length <= 1, with ``drop_short``) are not among the ``n``.
     """
 
     score: float
@@ -49,14 +54,18 @@ class LengthReport:
     n: int
     score_se: float = math.nan
     mean_length_se: float = math.nan
+    dropped: int = 0
 
 
-def length_report(output_lengths: Sequence[int], target_lengths: Sequence[int] | int, constraint: str) -> LengthReport:
+def length_report(output_lengths: Sequence[int], target_lengths: Sequence[int] | int, constraint: str, *,
+                  drop_short: bool = False) -> LengthReport:
     """LIFEBench length score and deviation ``LD = (L_out - L_target) / L_target`` of completions.
 
     The score is :func:`lenvm_rl.core.length_score` (``constraint`` ``"equal"``, ``"at_most"`` or
     ``"at_least"``); one target for all, or one per completion. ``score_se`` is the standard error of the mean
     score, ``sd(scores) / sqrt(n)`` (sample sd), and ``mean_length_se`` that of the mean length.
+    ``drop_short`` leaves out completions of length <= 1 (LIFEBench's scorer drops such answers) and counts
+    them in ``dropped``.
     """
     out = torch.as_tensor(list(output_lengths), dtype=torch.float32)
     if out.numel() == 0:
@@ -64,61 +73,114 @@ def length_report(output_lengths: Sequence[int], target_lengths: Sequence[int] |
     target = torch.as_tensor(target_lengths, dtype=torch.float32).expand_as(out) if isinstance(
         target_lengths, int) else torch.as_tensor(list(target_lengths), dtype=torch.float32)
     scores = length_score(out, target, constraint)  # checks the constraint, the shapes and target > 0
-    deviation = (out - target) / target
+    keep = out > 1 if drop_short else torch.ones_like(out, dtype=torch.bool)
+    out, scores, deviation = out[keep], scores[keep], ((out - target) / target)[keep]
     score, score_se = _mean_se(scores.tolist())
     mean_length, mean_length_se = _mean_se(out.tolist())
     return LengthReport(score=score, deviation=deviation.mean().item(), abs_deviation=deviation.abs().mean().item(),
-                        mean_length=mean_length, n=out.numel(), score_se=score_se, mean_length_se=mean_length_se)
+                        mean_length=mean_length, n=out.numel(), score_se=score_se, mean_length_se=mean_length_se,
+                        dropped=int((~keep).sum()))
 
+
+UNITS = ("tokens", "words")
+"""Length units of a length instruction: the answer's tokens (EOS not counted), or its LIFEBench words."""
 
 _INSTRUCTIONS = {
-    "equal": "Answer in exactly {target} tokens.",
-    "at_most": "Answer in at most {target} tokens.",
-    "at_least": "Answer in at least {target} tokens.",
+    "equal": "Answer in exactly {target} {unit}.",
+    "at_most": "Answer in at most {target} {unit}.",
+    "at_least": "Answer in at least {target} {unit}.",
 }
 
 
-def length_instruction(prompt, target: int, constraint: str = "equal") -> list[dict]:
-    """The prompt-only baseline: the length target stated at the end of the (last) user message."""
+def _check_unit(unit: str) -> None:
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+
+
+def length_instruction(prompt, target: int, constraint: str = "equal", unit: str = "tokens") -> list[dict]:
+    """The length target stated at the end of the (last) user message, in ``unit`` (``"tokens"`` or ``"words"``)."""
     if constraint not in _INSTRUCTIONS:
         raise ValueError(f"constraint must be one of {sorted(_INSTRUCTIONS)}, got {constraint!r}")
+    _check_unit(unit)
     messages = [dict(m) for m in to_messages(prompt)]
-    messages[-1]["content"] = f"{messages[-1]['content']}\n\n{_INSTRUCTIONS[constraint].format(target=target)}"
+    instruction = _INSTRUCTIONS[constraint].format(target=target, unit=unit)
+    messages[-1]["content"] = f"{messages[-1]['content']}\n\n{instruction}"
     return messages
+
+
+def answer_length(completion: GuidedCompletion, unit: str = "tokens") -> int:
+    """The length a length instruction asks about: the answer's tokens, EOS not counted (``"tokens"``), or
+    its words as LIFEBench counts them (``"words"``, :func:`lenvm_rl.core.lifebench_word_count` of the text)."""
+    _check_unit(unit)
+    if unit == "words":
+        return lifebench_word_count(completion.text)
+    return completion.length - int(completion.finish_reason == "eos")
+
+
+def lenvm_token_target(target: int, unit: str = "tokens", tokens_per_word: float = 1.0) -> int:
+    """The LenVM's token target (EOS included) for an answer of ``target`` tokens or words.
+
+    ``T* = target + 1`` for tokens (the EOS), ``round(tokens_per_word * target) + 1`` for words. With the default
+    ``tokens_per_word = 1`` a word target is taken as a token target, as the reference's LIFEBench client does.
+    """
+    _check_unit(unit)
+    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+        raise ValueError(f"target must be a positive integer, got {target!r}")
+    if not tokens_per_word > 0:
+        raise ValueError(f"tokens_per_word must be > 0, got {tokens_per_word!r}")
+    return (target if unit == "tokens" else max(1, round(tokens_per_word * target))) + 1
 
 
 def length_score_benchmark(
     policy, tokenizer, lenvm, prompts: list, targets: Sequence[int], *, constraint: str = "equal",
-    top_k: int = 16, top_p: float = 1.0, min_p: float = 0.0, do_sample: bool = False, temperature: float = 1.0,
-    max_new_tokens_factor: float = 2.0, batch_size: int = 8, seed: int = 0,
-    progress: Callable[[str], None] | None = None,
+    unit: str = "tokens", tokens_per_word: float = 1.0, top_k: int = 16, top_p: float = 1.0,
+    min_p: float | None = None, do_sample: bool = False, temperature: float = 1.0, max_new_tokens_factor: float = 2.0,
+    batch_size: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None,
 ) -> dict[int, dict[str, LengthReport]]:
-    """Length score per target for three methods on the same prompts.
+    """LIFEBench length score per target for three methods on the same prompts.
 
-    ``"unguided"``: the policy alone; ``"prompt-only"``: the target stated in the prompt
-    (:func:`length_instruction`); ``"lenvm"``: the plain prompt with the hard ``constraint`` of the
-    LenVM. Completions may run to ``max_new_tokens_factor * target`` tokens. All three use the same
-    candidate set (``top_k``, ``top_p``, ``min_p``) and ``temperature``.
+    ``"unguided"``: the plain prompt; ``"prompt-only"``: the target stated in the prompt
+    (:func:`length_instruction`, in ``unit``); ``"lenvm"``: the same instructed prompt, decoded under the
+    hard ``constraint`` of the LenVM at the token target :func:`lenvm_token_target`. Each answer is
+    measured by :func:`answer_length` (tokens before EOS, or LIFEBench words); answers of length <= 1 are
+    left out, as LIFEBench's scorer does (counted in ``LengthReport.dropped``). Completions may run to
+    ``max_new_tokens_factor`` times the LenVM's token target. All three use the same candidate set and
+    ``temperature``; ``min_p=None`` takes the hard constraint's default (:class:`GuidanceConfig`) for all three.
+    :func:`average_over_targets` averages the per-target scores, as LIFEBench does.
     """
-    candidates = dict(top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature)
     results: dict[int, dict[str, LengthReport]] = {}
     for target in targets:
-        kwargs = dict(max_new_tokens=max(1, int(max_new_tokens_factor * target)), do_sample=do_sample,
+        instructed = [length_instruction(p, target, constraint, unit) for p in prompts]
+        token_target = lenvm_token_target(target, unit, tokens_per_word)
+        guided = GuidanceConfig(constraint=constraint, target=token_target, top_k=top_k, top_p=top_p, min_p=min_p,
+                                temperature=temperature)
+        base = GuidanceConfig(top_k=top_k, top_p=top_p, min_p=guided.min_p, temperature=temperature)
+        kwargs = dict(max_new_tokens=max(1, int(max_new_tokens_factor * token_target)), do_sample=do_sample,
                       batch_size=batch_size, seed=seed)
-        base = GuidanceConfig(**candidates)
         runs = {
             "unguided": guided_generate(policy, tokenizer, prompts, guidance=base, **kwargs),
-            "prompt-only": guided_generate(policy, tokenizer,
-                                           [length_instruction(p, target, constraint) for p in prompts],
-                                           guidance=base, **kwargs),
-            "lenvm": guided_generate(policy, tokenizer, prompts, lenvm=lenvm, **kwargs,
-                                     guidance=GuidanceConfig(constraint=constraint, target=target, **candidates)),
+            "prompt-only": guided_generate(policy, tokenizer, instructed, guidance=base, **kwargs),
+            "lenvm": guided_generate(policy, tokenizer, instructed, lenvm=lenvm, guidance=guided, **kwargs),
         }
-        results[target] = {name: length_report([c.length for c in out], target, constraint)
-                           for name, out in runs.items()}
+        results[target] = {name: length_report([answer_length(c, unit) for c in out], target, constraint,
+                                               drop_short=True) for name, out in runs.items()}
         if progress:
             progress(f"target {target}: " + ", ".join(f"{k} LS {v.score:.1f}" for k, v in results[target].items()))
     return results
+
+
+def average_over_targets(results: dict[int, dict[str, LengthReport]]) -> dict[str, float]:
+    """Each method's length score averaged over targets, every target weighing the same (LIFEBench's average).
+
+    The mean of the per-target mean scores; a target where every answer of a method was dropped (its score is
+    NaN) is left out of that method's average, as LIFEBench leaves it out. NaN when no target is left.
+    """
+    methods = {name for rows in results.values() for name in rows}
+    averages = {}
+    for name in sorted(methods):
+        scores = [rows[name].score for rows in results.values() if name in rows and not math.isnan(rows[name].score)]
+        averages[name] = sum(scores) / len(scores) if scores else math.nan
+    return averages
 
 
 @dataclass(frozen=True)
@@ -198,7 +260,7 @@ def budget_baseline(completions: Sequence[GuidedCompletion], correct: Sequence[b
 
 def tradeoff_arm(
     policy, tokenizer, lenvm, prompts: list, answers: list[str], *, beta: float, max_new_tokens: int = 512,
-    top_k: int = 16, top_p: float = 1.0, min_p: float = 0.0, temperature: float = 1.0, do_sample: bool = False,
+    top_k: int = 16, top_p: float = 1.0, min_p: float | None = None, temperature: float = 1.0, do_sample: bool = False,
     batch_size: int = 8, seed: int = 0,
 ) -> tuple[list[GuidedCompletion], list[bool]]:
     """One arm of the trade-off: completions tilted with ``beta`` (``lenvm=None``: unguided) and their correctness
@@ -214,8 +276,9 @@ def tradeoff_arm(
 
 def tradeoff_sweep(
     policy, tokenizer, lenvm, prompts: list, answers: list[str], *, betas: Sequence[float], budgets: Sequence[int],
-    max_new_tokens: int = 512, top_k: int = 16, top_p: float = 1.0, min_p: float = 0.0, temperature: float = 1.0,
-    do_sample: bool = False, batch_size: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None,
+    max_new_tokens: int = 512, top_k: int = 16, top_p: float = 1.0, min_p: float | None = None,
+    temperature: float = 1.0, do_sample: bool = False, batch_size: int = 8, seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> list[TradeoffPoint]:
     """GSM8K accuracy and answer rate against mean length: tilting with each ``beta`` vs a hard budget on unguided
     decoding.

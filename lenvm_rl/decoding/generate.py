@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from transformers import LogitsProcessorList
 
-from lenvm_rl.data.prompts import encode_prompt
+from lenvm_rl.data.prompts import (
+    PromptFormat,
+    apply_prompt_format,
+    encode_prompt,
+    prompt_mismatch,
+    resolve_prompt_format,
+)
 from lenvm_rl.data.rollouts import _eos_ids, finish_reasons
 from lenvm_rl.decoding.guidance import GuidanceConfig, LenVMLogitsProcessor
 from lenvm_rl.modeling import LenVM
 
 __all__ = ["GuidedCompletion", "guided_generate", "left_pad"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,13 +61,22 @@ def guided_generate(
     batch_size: int = 8,
     seed: int | None = None,
     scoring: Literal["cached", "naive"] = "cached",
+    prompt_format: PromptFormat | None = None,
+    chat_template_kwargs: dict | None = None,
+    tools: list | None = None,
 ) -> list[GuidedCompletion]:
     """Generate a completion per prompt with ``policy.generate``, guided by ``lenvm`` when given.
 
-    Prompts (text or chat messages) are encoded like the LenVM's states
-    (:func:`lenvm_rl.data.encode_prompt`), batched ``batch_size`` at a time with left padding.
+    Prompts (text or chat messages) are encoded like the LenVM's states (:func:`lenvm_rl.data.encode_prompt`,
+    with ``chat_template_kwargs`` and ``tools``), batched ``batch_size`` at a time with left padding. A string
+    is formatted as ``prompt_format`` says (``"raw"`` or ``"chat"``; default: as the LenVM's training prompts,
+    see :func:`lenvm_rl.data.prompts.resolve_prompt_format`); a prompt formatted otherwise logs a warning.
     Without ``lenvm`` the policy decodes alone with the same temperature and candidate set
     (``top_k``, ``top_p``, ``min_p`` of ``guidance``): the unguided baseline.
+
+    Under ``constraint="equal"`` or ``"at_most"`` one candidate is left per step, so decoding is
+    deterministic: ``do_sample`` and ``seed`` change nothing there and ``temperature`` and ``top_p`` only
+    reshape the candidate set (the reference is one-hot too); a ``UserWarning`` says so when they are given.
 
     Args:
         guidance: the mode and candidate set; default :class:`GuidanceConfig()` (tilt with beta 0).
@@ -73,6 +91,7 @@ def guided_generate(
     guidance = guidance or GuidanceConfig()
     if lenvm is None and guidance.constraint is not None:
         raise ValueError(f"constraint={guidance.constraint!r} needs a lenvm")
+    guidance.warn_if_sampling_ignored(do_sample)
     eos_ids = _eos_ids(policy.generation_config.eos_token_id, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = next(policy.parameters()).device
@@ -80,7 +99,7 @@ def guided_generate(
     if lenvm is not None:
         processor = LenVMLogitsProcessor(
             lenvm, guidance, eos_token_id=eos_ids, pad_token_id=pad_id, scoring=scoring,
-            policy_tokenizer=tokenizer, lenvm_tokenizer=lenvm_tokenizer or tokenizer,
+            policy_tokenizer=tokenizer, lenvm_tokenizer=lenvm_tokenizer,
         )
         sampling = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=None)  # the processor applies them
     else:
@@ -88,10 +107,18 @@ def guided_generate(
                         min_p=guidance.min_p or None)
     if not do_sample:
         sampling = {}
+    string_format = resolve_prompt_format(prompt_format, lenvm, tokenizer)
+    formatted = [apply_prompt_format(p, string_format) for p in prompts]
+    why = lenvm is not None and formatted and prompt_mismatch(lenvm, formatted[0], tokenizer,
+                                                              chat_template_kwargs=chat_template_kwargs)
+    if why:
+        logger.warning(why)
     results: list[GuidedCompletion] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
-        input_ids, attention_mask = left_pad([encode_prompt(tokenizer, p) for p in batch], pad_id)
+        input_ids, attention_mask = left_pad([
+            encode_prompt(tokenizer, p, tools=tools, chat_template_kwargs=chat_template_kwargs)
+            for p in formatted[start : start + batch_size]], pad_id)
         if processor is not None:
             processor.begin(attention_mask)
         if seed is not None:

@@ -17,9 +17,11 @@ The mode math is in :mod:`lenvm_rl.core.decoding`.
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -28,42 +30,64 @@ from transformers import LogitsProcessor
 
 from lenvm_rl.core import (
     CONSTRAINTS,
+    add_end_candidate,
     constraint_mask,
     length_to_value,
     logits_to_length,
+    remaining_target,
     select_candidates,
     soft_equal,
     tilt,
 )
 from lenvm_rl.decoding.scoring import naive_extension_logits, score_extensions
 from lenvm_rl.modeling import LenVM, PrepackedLinears
+from lenvm_rl.modeling.vocabulary import check_vocabulary
 
 __all__ = ["GuidanceConfig", "GuidanceStep", "LenVMLogitsProcessor", "check_vocabulary"]
+
+logger = logging.getLogger(__name__)
+
+
+HARD_CONSTRAINTS = ("equal", "at_most", "at_least")
+"""The constraints that keep one candidate per step (``"at_least"`` only until its target is met)."""
+ONE_HOT_CONSTRAINTS = ("equal", "at_most")
+"""The constraints under which decoding is deterministic: sampling never has more than one candidate."""
+HARD_CONSTRAINT_MIN_P = 0.1
+"""``min_p`` when a hard constraint is given without one: keeps the candidates plausible (see ``GuidanceConfig``)."""
 
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """What the guidance does at each step.
+    """What the guidance does at each step (each field's ``help`` metadata says what it means).
 
-    Args:
-        constraint: ``None`` for exponential tilting with ``beta``; ``"equal"``, ``"at_most"`` or
-            ``"at_least"`` for a hard constraint on the completion length ``target`` (tokens, EOS
-            included); ``"soft_equal"`` tilts so the expected ``u`` hits the target's.
-        target: token target, > 0; required by (and only allowed with) a constraint.
-        beta: tilt strength for ``constraint=None``: ``p'(x) ∝ p(x) exp(beta u(x))`` with
-            ``u = -V``; ``beta < 0`` favours shorter continuations, ``beta = 0`` is the base model.
-        top_k, top_p, min_p: the candidate set (see :func:`lenvm_rl.core.select_candidates`).
-        temperature: applied to the policy's scores before the candidate set and the mode; leave
-            ``generate``'s own ``temperature`` at 1.0.
+    Fields left at ``None`` are resolved in ``__post_init__``: ``min_p`` becomes
+    ``HARD_CONSTRAINT_MIN_P`` (0.1) under a hard constraint and 0 otherwise.
     """
 
-    constraint: Literal["equal", "at_most", "at_least", "soft_equal"] | None = None
-    target: int | None = None
-    beta: float = 0.0
-    top_k: int = 16
-    top_p: float = 1.0
-    min_p: float = 0.0
-    temperature: float = 1.0
+    constraint: Literal["equal", "at_most", "at_least", "soft_equal"] | None = field(default=None, metadata={
+        "help": "None for exponential tilting with beta; 'equal', 'at_most' or 'at_least' for a hard constraint on "
+                "the completion length target: it keeps one candidate per step (at_least: until the target is met), "
+                "so with 'equal' and 'at_most' decoding is deterministic and sampling changes nothing (the "
+                "reference's hard constraints are one-hot too); 'soft_equal' tilts so the expected u hits the "
+                "target's."})
+    target: int | None = field(default=None, metadata={
+        "help": "Completion length in tokens, EOS included, > 0; required by (and only allowed with) a constraint. "
+                "The reference's target_length T is target T + 1 here (see lenvm_rl.core.remaining_target). Under "
+                "'equal' and 'at_most' the most probable EOS joins the candidates once the target is reached, so "
+                "the completion can always end there."})
+    beta: float = field(default=0.0, metadata={
+        "help": "Tilt strength for constraint=None: p'(x) ∝ p(x) exp(beta u(x)) with u = -V; beta < 0 favours "
+                "shorter continuations, beta = 0 is the base model."})
+    top_k: int = field(default=16, metadata={
+        "help": "Candidates scored per step (see lenvm_rl.core.select_candidates)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus threshold within the top-k candidates, in (0, 1]."})
+    min_p: float | None = field(default=None, metadata={
+        "help": "Min-p threshold within the top-k candidates, in [0, 1]. None (default): 0.1 under a hard constraint "
+                "(equal, at_most, at_least), else 0. A hard constraint picks by length alone, so it needs a "
+                "plausible candidate set: with top-16 and min_p 0 it produced word salad, with 0.1 fluent text."})
+    temperature: float = field(default=1.0, metadata={
+        "help": "Applied to the policy's scores before the candidate set and the mode; leave generate's own "
+                "temperature at 1.0. Under 'equal' and 'at_most' it only reshapes the candidate set."})
 
     def __post_init__(self):
         if self.constraint is not None and self.constraint not in CONSTRAINTS:
@@ -85,16 +109,40 @@ class GuidanceConfig:
             raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.min_p is None:
+            object.__setattr__(self, "min_p", HARD_CONSTRAINT_MIN_P if self.constraint in HARD_CONSTRAINTS else 0.0)
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
 
+    def warn_if_sampling_ignored(self, do_sample: bool = False) -> None:
+        """Warn (once) when sampling settings are given with a constraint that leaves one candidate per step.
+
+        Under ``"equal"`` and ``"at_most"`` the output is deterministic: ``do_sample`` and its seed change
+        nothing, and ``temperature`` and ``top_p`` only reshape the candidate set.
+        """
+        if self.constraint not in ONE_HOT_CONSTRAINTS:
+            return
+        settings = {"do_sample=True": do_sample, f"temperature={self.temperature:g}": self.temperature != 1.0,
+                    f"top_p={self.top_p:g}": self.top_p != 1.0}
+        given = [name for name, on in settings.items() if on]
+        if given:
+            warnings.warn(
+                f"constraint={self.constraint!r} keeps one candidate per step, so decoding is deterministic: "
+                f"{', '.join(given)} given, but sampling (and its seed) changes nothing; temperature and top_p only "
+                "reshape the candidate set. For varied lengths use constraint='soft_equal' or tilting (beta).",
+                UserWarning, stacklevel=2)
+
 
 @dataclass
 class GuidanceStep:
     """One step's candidates, all (B, K): token ids, base log-probs, set mask, LenVM logits ``z`` of
-    ``s_t + x`` (before the terminal-EOS override), and the guided log-probs (``-inf`` outside)."""
+    ``s_t + x`` (before the terminal-EOS override), and the guided log-probs (``-inf`` outside).
+
+    Under ``"equal"`` and ``"at_most"`` with EOS ids there is one more column, the end token of
+    :func:`~lenvm_rl.core.add_end_candidate` (in the set once the target is reached; not scored by the
+    LenVM: its logit is ``-inf``, the terminal value)."""
 
     ids: Tensor
     logprobs: Tensor
@@ -103,29 +151,12 @@ class GuidanceStep:
     guided: Tensor
 
 
-def _tokenizer_name(tokenizer) -> str:
-    return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
-
-
-def check_vocabulary(policy_tokenizer, lenvm_tokenizer) -> None:
-    """Raise ``ValueError`` naming both tokenizers unless they map the same strings to the same ids."""
-    if policy_tokenizer is None or lenvm_tokenizer is None or policy_tokenizer is lenvm_tokenizer:
-        return
-    policy_vocab, lenvm_vocab = policy_tokenizer.get_vocab(), lenvm_tokenizer.get_vocab()
-    if policy_vocab != lenvm_vocab:
-        differing = sorted(set(policy_vocab.items()) ^ set(lenvm_vocab.items()))[:3]
-        raise ValueError(
-            f"the policy tokenizer {_tokenizer_name(policy_tokenizer)!r} ({len(policy_vocab)} tokens) and the LenVM "
-            f"tokenizer {_tokenizer_name(lenvm_tokenizer)!r} ({len(lenvm_vocab)} tokens) differ (e.g. {differing}); "
-            "the LenVM may be smaller than the policy but must share its vocabulary"
-        )
-
-
 class LenVMLogitsProcessor(LogitsProcessor):
     """Re-weights the policy's next-token scores with a :class:`LenVM` (LENVM.md section 5).
 
     Returns scores whose softmax is the guided distribution over the candidate set (``-inf``
-    elsewhere), so greedy and sampling ``generate`` both work. Hard constraints leave one candidate.
+    elsewhere), so greedy and sampling ``generate`` both work. Hard constraints leave one candidate,
+    so under ``"equal"`` and ``"at_most"`` sampling changes nothing (``guided_generate`` warns).
 
     Args:
         lenvm: the length value model; it may be smaller than the policy but must share its vocabulary.
@@ -135,7 +166,11 @@ class LenVMLogitsProcessor(LogitsProcessor):
         pad_token_id: the left-padding id, used to find padding when :meth:`begin` was not called.
         scoring: ``"cached"`` (one forward per step on the LenVM's KV cache) or ``"naive"``
             (re-encode ``prefix + x`` for every candidate; slow, the reference).
-        policy_tokenizer, lenvm_tokenizer: when both are given their vocabularies must agree.
+        policy_tokenizer: the policy's tokenizer. When given, the LenVM's vocabulary must be the same
+            (:func:`lenvm_rl.modeling.vocabulary.check_vocabulary` against ``lenvm_tokenizer``, else the
+            vocabulary the LenVM's checkpoint records or the tokenizer saved beside it); without it nothing
+            can be checked (a warning says so) beyond each candidate id fitting the LenVM's embedding table.
+        lenvm_tokenizer: the LenVM's tokenizer, when the LenVM itself records no vocabulary.
         cpu_prepack: run the LenVM's linear layers on oneDNN-packed weights during scoring
             (:class:`~lenvm_rl.modeling.PrepackedLinears`: about 2x faster on CPU for ``1 + K`` tokens,
             the same float32 math, one extra copy of the LenVM's linear weights in memory).
@@ -170,8 +205,11 @@ class LenVMLogitsProcessor(LogitsProcessor):
         self.config = config if config is not None else GuidanceConfig(**config_kwargs)
         if scoring not in ("cached", "naive"):
             raise ValueError(f"scoring must be 'cached' or 'naive', got {scoring!r}")
-        check_vocabulary(policy_tokenizer, lenvm_tokenizer)
-        self.vocab_checked = policy_tokenizer is not None and lenvm_tokenizer is not None
+        if policy_tokenizer is not None:
+            check_vocabulary(policy_tokenizer, lenvm_tokenizer if lenvm_tokenizer is not None else lenvm)
+        else:
+            logger.warning("LenVMLogitsProcessor without policy_tokenizer=: the LenVM's vocabulary is not checked "
+                           "against the policy's; pass the policy's tokenizer")
         self.lenvm = lenvm.eval()
         self.scoring = scoring
         if cpu_prepack and not PrepackedLinears.available(lenvm):
@@ -207,15 +245,6 @@ class LenVMLogitsProcessor(LogitsProcessor):
     def _device(self) -> torch.device:
         return next(self.lenvm.parameters()).device
 
-    def _check_vocab(self, scores: Tensor) -> None:
-        lenvm_vocab = self.lenvm.config.vocab_size
-        if not self.vocab_checked and scores.shape[-1] != lenvm_vocab:
-            raise ValueError(
-                f"the policy scores {scores.shape[-1]} tokens but the LenVM's vocabulary has {lenvm_vocab} "
-                f"({self.lenvm.config.name_or_path!r}); the LenVM must share the policy's vocabulary "
-                "(pass policy_tokenizer= and lenvm_tokenizer= to check by tokenizer when only the padding differs)"
-            )
-
     def _start(self, input_ids: Tensor) -> None:
         self.reset()
         mask = self._prompt_mask
@@ -230,10 +259,9 @@ class LenVMLogitsProcessor(LogitsProcessor):
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        self._check_vocab(scores)
         cfg = self.config
-        ids, logprobs, mask = select_candidates(scores / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                                min_p=cfg.min_p)
+        scaled = scores / cfg.temperature
+        ids, logprobs, mask = select_candidates(scaled, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p)
         if int(ids.max()) >= self.lenvm.config.vocab_size:
             raise ValueError(
                 f"candidate token {int(ids.max())} is outside the LenVM's vocabulary of "
@@ -257,18 +285,25 @@ class LenVMLogitsProcessor(LogitsProcessor):
                 lenvm_logits = self._score_cached(new_ids, ids)
             else:
                 lenvm_logits = self._score_naive(input_ids, ids)
-        guided = self._guide(logprobs, mask, ids, lenvm_logits, generated=input_ids.shape[1] - self._prompt_length)
+        remaining = None
+        if cfg.constraint is not None:
+            remaining = remaining_target(cfg.target, input_ids.shape[1] - self._prompt_length)
+        if cfg.constraint in ONE_HOT_CONSTRAINTS and self.eos_token_ids.numel():  # the target can always end
+            ids, logprobs, mask = add_end_candidate(scaled, ids, logprobs, mask, self.eos_token_ids, remaining <= 0)
+            lenvm_logits = torch.cat([lenvm_logits, lenvm_logits.new_full((ids.shape[0], 1), -math.inf)], dim=1)
+        guided = self._guide(logprobs, mask, ids, lenvm_logits, remaining)
         self.last_step = GuidanceStep(ids=ids, logprobs=logprobs, mask=mask, lenvm_logits=lenvm_logits, guided=guided)
-        out = torch.full_like(scores, -math.inf)
-        return out.scatter(1, ids.to(scores.device), guided.to(out.dtype))
+        out = torch.full_like(scores, -math.inf)  # amax: a repeated id out of the set (-inf) never overwrites
+        return out.scatter_reduce(1, ids.to(scores.device), guided.to(out.dtype), reduce="amax")
 
-    def _guide(self, logprobs: Tensor, mask: Tensor, ids: Tensor, lenvm_logits: Tensor, generated: int) -> Tensor:
+    def _guide(self, logprobs: Tensor, mask: Tensor, ids: Tensor, lenvm_logits: Tensor, remaining: int | None
+               ) -> Tensor:
         cfg, gamma = self.config, self.lenvm.gamma
         terminal = torch.isin(ids, self.eos_token_ids.to(ids.device))
         u = torch.where(terminal, 0.0, torch.sigmoid(lenvm_logits))
         if cfg.constraint is None:
             return tilt(logprobs, u, mask, cfg.beta)
-        remaining = float(cfg.target - (generated + 1))  # tokens after the candidate, to reach the target
+        remaining = float(remaining)
         if cfg.constraint == "soft_equal":
             target_u = length_to_value(torch.tensor(max(remaining, 0.0)), gamma, convention="u")
             return soft_equal(logprobs, u, mask, target_u)

@@ -18,12 +18,13 @@ UNTRAINED_NOTE = "NOTE: untrained value head (fresh, seed 0) -- its guidance and
 def generate_completions(
     *, policy: str, lenvm: str | None, prompts: list, guidance: GuidanceConfig, out: TextIO, fmt: str = "text",
     max_new_tokens: int = 256, do_sample: bool = False, batch_size: int = 8, seed: int | None = None,
-    gamma: float | None = None, dtype=None, device=None, trust_remote_code: bool = False,
+    gamma: float | None = None, dtype=None, device=None, trust_remote_code: bool = False, prompt_format=None,
 ) -> list:
     """Load the policy (and the LenVM), generate one completion per prompt, write text or JSONL to ``out``.
 
     ``lenvm`` is a LenVM checkpoint (or an embedded short name: untrained head); ``None`` decodes the
-    policy alone with the same candidate set. JSONL lines are rollout-style records (``prompt``,
+    policy alone with the same candidate set. ``prompt_format`` formats string prompts (see
+    :func:`~lenvm_rl.decoding.guided_generate`). JSONL lines are rollout-style records (``prompt``,
     ``completion_ids``, ``completion_length``, ``finish_reason``) plus ``completion`` text and the
     guidance settings, so ``lenvm-rl analyze --input`` reads them back.
     """
@@ -41,7 +42,7 @@ def generate_completions(
     completions = guided_generate(
         model, tokenizer, prompts, lenvm=predictor.model if predictor else None, guidance=guidance,
         lenvm_tokenizer=predictor.tokenizer if predictor else None, max_new_tokens=max_new_tokens,
-        do_sample=do_sample, batch_size=batch_size, seed=seed,
+        do_sample=do_sample, batch_size=batch_size, seed=seed, prompt_format=prompt_format,
     )
     settings = {"constraint": guidance.constraint, "target": guidance.target, "beta": guidance.beta,
                 "top_k": guidance.top_k, "top_p": guidance.top_p, "min_p": guidance.min_p,

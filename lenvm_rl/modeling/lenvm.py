@@ -10,8 +10,13 @@ Checkpoints use the reference layout, so published LenVMs load here and ours loa
       config.json, model.safetensors, tokenizer files   # the backbone, a Hugging Face model dir
       value_head.safetensors                            # v_head.fc.{weight,bias}, v_head.summary.{weight,bias}
 
-``config.json`` also records ``lenvm_gamma`` (the discount the head was trained for) and names the
-architecture ``<Arch>ForLengthValueModel`` as the reference serving code expects. A LoRA-wrapped
+``config.json`` also records ``lenvm_gamma`` (the discount the head was trained for), how the states
+``s_0`` of its training prompts were built (``lenvm_prompt_format``: ``"raw"`` text or ``"chat"`` messages,
+see :func:`lenvm_rl.data.encode_prompt`; ``lenvm_chat_template_hash``: the chat template's hash), and
+``lenvm_vocabulary_hash`` (:func:`lenvm_rl.modeling.vocabulary.vocabulary_hash` of its tokenizer, so the
+vocabulary can be checked without tokenizer files). A checkpoint written before these were recorded loads
+with ``prompt_format == "unknown"``. The architecture is named ``<Arch>ForLengthValueModel`` as the reference
+serving code expects. A LoRA-wrapped
 backbone is saved as a PEFT adapter directory instead of a full backbone; call
 :meth:`LenVM.merge_and_unload` first to write the reference layout.
 """
@@ -32,12 +37,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from lenvm_rl.data.prompts import PROMPT_FORMATS
 from lenvm_rl.modeling.embedded import EMBEDDED_MODELS, resolve_model_path
 
 __all__ = ["VALUE_HEAD_FILE", "LenVM", "LenVMOutput", "ValueHead", "load_backbone"]
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 GAMMA_CONFIG_KEY = "lenvm_gamma"
+RECORD_CONFIG_KEYS = {"prompt_format": "lenvm_prompt_format", "chat_template_hash": "lenvm_chat_template_hash",
+                      "vocabulary_hash": "lenvm_vocabulary_hash"}
+"""LenVM attribute -> ``config.json`` key of what a checkpoint records about its training data."""
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
@@ -91,12 +100,20 @@ class LenVM(nn.Module):
             PEFT (``get_peft_model``). Only its trunk runs: the LM head costs nothing.
         gamma: the discount the value head models; needed to turn values into lengths.
         v_head: an existing head; a freshly initialised one when omitted.
+
+    Attributes recorded in a checkpoint (set by :class:`~lenvm_rl.LenVMTrainer` from its data):
+        prompt_format: ``"raw"``, ``"chat"`` or ``"unknown"``: how the training prompts became ``s_0``.
+        chat_template_hash: :func:`lenvm_rl.data.chat_template_hash` of those chat prompts, else ``None``.
+        vocabulary_hash: :func:`lenvm_rl.modeling.vocabulary.vocabulary_hash` of its tokenizer, or ``None``.
     """
 
     def __init__(self, backbone: PreTrainedModel, *, gamma: float, v_head: ValueHead | None = None):
         super().__init__()
         self.backbone = backbone
         self.gamma = _check_gamma(gamma)
+        self.prompt_format = "unknown"
+        self.chat_template_hash: str | None = None
+        self.vocabulary_hash: str | None = None
         # The LM head never runs; an untied one is frozen so optimisers and DDP ignore it.
         lm_head = self._causal_lm.get_output_embeddings()
         if lm_head is not None and lm_head.weight is not self._causal_lm.get_input_embeddings().weight:
@@ -176,6 +193,12 @@ class LenVM(nn.Module):
                 "a value head only models the discount it was trained with"
             )
         model = cls(backbone, gamma=config_gamma if gamma is None else gamma)
+        for attribute, key in RECORD_CONFIG_KEYS.items():
+            if getattr(backbone.config, key, None) is not None:
+                setattr(model, attribute, getattr(backbone.config, key))
+        if model.prompt_format not in (*PROMPT_FORMATS, "unknown"):
+            raise ValueError(f"{path / 'config.json'}: {RECORD_CONFIG_KEYS['prompt_format']} must be one of "
+                             f"{(*PROMPT_FORMATS, 'unknown')}, got {model.prompt_format!r}")
         model.v_head.load_state_dict(_read_value_head(path / VALUE_HEAD_FILE, model.v_head))
         return model.to(device) if device is not None else model
 
@@ -189,6 +212,8 @@ class LenVM(nn.Module):
         save_directory.mkdir(parents=True, exist_ok=True)
         state_dict = self.state_dict() if state_dict is None else state_dict
         setattr(self.config, GAMMA_CONFIG_KEY, self.gamma)
+        for attribute, key in RECORD_CONFIG_KEYS.items():
+            setattr(self.config, key, getattr(self, attribute))
         backbone_state = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
         self.backbone.save_pretrained(save_directory, state_dict=backbone_state)
         # save_pretrained writes `architectures` from the class; the serving code wants the LenVM name.
@@ -397,8 +422,9 @@ def _load_peft_backbone(path: Path, *, dtype, trust_remote_code: bool) -> nn.Mod
     backbone = load_backbone(base, dtype=dtype, trust_remote_code=trust_remote_code)
     if (path / "config.json").is_file():  # gamma and architecture saved beside the adapter
         saved = json.loads((path / "config.json").read_text())
-        if GAMMA_CONFIG_KEY in saved:
-            setattr(backbone.config, GAMMA_CONFIG_KEY, saved[GAMMA_CONFIG_KEY])
+        for key in (GAMMA_CONFIG_KEY, *RECORD_CONFIG_KEYS.values()):
+            if key in saved:
+                setattr(backbone.config, key, saved[key])
     return PeftModel.from_pretrained(backbone, path, is_trainable=False)
 
 

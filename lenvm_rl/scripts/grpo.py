@@ -301,16 +301,21 @@ def _read_jsonl_dataset(path: Path, option: str = "--dataset"):
 
 
 def _prompts_and_answers(rows, offset: int, limit: int | None, script_args: GRPOScriptArguments, source: str):
-    """Rows ``offset .. offset + limit`` as (chat prompts with the instruction, gold answers)."""
-    from lenvm_rl.data import load_prompts
+    """Rows ``offset .. offset + limit`` as (chat prompts with the instruction, gold answers).
+
+    A question string becomes one user message (:func:`~lenvm_rl.data.to_messages`), so the dataset is
+    conversational and TRL, the rollouts and the LenVM all put it through the chat template.
+    """
+    from lenvm_rl.data import load_prompts, to_messages
+    from lenvm_rl.data.prompts import append_to_prompt
 
     if script_args.answer_column not in rows.column_names:
         raise ValueError(f"--dataset {source} has no column {script_args.answer_column!r} (columns: "
                          f"{rows.column_names}); set --answer_column")
-    prompts = load_prompts(rows, prompt_column=script_args.question_column, limit=limit, offset=offset)
+    prompts = [to_messages(p) for p in load_prompts(rows, prompt_column=script_args.question_column, limit=limit,
+                                                    offset=offset)]
     if script_args.instruction:
-        for messages in prompts:
-            messages[-1]["content"] = f"{messages[-1]['content']}\n\n{script_args.instruction}"
+        prompts = [append_to_prompt(p, script_args.instruction) for p in prompts]
     answers = list(rows.select(range(offset, offset + len(prompts)))[script_args.answer_column])
     return prompts, answers
 
@@ -382,7 +387,7 @@ def _rollout_config(training_args, *, num_completions: int, temperature: float, 
 
     return RolloutConfig(num_completions=num_completions, temperature=temperature, top_p=training_args.top_p,
                          max_new_tokens=training_args.max_completion_length, batch_size=batch_size,
-                         seed=training_args.seed, backend="hf")
+                         seed=training_args.seed, backend="hf", chat_template_kwargs=training_args.chat_template_kwargs)
 
 
 def _evaluate(policy, tokenizer, prompts, answers, path: Path, script_args, training_args, *, model_name: str):
@@ -423,6 +428,8 @@ def lenvm_auto_settings(script_args: GRPOScriptArguments, training_args, model_a
         "seed": training_args.seed, "epochs": script_args.lenvm_auto_epochs,
         "learning_rate": script_args.lenvm_auto_learning_rate, "batch_size": script_args.lenvm_auto_batch_size,
         "freeze_backbone": script_args.lenvm_auto_freeze_backbone,
+        # recorded only when set, so the keys of caches built before it was recorded stay valid
+        **({"chat_template_kwargs": training_args.chat_template_kwargs} if training_args.chat_template_kwargs else {}),
     }
 
 

@@ -1,7 +1,8 @@
 """``lenvm-rl serve``: a LenVM length-prediction server speaking the reference serving protocol.
 
-- :func:`create_app` / :func:`serve`: the FastAPI app (``/encode``, ``/tree_value``, ``/flush_cache``,
-  ``/predict``, ``/health``) and its uvicorn runner; they need ``pip install 'lenvm-rl[serve]'``;
+- :func:`create_app` / :func:`serve`: the FastAPI app (``/encode``, ``/tree_value``, ``/token_value``,
+  ``/candidate_value``, ``/flush_cache``, ``/v1/models``, ``/predict``, ``/health``) and its uvicorn runner;
+  they need ``pip install 'lenvm-rl[serve]'``, and only ``/predict`` needs a tokenizer;
 - :class:`~lenvm_rl.serving.batcher.DynamicBatcher`: length-sorted dynamic batching under a token budget;
 - :func:`~lenvm_rl.decoding.scoring.score_extensions`: ``z`` of many one-token extensions in one forward;
 - :class:`~lenvm_rl.serving.client.LenVMClient`: a small client for the protocol, and

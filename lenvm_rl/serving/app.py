@@ -2,18 +2,26 @@
 
 Endpoints (request bodies in :mod:`lenvm_rl.serving.validation`):
 
-- ``POST /encode``: one ``{"embedding": [z_0, ..., z_{n-1}], "meta_info": {"prompt_tokens": n}}`` per
+- ``POST|PUT /encode``: one ``{"embedding": [z_0, ..., z_{n-1}], "meta_info": {"prompt_tokens": n}}`` per
   sequence, a list for a batch and a single object for a flat ``input_ids``; ``z`` is the value head's
   raw output, ``V = -sigmoid(z)``, ``length = ln(1 + V) / ln(gamma)``.
-- ``POST /tree_value``: one ``{"embedding": [z(prefix + c_1), ..., z(prefix + c_k)], "meta_info": ...}``
-  per prefix (a list, or one object for a flat prefix), all candidates in one forward, none cached.
+- ``POST|PUT /tree_value``: one ``{"embedding": [z(prefix + c_1), ..., z(prefix + c_k)], "meta_info":
+  {"prompt_tokens": len(prefix) + k}}`` per prefix, all candidates in one forward, none cached; a list,
+  or one object for a single prefix (flat, or a batch of one, as the reference server answers).
+- ``POST|PUT /token_value`` and ``/candidate_value``: the same ``z`` as ``/encode`` and ``/tree_value`` in
+  the reference's other shape, ``{"values": [[z, ...], ...], "meta_info": ...}``: ``values`` always a
+  list of lists, ``meta_info`` one object for a single request and a list otherwise.
 - ``GET|POST /flush_cache``: ``{"success": true, ...}``; the server keeps no prefix cache to flush.
 - ``POST /predict``: ``{"gamma": g, "untrained": bool, "predictions": [{"value": V, "length": l,
-  "prompt_tokens": n}, ...]}`` at the prompt boundary (chat template applied).
+  "prompt_tokens": n}, ...]}`` at the prompt boundary; it needs a tokenizer (HTTP 400 without one).
 - ``GET /health``: ``{"status": "ok", ...}`` with the model, its limits and batching counters.
+- ``GET /v1/models``: the OpenAI-style model list that the reference launch scripts wait on.
 
-Bad requests get ``{"error": {"message": ..., "type": ..., "code": status}}`` with a 4xx status; the
-server keeps serving. On SIGTERM uvicorn stops accepting, finishes in-flight requests, then the
+Only ``/predict`` needs a tokenizer: the reference protocol sends token ids.
+
+Bad requests get ``{"error": {"message": ..., "type": ..., "code": status}}`` with a 4xx status, and a
+request the model fails on gets a 500 in the same shape (it alone: see the batcher); the server keeps
+serving. On SIGTERM uvicorn stops accepting, finishes in-flight requests, then the
 batcher finishes its queue and ends.
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 
 import torch
@@ -60,9 +69,16 @@ def _error(status: int, message: str) -> JSONResponse:
                         status_code=status)
 
 
-def _items(logits: list[torch.Tensor], single: bool):
-    items = [{"embedding": z.tolist(), "meta_info": {"prompt_tokens": len(z)}} for z in logits]
+def _items(logits: list[torch.Tensor], tokens: list[int], single: bool):
+    """The ``/encode`` and ``/tree_value`` body: one object per row, or the object alone for a single request."""
+    items = [{"embedding": z.tolist(), "meta_info": {"prompt_tokens": n}} for z, n in zip(logits, tokens)]
     return items[0] if single else items
+
+
+def _values(logits: list[torch.Tensor], tokens: list[int], single: bool) -> dict:
+    """The ``/token_value`` and ``/candidate_value`` body: every row's ``z`` under ``values``."""
+    meta = [{"prompt_tokens": n} for n in tokens]
+    return {"values": [z.tolist() for z in logits], "meta_info": meta[0] if single else meta}
 
 
 def create_app(
@@ -76,8 +92,8 @@ def create_app(
     """A FastAPI app serving ``model`` (a :class:`LengthPredictor`, or a bare :class:`LenVM` without ``/predict``).
 
     Args:
-        model: the LenVM, with its tokenizer when given as a :class:`LengthPredictor` (``/predict``
-            needs it).
+        model: the LenVM, with its tokenizer when given as a :class:`LengthPredictor`; only ``/predict``
+            needs the tokenizer, and a bare :class:`LenVM` serves every other endpoint.
         max_batch_tokens: padded tokens per forward pass; a request holding more gets a 413.
         max_batch_size: rows (sequences or prefixes) per forward pass; 1 turns batching off.
         max_wait_s: how long the batcher waits for more requests after the first of a batch.
@@ -89,6 +105,7 @@ def create_app(
     batcher = DynamicBatcher(lenvm, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                              max_wait_s=max_wait_s, max_padding=max_padding)
     parameter = next(lenvm.parameters())
+    created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -128,17 +145,31 @@ def create_app(
             raise RequestError(str(err), status=503) from None
         return await asyncio.wrap_future(future)
 
-    @app.post("/encode")
-    async def encode(request: Request):
+    async def run_encode(request: Request) -> tuple[list[torch.Tensor], list[int], bool]:
         sequences, single = parse_encode(await read_body(request), vocab_size=vocab_size,
                                          max_tokens=max_batch_tokens)
-        return _items(await run("encode", sequences), single)
+        return await run("encode", sequences), [len(seq) for seq in sequences], single
 
-    @app.post("/tree_value")
-    async def tree_value(request: Request):
+    async def run_tree(request: Request) -> tuple[list[torch.Tensor], list[int], bool]:
         rows, single = parse_tree_value(await read_body(request), vocab_size=vocab_size,
                                         max_tokens=max_batch_tokens)
-        return _items(await run("tree", rows), single)
+        return await run("tree", rows), [len(prefix) + len(cands) for prefix, cands in rows], single
+
+    @app.api_route("/encode", methods=["POST", "PUT"])
+    async def encode(request: Request):
+        return _items(*await run_encode(request))
+
+    @app.api_route("/tree_value", methods=["POST", "PUT"])
+    async def tree_value(request: Request):
+        return _items(*await run_tree(request))
+
+    @app.api_route("/token_value", methods=["POST", "PUT"])
+    async def token_value(request: Request):
+        return _values(*await run_encode(request))
+
+    @app.api_route("/candidate_value", methods=["POST", "PUT"])
+    async def candidate_value(request: Request):
+        return _values(*await run_tree(request))
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache():
@@ -146,10 +177,11 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request):
-        prompts = parse_predict(await read_body(request))
         if predictor is None:
-            raise RequestError("/predict needs the model's tokenizer, which this server was started without",
-                               status=503)
+            raise RequestError("/predict needs a tokenizer and this server has none (its checkpoint holds no "
+                               "tokenizer files): restart it with --tokenizer PATH, or send token ids to /encode",
+                               status=400)
+        prompts = parse_predict(await read_body(request))
         try:
             encoded = [predictor.encode_prompt(p) for p in prompts]
         except Exception as err:  # a chat template rejecting the messages, ...
@@ -163,6 +195,13 @@ def create_app(
             "predictions": [{"value": v, "length": n, "prompt_tokens": len(ids)}
                             for v, n, ids in zip(values, lengths, encoded)],
         }
+
+    @app.get("/v1/models")
+    async def models():  # OpenAI-style, as the reference server; its launch scripts poll it until it answers
+        name = str(lenvm.config.name_or_path)
+        return {"object": "list", "data": [{
+            "id": name, "object": "model", "created": created, "owned_by": "lenvm-rl", "root": name,
+            "max_model_len": getattr(lenvm.config, "max_position_embeddings", None)}]}
 
     @app.get("/health")
     async def health():

@@ -8,6 +8,12 @@ first request), sorts the rows of each kind by length and packs them into batche
 most a ``max_padding`` fraction of padding (a padded token costs as much as a real one). A
 request's future resolves once all its rows are done; rows of different requests never mix up
 because each row carries its request and index.
+
+Failures stay with the requests they belong to. A forward pass that raises is retried request by request,
+so one bad request fails alone; any other error of a round fails that round's requests; the worker
+keeps serving either way. A request becomes uncancellable once the worker takes it, so a client that
+goes away mid-batch cannot break the delivery of the results. :meth:`DynamicBatcher.submit` refuses
+requests once :meth:`DynamicBatcher.stop` began, and every request it accepted gets an answer.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ def row_tokens(kind: Kind, row) -> int:
     return len(row) if kind == "encode" else len(row[0]) + len(row[1])
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity
 class _Job:
     kind: Kind
     rows: list
@@ -83,24 +89,33 @@ class DynamicBatcher:
         self.stats = BatchStats()
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # orders submit's put against stop's sentinel
+        self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "DynamicBatcher":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="lenvm-batcher", daemon=True)
-            self._thread.start()
+        with self._lock:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._run, name="lenvm-batcher", daemon=True)
+                self._thread.start()
         return self
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish every queued request, then end the worker."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
-            self._thread = None
+        """Refuse new requests, finish every accepted one, then end the worker."""
+        with self._lock:
+            thread, self._stopping = self._thread, True
+            if thread is not None:
+                self._queue.put(None)  # after every accepted request: the worker serves them all first
+        if thread is not None:
+            thread.join(timeout)
+            with self._lock:
+                if self._thread is thread:
+                    self._thread = None
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
 
     def submit(self, kind: Kind, rows: list) -> Future:
         """Queue a request; its future resolves to one float32 CPU tensor of logits per row, in order."""
@@ -109,19 +124,28 @@ class DynamicBatcher:
         total = sum(row_tokens(kind, row) for row in rows)
         if total > self.max_batch_tokens:
             raise ValueError(f"{total} tokens exceed the batch budget of {self.max_batch_tokens}")
-        if not self.running:
-            raise RuntimeError("the batcher is not running")
         job = _Job(kind, rows, Future(), results=[None] * len(rows), pending=len(rows))
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("the batcher was stopped: it takes no new requests")
+            if not self.running:
+                raise RuntimeError("the batcher is not running; call start() first")
+            if rows:
+                self._queue.put(job)
         if not rows:
             job.future.set_result([])
-        else:
-            self._queue.put(job)
         return job.future
 
     # ------------------------------------------------------------------ worker
     def _collect(self, first: _Job | None) -> tuple[list[_Job], bool]:
-        """``first`` plus whatever arrives within ``max_wait_s``; after a stop sentinel, only what is queued."""
-        jobs, stop = ([], True) if first is None else ([first], False)
+        """``first`` plus whatever arrives within ``max_wait_s``; after a stop sentinel, only what is queued.
+
+        Each request taken is marked running (``Future.set_running_or_notify_cancel``): one cancelled
+        before is dropped, and none can be cancelled after, so setting its result cannot fail.
+        """
+        jobs, stop = [], first is None
+        if first is not None and first.future.set_running_or_notify_cancel():
+            jobs.append(first)
         deadline = time.monotonic() + (0.0 if stop else self.max_wait_s)
         while True:
             remaining = deadline - time.monotonic()
@@ -131,17 +155,22 @@ class DynamicBatcher:
                 return jobs, stop
             if job is None:
                 stop, deadline = True, 0.0  # finish what is queued, then end
-            else:
+            elif job.future.set_running_or_notify_cancel():
                 jobs.append(job)
 
     def _run(self) -> None:
         stop = False
         while not stop:
-            jobs, stop = self._collect(self._queue.get())
-            for kind in ("encode", "tree"):
-                rows = [(job, i) for job in jobs if job.kind == kind for i in range(len(job.rows))]
-                for batch in self.plan(kind, rows):
-                    self._run_batch(kind, batch)
+            jobs: list[_Job] = []
+            try:
+                jobs, stop = self._collect(self._queue.get())
+                for kind in ("encode", "tree"):
+                    rows = [(job, i) for job in jobs if job.kind == kind for i in range(len(job.rows))]
+                    for batch in self.plan(kind, rows):
+                        self._run_batch(kind, batch)
+            except Exception as err:  # a fault outside the forward pass: fail this round's requests, keep serving
+                logger.exception("the LenVM batcher failed a round of %d requests", len(jobs))
+                _fail(jobs, err)
 
     def plan(self, kind: Kind, rows: list[tuple[_Job, int]]) -> list[list[tuple[_Job, int]]]:
         """Length-sorted batches (longest first) within the token budget, the row limit and the padding limit.
@@ -166,23 +195,30 @@ class DynamicBatcher:
             batches.append(current)
         return batches
 
+    def _forward(self, kind: Kind, rows: list) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            if kind == "encode":
+                return [out.logits for out in self.model.score(rows, batch_size=len(rows))]
+            return tree_values(self.model, [row[0] for row in rows], [row[1] for row in rows])
+
     def _run_batch(self, kind: Kind, batch: list[tuple[_Job, int]]) -> None:
         live = [(job, i) for job, i in batch if not job.future.done()]
         if not live:
             return
         try:
-            with torch.inference_mode():
-                if kind == "encode":
-                    outs = self.model.score([job.rows[i] for job, i in live], batch_size=len(live))
-                    results = [out.logits for out in outs]
-                else:
-                    results = tree_values(self.model, [job.rows[i][0] for job, i in live],
-                                          [job.rows[i][1] for job, i in live])
-        except Exception as err:  # e.g. out of memory: fail these requests, keep serving
-            logger.exception("LenVM batch of %d %s rows failed", len(live), kind)
-            for job, _ in live:
-                if not job.future.done():
-                    job.future.set_exception(err)
+            results = self._forward(kind, [job.rows[i] for job, i in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"the LenVM returned {len(results)} results for {len(live)} rows")
+        except Exception as err:  # e.g. out of memory, or one request the model cannot take
+            jobs = list(dict.fromkeys(job for job, _ in live))
+            if len(jobs) > 1:  # retry request by request: only the request at fault fails
+                logger.warning("LenVM batch of %d %s rows from %d requests failed (%s: %s); retrying each request "
+                               "alone", len(live), kind, len(jobs), type(err).__name__, err)
+                for job in jobs:
+                    self._run_batch(kind, [(j, i) for j, i in live if j is job])
+            else:
+                logger.exception("LenVM batch of %d %s rows failed", len(live), kind)
+                _fail(jobs, err)
             return
         self.stats.batches += 1
         self.stats.rows += len(live)
@@ -193,3 +229,10 @@ class DynamicBatcher:
             if job.pending == 0 and not job.future.done():
                 self.stats.requests += 1
                 job.future.set_result(job.results)
+
+
+def _fail(jobs: list[_Job], err: BaseException) -> None:
+    """Fail every request of ``jobs`` still unanswered with ``err`` (the server answers it with a 5xx)."""
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(err)

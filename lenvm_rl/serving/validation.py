@@ -4,8 +4,9 @@ The request bodies follow the reference serving protocol (the LenVM SGLang fork)
 
 - ``/encode``: ``{"input_ids": [[...], ...]}`` (a batch) or ``{"input_ids": [...]}`` (one sequence);
   ``bypass_cache`` and other SGLang fields are accepted and ignored.
-- ``/tree_value``: ``{"input_ids": [prefix, ...], "candidate_ids": [[c_1, ..., c_k], ...]}``, or one
-  flat ``prefix`` with one flat candidate list.
+- ``/tree_value`` and ``/candidate_value``: ``{"input_ids": [prefix, ...], "candidate_ids": [[c_1, ..., c_k],
+  ...]}``, or one flat ``prefix`` with one flat candidate list.
+- ``/token_value`` takes the body of ``/encode``.
 - ``/predict`` (lenvm_rl's own): ``{"prompts": [text or messages, ...]}``, ``{"prompt": text}`` or
   ``{"messages": [{"role": ..., "content": ...}, ...]}``.
 """
@@ -85,7 +86,10 @@ def parse_encode(body: dict, *, vocab_size: int, max_tokens: int) -> tuple[list[
 def parse_tree_value(
     body: dict, *, vocab_size: int, max_tokens: int
 ) -> tuple[list[tuple[list[int], list[int]]], bool]:
-    """``(prefix, candidates)`` rows of a ``/tree_value`` request and whether it was a single flat pair."""
+    """``(prefix, candidates)`` rows of a ``/tree_value`` request and whether it holds a single prefix.
+
+    A single prefix, flat or a batch of one, is answered with one object, as the reference server does.
+    """
     prefixes, single = _batch(body, "input_ids", vocab_size)
     candidates, single_candidates = _batch(body, "candidate_ids", vocab_size)
     if single != single_candidates:
@@ -95,7 +99,7 @@ def parse_tree_value(
         raise RequestError(f"input_ids has {len(prefixes)} prefixes but candidate_ids has {len(candidates)} "
                            "candidate lists; give one candidate list per prefix")
     check_budget(sum(len(p) + len(c) for p, c in zip(prefixes, candidates)), max_tokens)
-    return list(zip(prefixes, candidates)), single
+    return list(zip(prefixes, candidates)), len(prefixes) == 1
 
 
 def _prompt(value, name: str):

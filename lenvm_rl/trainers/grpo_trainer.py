@@ -5,8 +5,12 @@ only in credit assignment:
 
 - ``"lenvm"``: token-level. ``A_t = A_task + s * A_len_t``, with ``A_len`` the GAE of a pretrained
   LenVM (:class:`~lenvm_rl.LenVMCritic`): a state-dependent baseline and the return-to-go from ``t``.
-- ``"group"``: its sequence-level twin. ``A = A_task + s * (G - mean_group G)``, ``G = -(1 - gamma^L)``
-  for the whole completion: the same objective with no token-level credit (the honest baseline).
+- ``"group"``: its sequence-level twin. ``A = A_task + s * (G - mean_group G)`` with the whole completion's
+  return ``G = -(1 - gamma^L (1 + V(s_T)))``: ``V(s_T) = 0`` after EOS, and for a truncated completion the
+  critic's value of its last state, the bootstrap ``"lenvm"`` uses. So both optimise
+  ``J_len = E[-(1 - gamma^L)]`` over the length the completion would have had, and differ only in credit
+  assignment (the honest baseline). Without a critic (of the same gamma) the twin scores a truncated
+  completion at its cut length, and warns.
 - ``"kimi"``: the Kimi k1.5 group length reward, group-centred.
 - ``"none"``: plain GRPO (with the length metrics logged when a critic is given).
 
@@ -19,7 +23,10 @@ which TRL's loss accepts. Every formula is a :mod:`lenvm_rl.core` call; the trai
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import textwrap
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -42,14 +49,36 @@ from lenvm_rl.core import (
     per_token_advantages,
     scale_by_std,
 )
-from lenvm_rl.critics import LenVMCritic
+from lenvm_rl.critics import LenVMCritic, place_critic
 from lenvm_rl.modeling import LenVM
+from lenvm_rl.modeling.lenvm import GAMMA_CONFIG_KEY, VALUE_HEAD_FILE
+from lenvm_rl.trainers.hardware import warn_if_slow_bf16
 
 __all__ = ["LengthAwareGRPOConfig", "LengthAwareGRPOTrainer", "restore_deepspeed_config", "whole_model_loading"]
 
+logger = logging.getLogger(__name__)
+
 ESTIMATORS = ("lenvm", "group", "kimi", "none")
 CRITIC_DIR = "length_critic"
-"""Subdirectory of a checkpoint holding the refit critic head and its optimizer."""
+"""Subdirectory of the saved model and of each checkpoint holding the refit critic head (``value_head.safetensors``,
+the file of the LenVM layout), and in checkpoints its optimizer."""
+LENVM_PAPER = {
+    "title": "Length Value Model: Scalable Value Pretraining for Token-Level Length Modeling",
+    "id": "2604.27039",
+    # docstyle-ignore
+    "citation": textwrap.dedent("""\
+        @article{zhang2026lenvm,
+            title        = {{Length Value Model: Scalable Value Pretraining for Token-Level Length Modeling}},
+            author       = {Zhang, Zhen and Yang, Changyi and Xia, Zijie and Yang, Zhen and Liu, Chengzhi
+                            and Weng, Zhaotiao and Liu, Yepeng and Chen, Haobo and Pan, Jin and Zhao, Chenyang
+                            and Bu, Yuheng and Patel, Alkesh and Gan, Zhe and Wang, Xin Eric},
+            year         = 2026,
+            eprint       = {arXiv:2604.27039},
+        }"""),
+}
+LENGTH_SETTINGS = ("length_critic_name_or_path", "length_gamma", "length_estimator", "length_mode", "length_coef",
+                   "length_lam", "length_normalize", "length_gate", "length_critic_refit_steps")
+"""The arguments the model card records for the length term."""
 
 
 def restore_deepspeed_config(args) -> None:
@@ -86,7 +115,8 @@ class LengthAwareGRPOConfig(GRPOConfig):
                 "ones, 0 switches the term off. In shaping mode it is the shaping weight beta."})
     length_estimator: str = field(default="lenvm", metadata={
         "help": "Credit assignment of the length term: 'lenvm' (token-level advantages from a LenVM critic), "
-                "'group' (its sequence-level twin: G = -(1 - gamma^L) minus the group mean), 'kimi' (the Kimi "
+                "'group' (its sequence-level twin: G = -(1 - gamma^L (1 + V(s_T))) minus the group mean, V(s_T) the "
+                "critic's value after a cut, 0 after EOS), 'kimi' (the Kimi "
                 "k1.5 group length reward) or 'none' (plain GRPO)."})
     length_mode: str = field(default="advantage", metadata={
         "help": "'advantage' adds s * A_len (changes the objective on purpose). 'shaping' adds the potential-based "
@@ -112,11 +142,15 @@ class LengthAwareGRPOConfig(GRPOConfig):
         "help": "Task reward at or above which a completion counts as correct, for the 'correct' gate and 'kimi'."})
     length_critic_refit_steps: int = field(default=0, metadata={
         "help": "Optimizer steps on the LenVM's value head after each generation batch, towards the Monte-Carlo "
-                "returns of the fresh completions (advantage mode only). 0 keeps the critic frozen."})
+                "returns of the fresh completions (advantage mode only). 0 keeps the critic frozen. The refit head "
+                "is saved with the model, in length_critic/value_head.safetensors."})
     length_critic_learning_rate: float = field(default=1e-4, metadata={
         "help": "Learning rate of the critic refit (AdamW on the value head)."})
     length_critic_batch_size: int = field(default=8, metadata={
         "help": "Rows per LenVM forward pass when scoring completions (bounds memory)."})
+    length_critic_name_or_path: str | None = field(default=None, metadata={
+        "help": "Recorded by the trainer, for the saved arguments and the model card: the path or Hub id the length "
+                "critic (LenVM) was loaded from, None for one built in memory. Leave it unset."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -171,20 +205,55 @@ class LengthAwareGRPOConfig(GRPOConfig):
         return self.length_estimator == "lenvm" and self.length_coef != 0
 
 
+def lenvm_name_or_path(critic: LenVMCritic | None) -> str | None:
+    """Where the critic's LenVM was loaded from: its path or Hub id, or the checkpoint a loaded ``LenVM`` came from
+    (its config records the LenVM's gamma); ``None`` for a LenVM built in memory."""
+    if critic is None:
+        return None
+    if critic.name_or_path:
+        return critic.name_or_path
+    config = critic.model.config
+    if getattr(config, GAMMA_CONFIG_KEY, None) is None:
+        return None
+    return getattr(config, "_name_or_path", None) or None
+
+
+def length_card_section(args: LengthAwareGRPOConfig) -> str:
+    """The model card's section on the length term: the LenVM (path or id), its gamma and the length settings."""
+    lenvm = args.length_critic_name_or_path
+    lines = ["", "## Length term (lenvm_rl)", "",
+             f"Length critic (LenVM): {f'`{lenvm}`' if lenvm else 'none, or one built in memory'}; "
+             f"gamma = {args.length_gamma}.", ""]
+    lines += [f"- `{name}`: `{getattr(args, name)!r}`" for name in LENGTH_SETTINGS]
+    lines += ["", "Cite the Length Value Model as:", "", "```bibtex", LENVM_PAPER["citation"], "```", ""]
+    return "\n".join(lines)
+
+
 class LengthAwareGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` with a length term: token-level from a LenVM, or a sequence-level twin.
 
     Args:
         length_critic: a :class:`~lenvm_rl.LenVMCritic`, a :class:`~lenvm_rl.LenVM` or a checkpoint path.
             Required for ``length_estimator="lenvm"``; with the other estimators it is optional and only
-            feeds the logged length metrics (predicted vs realised length, explained variance).
+            feeds the logged length metrics (predicted vs realised length, explained variance). It is moved
+            to the accelerator's device, unless pinned with ``LenVMCritic(..., device=...)``
+            (:func:`~lenvm_rl.critics.place_critic`).
         Every other argument is ``GRPOTrainer``'s.
 
     Logged (TRL metrics, prefix ``length/``): ``predicted_s0`` and ``realised`` mean lengths and their
     correlation, ``abs_advantage`` (mean ``|s * gate * A_len|`` over action tokens) and its ``share`` of
     ``|A_task| + |s * gate * A_len|``, ``truncated_frac``, the critic's ``explained_variance`` on the
     fresh Monte-Carlo returns and, with a refit, ``critic_refit_loss``.
+
+    Saved: with a refit, ``save_model`` writes the refit head to ``length_critic/value_head.safetensors`` (the
+    LenVM layout's file: put it in a copy of the LenVM's checkpoint to load the refit LenVM). The saved
+    arguments and the model card record the LenVM (``length_critic_name_or_path``), its gamma
+    (``length_gamma``, resolved) and the length settings.
     """
+
+    _tag_names = ["trl", "grpo", "lenvm-rl"]
+    _name = "Length-aware GRPO"
+    _paper = LENVM_PAPER
 
     def __init__(self, model, reward_funcs=None, args: LengthAwareGRPOConfig | None = None, *posargs,
                  length_critic: LenVMCritic | LenVM | str | os.PathLike | None = None, **kwargs):
@@ -194,8 +263,11 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
             name = model if isinstance(model, str) else model.config._name_or_path
             args = LengthAwareGRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-LengthAwareGRPO")
         super().__init__(model, reward_funcs, args, *posargs, **kwargs)
+        warn_if_slow_bf16(args.bf16, self.accelerator.device)
         self.length_critic = self._build_critic(length_critic)
         self.length_gamma = self._resolve_gamma()
+        self._record_length_critic()
+        self._twin_bootstraps = self._check_twin_bootstrap()
         self.critic_optimizer = None
         if args.length_critic_refit_steps > 0:
             self.critic_optimizer = torch.optim.AdamW(
@@ -214,12 +286,29 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         if not isinstance(length_critic, LenVMCritic):
             with whole_model_loading(args):  # a frozen critic is whole on every process, never ZeRO-3 partitioned
                 length_critic = LenVMCritic(length_critic, lam=args.length_lam,
-                                            batch_size=args.length_critic_batch_size, device=self.accelerator.device)
+                                            batch_size=args.length_critic_batch_size)
         elif length_critic.lam != args.length_lam:
             raise ValueError(f"the LenVMCritic has lam={length_critic.lam} but length_lam={args.length_lam}; "
                              "make them agree")
         length_critic.check_vocabulary(self.processing_class)
-        return length_critic
+        return place_critic(length_critic, self.accelerator.device)
+
+    def _record_length_critic(self) -> None:
+        """Write the LenVM's path or id and the resolved gamma into ``args``, for the saved arguments and the card."""
+        args, name = self.args, lenvm_name_or_path(self.length_critic)
+        if args.length_critic_name_or_path not in (None, name):
+            warnings.warn(f"length_critic_name_or_path={args.length_critic_name_or_path!r} is replaced by the length "
+                          f"critic's {name!r}: the trainer records it; leave it unset", stacklevel=3)
+        args.length_critic_name_or_path = name
+        args.length_gamma = self.length_gamma
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None):
+        """TRL's card (this trainer's name, tags and paper), plus a section recording the length term."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as card:
+            card.write(length_card_section(self.args))
 
     def _resolve_gamma(self) -> float | None:
         gamma, critic = self.args.length_gamma, self.length_critic
@@ -233,7 +322,39 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
                              "the policy's lengths) or pass a length_critic to use its gamma")
         return gamma
 
+    def _check_twin_bootstrap(self) -> bool:
+        """Whether the ``"group"`` twin scores a cut completion with the critic's ``V(s_T)``, as ``"lenvm"`` does.
+
+        It does when a critic of the twin's discount is given; otherwise a cut completion is scored at its cut
+        length, a different objective from the LenVM estimator's, and the trainer says so.
+        """
+        if self.args.length_estimator != "group" or self.args.length_coef == 0:
+            return False
+        critic = self.length_critic
+        if critic is not None and abs(critic.gamma - self.length_gamma) <= 1e-12:
+            return True
+        reason = ("no length_critic is given" if critic is None else
+                  f"the length_critic models gamma={critic.gamma}, not length_gamma={self.length_gamma}")
+        warnings.warn(f"length_estimator='group': {reason}, so a truncated completion is scored at its cut length, "
+                      "G = -(1 - gamma^L), while the 'lenvm' estimator bootstraps it with V(s_T). Pass a "
+                      "length_critic of the same gamma to compare the two on one objective.", stacklevel=3)
+        return False
+
     # ------------------------------------------------------------------ hooks into TRL's step
+    def _get_train_sampler(self, dataset=None):
+        """TRL's ``RepeatSampler``, shuffled with ``args.data_seed`` when it is set.
+
+        transformers' meaning of ``data_seed``: the seed of the data samplers, while ``seed`` seeds everything else
+        (sampling, initialisation, dropout). TRL's GRPO shuffles with ``seed``; honouring ``data_seed`` lets runs
+        that differ in ``seed`` see the prompts in the same order.
+        """
+        sampler = super()._get_train_sampler(dataset)
+        if self.args.data_seed is not None and getattr(sampler, "shuffle", False):
+            sampler.seed = self.args.data_seed
+            sampler.generator = torch.Generator()
+            sampler.generator.manual_seed(self.args.data_seed)
+        return sampler
+
     def _generate(self, prompts: list):
         """TRL's generation; keeps each completion's EOS flag and action length, read from the generated ids."""
         result = super()._generate(prompts)
@@ -251,6 +372,9 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         return self._rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        if self.length_critic is not None:  # warns once if the dataset's prompts are formatted unlike the LenVM's
+            self.length_critic.check_prompt_format(inputs[0], self.processing_class, chat_template=self.chat_template,
+                                                   chat_template_kwargs=self.chat_template_kwargs)
         output = super()._generate_and_score_completions(inputs)
         args = self.args
         mode = "train" if self.model.training else "eval"
@@ -262,11 +386,20 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         rank = self.accelerator.process_index
         local = slice(rank * len(lengths), (rank + 1) * len(lengths))  # this process's rows of the gathered batch
         all_lengths = self.accelerator.gather(lengths)
-        task_rewards = (self._rewards_per_func * self.reward_weights.to(self._rewards_per_func.device)).nansum(dim=1)
+        rewards_per_func = self._rewards_per_func
+        task_rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
+        # as TRL: a completion that every reward function returned None for is unscorable; its reward stays NaN
+        # (not nansum's 0), so the gates and Kimi's "correct" skip it, and its advantage is 0 below
+        unscorable = rewards_per_func.isnan().all(dim=1)
+        task_rewards = task_rewards.masked_fill(unscorable, torch.nan)
+        if not bool(action_mask.any()):
+            logger.warning(f"process {rank}: every completion of this batch is masked (all cut under "
+                           "mask_truncated_completions=True, or empty): no token takes an action, so the batch "
+                           "gives no policy gradient and its advantages are neither whitened nor scaled")
 
         critic_out = self._score_length(output, terminated, action_mask)
-        task_advantages = self._task_advantages(mode, output, task_rewards[local], terminated, action_mask,
-                                                critic_out)
+        task_advantages = self._task_advantages(mode, output, task_rewards[local].nan_to_num(0.0), terminated,
+                                                action_mask, critic_out)
 
         length_advantages = None
         if args.length_estimator == "lenvm" and args.length_mode == "advantage":
@@ -274,7 +407,9 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         elif args.length_estimator == "lenvm":
             length_advantages = discounted_returns(critic_out.shaping, action_mask, self.length_gamma)
         elif args.length_estimator == "group":
-            length_advantages = group_length_advantages(all_lengths, self.length_gamma, num_generations)[local]
+            final_values = self.accelerator.gather(critic_out.final_values) if self._twin_bootstraps else None
+            length_advantages = group_length_advantages(all_lengths, self.length_gamma, num_generations,
+                                                        final_values)[local]
         elif args.length_estimator == "kimi":
             correct = task_rewards >= args.length_correct_threshold
             length_advantages = group_centered(kimi_length_rewards(all_lengths, correct, num_generations),
@@ -286,16 +421,18 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         elif args.length_gate == "correct":
             gate = correct_gate(task_rewards, args.length_correct_threshold)[local]
 
-        if length_advantages is not None and args.length_coef != 0:
+        combined = length_advantages is not None and args.length_coef != 0
+        advantages = task_advantages
+        if combined:
             length_advantages = per_token_advantages(length_advantages, action_mask)
             if args.length_normalize == "batch":
                 length_advantages = scale_by_std(length_advantages, action_mask, *self._gather_rows(
                     length_advantages, action_mask))
             advantages = combine_advantages(task_advantages, length_advantages, args.length_coef, action_mask, gate)
-            self._log_advantage_share(mode, task_advantages, advantages, action_mask)
-            output["advantages"] = advantages
-        else:
-            output["advantages"] = task_advantages
+        scored = ~unscorable[local].view(-1, *(1,) * (advantages.dim() - 1))
+        output["advantages"] = torch.where(scored, advantages, 0.0)  # an unscorable completion carries no signal
+        if combined:
+            self._log_advantage_share(mode, task_advantages, output["advantages"], action_mask)
 
         mc_returns = None
         if critic_out is not None:  # the fresh Monte-Carlo returns (lam = 1, bootstrapped only at truncation)
@@ -331,16 +468,23 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         loss = self.accelerator.reduce(torch.tensor(losses[-1], device=self.accelerator.device), reduction="mean")
         self._metrics[mode]["length/critic_refit_loss"].append(loss.item())
 
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """The policy and, with a refit, the refit head in ``length_critic/value_head.safetensors``."""
+        super()._save(output_dir, state_dict)
+        if self.critic_optimizer is None or not self.args.should_save:
+            return
+        folder = os.path.join(output_dir if output_dir is not None else self.args.output_dir, CRITIC_DIR)
+        os.makedirs(folder, exist_ok=True)
+        head = {f"v_head.{k}": v.detach().cpu().contiguous()
+                for k, v in self.length_critic.model.v_head.state_dict().items()}
+        save_file(head, os.path.join(folder, VALUE_HEAD_FILE), metadata={"format": "pt"})
+
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        super()._save_checkpoint(model, trial)  # save_model(checkpoint-N) wrote the head
         if self.critic_optimizer is None or not self.args.should_save:
             return
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}",
                               CRITIC_DIR)
-        os.makedirs(folder, exist_ok=True)
-        head = {f"v_head.{k}": v.detach().cpu().contiguous()
-                for k, v in self.length_critic.model.v_head.state_dict().items()}
-        save_file(head, os.path.join(folder, "value_head.safetensors"), metadata={"format": "pt"})
         torch.save(self.critic_optimizer.state_dict(), os.path.join(folder, "optimizer.pt"))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -351,7 +495,7 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{checkpoint} has no {CRITIC_DIR}/ but length_critic_refit_steps > 0: it was not "
                                     "written by a refitting LengthAwareGRPOTrainer")
-        head = load_file(os.path.join(folder, "value_head.safetensors"))
+        head = load_file(os.path.join(folder, VALUE_HEAD_FILE))
         self.length_critic.model.v_head.load_state_dict({k.removeprefix("v_head."): v for k, v in head.items()})
         state = torch.load(os.path.join(folder, "optimizer.pt"), map_location=self.length_critic.device,
                            weights_only=True)

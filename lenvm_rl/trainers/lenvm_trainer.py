@@ -8,6 +8,7 @@ whole optimiser step: all gradient-accumulation micro-batches on all processes (
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -15,11 +16,16 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from lenvm_rl.core import boundary_weights, lambda_return_targets, value_regression_loss
+from lenvm_rl.data.prompts import format_mismatch
 from lenvm_rl.data.samplers import ShuffledLengthGroupedSampler
-from lenvm_rl.data.value_dataset import ValueDataCollator
+from lenvm_rl.data.value_dataset import ValueDataCollator, dataset_encoding
 from lenvm_rl.modeling import LenVM
+from lenvm_rl.modeling.vocabulary import check_vocabulary, vocabulary_hash
+from lenvm_rl.trainers.hardware import warn_if_slow_bf16
 
 __all__ = ["LenVMConfig", "LenVMTrainer"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,9 +103,12 @@ class LenVMTrainer(Trainer):
         data_collator: defaults to :class:`~lenvm_rl.data.ValueDataCollator`.
 
     Checkpoints are written in the reference layout (backbone + ``value_head.safetensors``) and
-    resume with ``trainer.train(resume_from_checkpoint=...)``. ``eval_loss`` is the value MSE: each
-    eval batch's token-mean MSE, averaged over batches by the ``Trainer``; the exact token-mean over
-    a whole held-out set is :func:`lenvm_rl.evaluation.evaluate_lenvm`.
+    resume with ``trainer.train(resume_from_checkpoint=...)``. They record how the training prompts became
+    ``s_0`` (the dataset's ``prompt_encoding``: raw or chat, the chat template's hash) and the tokenizer's
+    vocabulary hash. The tokenizer must have the vocabulary of the rollouts' sampler and of the LenVM's
+    backbone (:func:`~lenvm_rl.modeling.vocabulary.check_vocabulary`), or the trainer refuses to start.
+    ``eval_loss`` is the value MSE: each eval batch's token-mean MSE, averaged over batches by the
+    ``Trainer``; the exact token-mean over a whole held-out set is :func:`lenvm_rl.evaluation.evaluate_lenvm`.
     """
 
     def __init__(self, model: LenVM, args: LenVMConfig, train_dataset=None, eval_dataset=None,
@@ -110,6 +119,7 @@ class LenVMTrainer(Trainer):
             raise TypeError(f"args must be a LenVMConfig, got {type(args).__name__}")
         if args.freeze_backbone:
             model.backbone.requires_grad_(False)
+        _record_encoding(model, processing_class, train_dataset, eval_dataset)
         if data_collator is None:
             pad_id = getattr(processing_class, "pad_token_id", None)
             data_collator = ValueDataCollator(gamma=model.gamma, pad_token_id=pad_id or 0, censored=args.censored)
@@ -117,6 +127,7 @@ class LenVMTrainer(Trainer):
                          processing_class=processing_class, data_collator=data_collator, **kwargs)
         # compute_loss divides by the target positions of the whole step; the Trainer must not rescale.
         self.model_accepts_loss_kwargs = True
+        warn_if_slow_bf16(args.bf16, self.accelerator.device)
 
     def _get_train_sampler(self, train_dataset=None):
         """Length-grouped batches in random order, from a seeded generator (a resumed run sees the same order).
@@ -187,3 +198,38 @@ class LenVMTrainer(Trainer):
         model = self.accelerator.unwrap_model(model or self.model)
         saved = LenVM.from_pretrained(resume_from_checkpoint, dtype=next(model.backbone.parameters()).dtype)
         model.load_state_dict(saved.state_dict())
+
+
+def _record_encoding(model: LenVM, processing_class, train_dataset, eval_dataset) -> None:
+    """Refuse data or a tokenizer of another vocabulary; record the training data's prompt format in ``model``."""
+    check_vocabulary(processing_class, model, names=("the tokenizer (processing_class)", "the LenVM's backbone"),
+                     advice="give the tokenizer of the LenVM's backbone")
+    evals = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
+    encodings = {name: dataset_encoding(d) for name, d in (("train_dataset", train_dataset),
+                                                         *(("eval_dataset", d) for d in evals))}
+    for name, encoding in encodings.items():
+        if encoding is None:
+            continue
+        if encoding.vocabulary_hash is None and encoding.sampler is not None:
+            logger.warning("the %s's rollouts do not record their sampler's vocabulary (written before it was "
+                           "recorded) and the sampler %s has no local tokenizer: the vocabulary is not checked",
+                           name, encoding.sampler)
+        check_vocabulary(processing_class if processing_class is not None else model,
+                         (encoding.sampler, encoding.vocabulary_hash),
+                         names=("the backbone's tokenizer", f"the sampler of the {name}'s rollouts"),
+                         advice="a LenVM learns the lengths of its own backbone's token ids: sample the rollouts "
+                                "with the policy whose backbone (and tokenizer) the LenVM starts from")
+    train = encodings["train_dataset"]
+    if train is not None:
+        why = format_mismatch(model, train.prompt_format, train.chat_template_hash)
+        if why:
+            logger.warning("%s; the checkpoint will record the training data's format", why)
+        model.prompt_format, model.chat_template_hash = train.prompt_format, train.chat_template_hash
+        for name, encoding in encodings.items():
+            why = encoding and format_mismatch(model, encoding.prompt_format, encoding.chat_template_hash)
+            if why:
+                logger.warning("%s: %s", name, why)
+    if processing_class is not None:
+        model.vocabulary_hash = vocabulary_hash(processing_class)
+    elif train is not None and train.vocabulary_hash is not None:
+        model.vocabulary_hash = train.vocabulary_hash

@@ -11,8 +11,9 @@ One PPO iteration, top to bottom:
    scores them with the reward functions.
 2. Rewards per token (:func:`~lenvm_rl.core.ppo_token_rewards`): ``-kl_coef * KL_t`` at every action,
    plus the task score at the last one (minus ``missing_eos_penalty`` if the completion never ended).
-3. GAE (:func:`~lenvm_rl.core.gae`) on the task critic's values, with ``V = 0`` after an EOS and the
-   bootstrap ``V(s_T)`` after a truncation; optional whitening (:func:`~lenvm_rl.core.whiten`).
+3. GAE (:func:`~lenvm_rl.core.task_gae`) on the task critic's values, ending at the last token of every
+   completion (``V = 0`` after it, after EOS and truncation alike: the reward function has scored the cut
+   text already); optional whitening (:func:`~lenvm_rl.core.whiten`).
 4. The length term, as in GRPO: ``A_t = A_task_t + s * gate * A_len_t``, with ``A_len`` from the frozen
    LenVM (its own gamma and ``length_lam``) or a sequence-level twin.
 5. ``num_ppo_epochs`` passes over ``num_mini_batches`` mini-batches, each one optimizer step of
@@ -26,13 +27,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from dataclasses import dataclass, field
+import textwrap
+from dataclasses import dataclass, field, fields
 
 import torch
 from accelerate.utils import broadcast, is_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOConfig
 from trl.trainer.utils import add_fused_lm_head
 
 from lenvm_rl.core import (
@@ -41,10 +44,10 @@ from lenvm_rl.core import (
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
-    gae,
     kl_estimate,
     masked_mean,
     ppo_token_rewards,
+    task_gae,
     whiten,
 )
 from lenvm_rl.core.losses import KL_ESTIMATORS
@@ -56,9 +59,21 @@ __all__ = ["PPOConfig", "PPOTrainer"]
 
 TASK_CRITIC_MODES = ("head", "lora", "separate")
 VALUE_MODEL_DIR = "value_model"
-"""Subdirectory of the output directory (and of each checkpoint) holding the task critic."""
+"""Subdirectory of each checkpoint (and of the saved model, with ``save_value_model``) holding the task critic."""
 VALUE_STATE_DIR = "value_model_state"
 """Subdirectory of a checkpoint holding the critic's trainable tensors, optimizer and scheduler (for resuming)."""
+UNIMPLEMENTED_GRPO_SETTINGS = {
+    "loss_type": "PPO's policy loss is the clipped surrogate of cliprange, a token mean over each mini-batch",
+    "epsilon_high": "PPO clips the ratio symmetrically, to [1 - cliprange, 1 + cliprange]",
+    "delta": "PPO clips the ratio with cliprange only",
+    "importance_sampling_level": "PPO's policy ratios are per token",
+    "top_entropy_quantile": "PPO's loss counts every action token",
+    "entropy_coef": "PPO's loss has no entropy bonus (ppo/entropy is only logged)",
+    "use_adaptive_entropy": "PPO's loss has no entropy bonus (ppo/entropy is only logged)",
+    "off_policy_mask_threshold": "PPO masks no sequences",
+}
+"""Settings of TRL's GRPO loss that PPO's loss does not implement: ``PPOConfig`` refuses any value but GRPOConfig's
+default. (``vllm_importance_sampling_correction`` is implemented: the policy loss takes TRL's ratio.)"""
 
 
 @dataclass
@@ -105,8 +120,13 @@ class PPOConfig(LengthAwareGRPOConfig):
     length_estimator: str = field(default="lenvm", metadata={
         "help": "As in LengthAwareGRPOConfig: 'lenvm' (token-level A_len from value_model=LenVMCritic), 'group', "
                 "'kimi' or 'none'."})
+    save_value_model: bool = field(default=False, metadata={
+        "help": "Also write the task critic to value_model/ when the final model is saved (save_model, and so "
+                "push_to_hub, which uploads output_dir). Checkpoints always hold value_model/ and "
+                "value_model_state/, for resuming. In 'separate' mode the critic is a full copy of the policy."})
 
     def __post_init__(self):
+        self._refuse_unimplemented_grpo_settings()
         for name, value, allowed in (("task_critic", self.task_critic, TASK_CRITIC_MODES),
                                      ("kl_estimator", self.kl_estimator, KL_ESTIMATORS)):
             if value not in allowed:
@@ -147,6 +167,15 @@ class PPOConfig(LengthAwareGRPOConfig):
         if num_generations == 1 and (self.length_estimator in ("group", "kimi") or self.length_gate == "pass_rate"):
             raise ValueError(f"length_estimator={self.length_estimator!r} / length_gate={self.length_gate!r} compare "
                              "completions of one prompt: set num_generations >= 2")
+
+    def _refuse_unimplemented_grpo_settings(self) -> None:
+        """GRPO's loss settings that PPO's loss would silently ignore are refused unless at GRPOConfig's default."""
+        defaults = {f.name: f.default for f in fields(GRPOConfig)}
+        for name, reason in UNIMPLEMENTED_GRPO_SETTINGS.items():
+            value, default = getattr(self, name), defaults[name]
+            if value != default:
+                raise ValueError(f"PPOConfig does not implement {name}={value!r}: {reason}. Leave {name} at its "
+                                 f"default ({default!r}), or use LengthAwareGRPOConfig for GRPO's loss variants")
 
     def _set_grpo_batching(self) -> None:
         """Before GRPO's checks: mini-batches to GRPO's ``steps_per_generation``, unless the rollout size is given."""
@@ -193,13 +222,34 @@ class PPOTrainer(LengthAwareGRPOTrainer):
             - ``None``: a task critic copied from the policy (``TaskValueModel.from_model``).
         ref_model: the KL reference. Default: a frozen copy of the policy, or the policy with its adapter
             disabled under PEFT. Unused when ``kl_coef = 0``.
+        Every model given (critics, LenVM, reference) is moved to the accelerator's device, but a ``LenVMCritic``
+        pinned with ``device=`` stays there and hands its outputs over (:func:`~lenvm_rl.critics.place_critic`).
 
     Logged (besides TRL's and the length metrics of ``LengthAwareGRPOTrainer``): ``ppo/policy_loss``,
     ``ppo/value_loss``, ``ppo/entropy``, ``ppo/clip_fraction``, ``ppo/approx_kl``, ``ppo/kl`` (to the
-    reference), ``ppo/explained_variance`` of the task critic and ``ppo/return`` (TRL's ``reward`` is the task score).
+    reference), ``ppo/explained_variance`` of the task critic and ``ppo/return`` (TRL's ``reward`` is the task score);
+    under fp16 loss scaling, ``ppo/value_step_skipped`` (the critic's overflowing steps).
+
+    Saved: checkpoints hold ``value_model/`` and ``value_model_state/``; ``save_model`` (and so ``push_to_hub``)
+    writes the policy alone unless ``save_value_model=True``. The model card names PPO and records the length term.
     """
 
     loss_is_scaled_for_ga = False  # the loss is a mini-batch mean; Trainer divides by the accumulation steps
+    _tag_names = ["trl", "ppo", "lenvm-rl"]
+    _name = "PPO"
+    _paper = {
+        "title": "Fine-Tuning Language Models from Human Preferences",
+        "id": "1909.08593",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{mziegler2019fine-tuning,
+                title        = {{Fine-Tuning Language Models from Human Preferences}},
+                author       = {Daniel M. Ziegler and Nisan Stiennon and Jeffrey Wu and Tom B. Brown and
+                                Alec Radford and Dario Amodei and Paul F. Christiano and Geoffrey Irving},
+                year         = 2019,
+                eprint       = {arXiv:1909.08593},
+            }"""),
+    }
 
     def __init__(self, model, reward_funcs=None, args: PPOConfig | None = None, train_dataset=None,
                  processing_class=None, value_model=None, ref_model=None, peft_config=None, callbacks=None, **kwargs):
@@ -235,9 +285,16 @@ class PPOTrainer(LengthAwareGRPOTrainer):
         finally:
             args.beta = kl_coef
         self.beta = kl_coef
+        if args.fp16 and self.is_deepspeed_enabled:
+            raise ValueError("fp16 with DeepSpeed scales the loss inside DeepSpeed's engine, where the task critic's "
+                             "own optimizer cannot unscale it: use bf16=True, or fp16 without DeepSpeed")
         if ref_model is not None:
             self.ref_model = self._prepare_reference(ref_model)
-        self.task_critic = (task_critic or self._build_task_critic()).to(self.accelerator.device)
+        task_critic = task_critic or self._build_task_critic()
+        # a LoRA task critic is an adapter on the LenVM's backbone, so it sits where the LenVM sits (a pinned
+        # critic's device, else the accelerator's); any other task critic goes to the accelerator's device
+        shares_lenvm = self.length_critic is not None and task_critic.mode == "lora"
+        self.task_critic = task_critic.to(self.length_critic.device if shares_lenvm else self.accelerator.device)
         if self.accelerator.num_processes > 1:  # one critic everywhere (a LoRA init draws per-process randomness)
             with torch.no_grad():
                 for param in self.task_critic.parameters():
@@ -247,6 +304,7 @@ class PPOTrainer(LengthAwareGRPOTrainer):
             [p for p in self.task_critic.parameters() if p.requires_grad],
             lr=args.critic_learning_rate or args.learning_rate, weight_decay=args.weight_decay)
         self.value_scheduler = None
+        self._saving_checkpoint = False
 
     # ------------------------------------------------------------------ construction
     def _build_task_critic(self) -> TaskValueModel:
@@ -291,7 +349,7 @@ class PPOTrainer(LengthAwareGRPOTrainer):
             from trl.models import prepare_deepspeed
 
             return prepare_deepspeed(ref_model, self.accelerator)
-        return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        return self.accelerator.prepare_model(ref_model.to(self.accelerator.device), evaluation_mode=True)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         scheduler = super().create_scheduler(num_training_steps, optimizer)
@@ -331,11 +389,9 @@ class PPOTrainer(LengthAwareGRPOTrainer):
 
         if self.task_critic.mode == "head":  # cached: the mini-batches reuse the rollout's trunk states
             output["critic_hidden_states"] = critic_out.hidden_states
-            output["critic_final_hidden_states"] = critic_out.final_hidden_states
         with torch.no_grad():
-            values, final_values = self._task_values(output)
-        final_values = torch.where(terminated, 0.0, final_values)  # V = 0 after EOS, bootstrap after truncation
-        advantages, returns = gae(rewards, values, action_mask, final_values, args.gamma, args.lam)
+            values = self._task_values(output)
+        advantages, returns = task_gae(rewards, values, action_mask, args.gamma, args.lam)  # V = 0 after the last
         output["values"] = torch.where(action_mask, values, 0.0)
         output["returns"] = returns
         output.pop("ref_per_token_logps", None)  # the KL is in the reward now
@@ -349,18 +405,18 @@ class PPOTrainer(LengthAwareGRPOTrainer):
             explained_variance(values_all, gathered(returns, action_mask)[0], mask_all).item())
         return whiten(advantages, action_mask) if args.whiten_advantages else advantages
 
-    def _task_values(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Task values (B, T) at the states ``s_t`` and (B,) at ``s_T``: with grad when grad is enabled."""
+    def _task_values(self, batch) -> torch.Tensor:
+        """Task values (B, T) at the states ``s_t`` (none at ``s_T``: the task GAE ends at the last token), with
+        grad when grad is enabled."""
         critic = self.task_critic
         if critic.mode == "head":
-            hidden, final_hidden = batch["critic_hidden_states"], batch["critic_final_hidden_states"]
+            hidden = batch["critic_hidden_states"]
         else:
             input_ids, attention_mask, state_index, last_index = completion_layout(
                 batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"],
-                self.accelerator.device)
-            hidden, final_hidden = gather_states(critic.hidden_states(input_ids, attention_mask), state_index,
-                                                 last_index)
-        return critic(hidden), critic(final_hidden)
+                critic.score.weight.device)
+            hidden, _ = gather_states(critic.hidden_states(input_ids, attention_mask), state_index, last_index)
+        return critic(hidden).to(self.accelerator.device)  # from a pinned LenVM's device in 'lora' mode
 
     def _policy_logps(self, model, batch, compute_entropy: bool = False):
         """TRL's per-token log-probs (B, T) of the completion tokens, and their entropies when asked."""
@@ -378,8 +434,11 @@ class PPOTrainer(LengthAwareGRPOTrainer):
             mask = mask & inputs["tool_mask"].bool()
         logps, entropies = self._policy_logps(model, inputs, compute_entropy=True)
         old_logps = inputs["old_per_token_logps"]
-        policy_loss = clipped_policy_loss(logps, old_logps, inputs["advantages"], mask, args.cliprange)
-        values, _ = self._task_values(inputs)
+        # vLLM's sampler is not pi_old: TRL's truncated ratio pi_old / pi_vLLM weighs each token, as in TRL's loss
+        is_ratio = (inputs["importance_sampling_ratio"] if self.use_vllm and self.vllm_importance_sampling_correction
+                    else None)
+        policy_loss = clipped_policy_loss(logps, old_logps, inputs["advantages"], mask, args.cliprange, is_ratio)
+        values = self._task_values(inputs)
         value_loss = clipped_value_loss(values, inputs["values"], inputs["returns"], mask, args.cliprange_value)
         loss = policy_loss + args.vf_coef * value_loss
 
@@ -400,30 +459,54 @@ class PPOTrainer(LengthAwareGRPOTrainer):
         return loss
 
     def _value_optimizer_step(self) -> None:
-        """Average the critic's gradients over processes, clip them, and step its optimizer and scheduler."""
+        """Average the critic's gradients over processes, unscale and clip them, and step its optimizer and scheduler.
+
+        Under fp16 the backward pass ran on the loss times the policy's loss scale, which the critic's gradients
+        share: they are divided by it here, and a step whose gradients overflowed (inf or NaN) is skipped, optimizer
+        and scheduler alike, as the policy's ``GradScaler`` skips its own (``ppo/value_step_skipped``).
+        """
         params = [p for p in self.task_critic.parameters() if p.requires_grad]
         for param in params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             if self.accelerator.num_processes > 1:
                 param.grad = self.accelerator.reduce(param.grad, reduction="mean")
-        if self.args.max_grad_norm is not None and self.args.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
-        self.value_optimizer.step()
-        if self.value_scheduler is not None:
-            self.value_scheduler.step()
+        skipped = False
+        scaler = self.accelerator.scaler
+        if scaler is not None and scaler.is_enabled():
+            inverse_scale = 1.0 / scaler.get_scale()
+            for param in params:
+                param.grad.mul_(inverse_scale)
+            skipped = not torch.stack([param.grad.isfinite().all() for param in params]).all().item()
+            self._metrics["train"]["ppo/value_step_skipped"].append(float(skipped))
+        if not skipped:
+            if self.args.max_grad_norm is not None and self.args.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+            self.value_optimizer.step()
+            if self.value_scheduler is not None:
+                self.value_scheduler.step()
         self.value_optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ saving and resuming
     def _save(self, output_dir: str | None = None, state_dict=None):
+        """The policy; the task critic too (``value_model/``) in a checkpoint, or when ``save_value_model`` is set.
+
+        ``save_model(output_dir)`` writes the folder that ``push_to_hub`` uploads, so the critic (a whole policy
+        copy in 'separate' mode) stays out of it unless asked for.
+        """
         super()._save(output_dir, state_dict)
         if not self.args.should_save:  # transformers calls _save on every process; one writes
             return
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        self.task_critic.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
+        if self._saving_checkpoint or self.args.save_value_model:
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            self.task_critic.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        self._saving_checkpoint = True  # Trainer's checkpoint calls save_model(checkpoint-N): keep value_model/ there
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
         if not self.args.should_save:
             return
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}",

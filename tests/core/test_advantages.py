@@ -17,6 +17,7 @@ from lenvm_rl.core.advantages import (
     kimi_length_rewards,
     pass_rate_gate,
     scale_by_std,
+    whiten,
 )
 from lenvm_rl.core.metrics import masked_std
 
@@ -113,6 +114,26 @@ def test_scale_by_std_by_hand():
     mask = torch.tensor([[True, True, False]])
     assert_close(scale_by_std(x, mask, reference, reference_mask, eps=0.0), [[0.5, 1.5, 0.0]])
     assert_close(scale_by_std(x, mask, reference, reference_mask), [[1.0 / 2.0001, 3.0 / 2.0001, 0.0]])
+
+
+def test_whiten_by_hand():
+    # valid entries [1, 3, 5, 7] (garbage at the masked ones): mean 4, population variance 5
+    x = t([[1.0, 3.0, NAN], [5.0, 100.0, 7.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 1]])
+    expected = [[-3.0 / math.sqrt(5.0), -1.0 / math.sqrt(5.0), 0.0], [1.0 / math.sqrt(5.0), 0.0, 3.0 / math.sqrt(5.0)]]
+    assert_close(whiten(x, mask, eps=1e-12), expected)
+    assert_close(whiten(x, mask, eps=1.0), [[v * math.sqrt(5.0) / math.sqrt(6.0) for v in row] for row in expected])
+
+
+def test_all_masked_batches_skip_the_whitening_and_the_scaling():
+    """Every completion masked (all cut under mask_truncated_completions=True): no std, so x comes back as is."""
+    x = t([[1.0, NAN, 3.0], [4.0, 5.0, -6.0]])
+    none = torch.zeros(2, 3, dtype=torch.bool)
+    for out in (whiten(x, none), scale_by_std(x, none, x, none)):
+        assert out.dtype == torch.float32 and torch.equal(out, torch.zeros(2, 3))
+    # an empty reference (every process masked) leaves the local advantages unscaled
+    mask = torch.tensor([[1, 0, 1], [0, 0, 0]])
+    assert_close(scale_by_std(x, mask, x, none), [[1.0, 0.0, 3.0], [0.0, 0.0, 0.0]])
 
 
 def test_discounted_returns_by_hand():
@@ -280,8 +301,6 @@ def test_scale_by_std_and_discounted_returns_bad_inputs():
         scale_by_std(x, torch.ones(2, 4), x, x)
     with pytest.raises(ValueError, match=r"reference_mask has shape \(5,\) but reference has shape \(4,\)"):
         scale_by_std(x, x, torch.ones(4), torch.ones(5))
-    with pytest.raises(ValueError, match=r"reference_mask has no nonzero entry"):
-        scale_by_std(x, x, x, torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"eps must be >= 0"):
         scale_by_std(x, x, x, x, eps=-1e-4)
     with pytest.raises(ValueError, match=r"x must be 2-D"):

@@ -7,7 +7,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lenvm_rl.core.decoding import constraint_mask, select_candidates, soft_equal, soft_equal_beta, tilt
+from lenvm_rl.core.decoding import (
+    add_end_candidate,
+    constraint_mask,
+    remaining_target,
+    select_candidates,
+    soft_equal,
+    soft_equal_beta,
+    tilt,
+)
 
 FAST = settings(max_examples=50, deadline=None)
 INF = math.inf
@@ -52,6 +60,52 @@ def test_select_candidates_min_p_and_banned_tokens():
 def test_select_candidates_top_k_larger_than_vocab():
     ids, _, mask = select_candidates(t([[1.0, 2.0]]), top_k=16)
     assert ids.tolist() == [[1, 0]] and mask.all()
+
+
+# probabilities 0.4, 0.3, 0.2, 0.06, 0.03, 0.01 over tokens 0..5; top-3 are tokens 0, 1, 2
+SIX = logp([[0.4, 0.3, 0.2, 0.06, 0.03, 0.01]])
+
+
+def test_add_end_candidate_appends_the_most_probable_end_token_where_forced():
+    ids, lp, mask = select_candidates(SIX, top_k=3)
+    ends = torch.tensor([5, 4])  # token 4 (p 0.03) is the more probable end token
+    new_ids, new_lp, new_mask = add_end_candidate(SIX, ids, lp, mask, ends, True)
+    assert new_ids.tolist() == [[0, 1, 2, 4]] and new_mask.tolist() == [[True, True, True, True]]
+    assert new_lp[0, 3].item() == pytest.approx(math.log(0.03), abs=1e-6)
+    torch.testing.assert_close(new_lp[:, :3], lp)
+    # not forced: the column is there but out of the set
+    _, _, off = add_end_candidate(SIX, ids, lp, mask, ends, False)
+    assert off.tolist() == [[True, True, True, False]]
+
+
+def test_add_end_candidate_unmasks_an_end_token_already_among_the_candidates():
+    ids, lp, mask = select_candidates(SIX, top_k=4, min_p=0.4)  # keeps p >= 0.16: tokens 0, 1, 2, not 3
+    assert mask.tolist() == [[True, True, True, False]]
+    new_ids, _, new_mask = add_end_candidate(SIX, ids, lp, mask, torch.tensor([3]), True)
+    assert new_ids.tolist() == [[0, 1, 2, 3, 3]]  # the repeat stays out of the set
+    assert new_mask.tolist() == [[True, True, True, True, False]]
+
+
+def test_add_end_candidate_per_row_and_never_a_banned_token():
+    logits = torch.cat([SIX, SIX.clone()])
+    logits[1, 4] = -INF  # banned in row 1 (e.g. by min_new_tokens)
+    ids, lp, mask = select_candidates(logits, top_k=3)
+    _, new_lp, new_mask = add_end_candidate(logits, ids, lp, mask, torch.tensor([4]), t([True, True], torch.bool))
+    assert new_mask[:, 3].tolist() == [True, False] and new_lp[1, 3].item() == -INF
+    _, _, rows = add_end_candidate(SIX.expand(2, -1), *select_candidates(SIX.expand(2, -1), top_k=3),
+                                   torch.tensor([4]), t([False, True], torch.bool))
+    assert rows[:, 3].tolist() == [False, True]
+    with pytest.raises(ValueError, match="end_ids is empty"):
+        add_end_candidate(SIX, ids[:1], lp[:1], mask[:1], torch.tensor([], dtype=torch.long), True)
+
+
+def test_equal_and_at_most_end_at_the_target_once_the_end_token_is_a_candidate():
+    ids, lp, mask = select_candidates(SIX, top_k=3)
+    _, _, mask = add_end_candidate(SIX, ids, lp, mask, torch.tensor([5]), True)
+    lengths = t([[4.0, 2.0, 9.0, 0.0]])  # the end token's remaining length is 0
+    for constraint in ("equal", "at_most"):
+        for remaining in (0, -2):  # at the target, or past it
+            assert constraint_mask(lengths, mask, constraint, remaining)[0].tolist() == [False, False, False, True]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -167,6 +221,20 @@ def test_constraint_picks_one_candidate_of_the_set(lengths, remaining, constrain
     best = {"equal": (allowed - remaining).abs().min(), "at_most": allowed.min(), "at_least": allowed.max()}[constraint]
     value = abs(picked - remaining) if constraint == "equal" else picked
     assert value == pytest.approx(best.item())
+
+
+def test_remaining_target_counts_eos_and_differs_from_the_reference_by_one():
+    # target 10 tokens with EOS; 6 generated, so a candidate makes 7 and 3 more (EOS included) end at 10
+    assert remaining_target(10, 6) == 3
+    assert remaining_target(10, 0) == 9 and remaining_target(10, 9) == 0 and remaining_target(10, 12) == -3
+    # candidates predicting 2, 3 and 4 more tokens: "equal" picks the one that ends at exactly 10 (7 + 3) ...
+    lengths, every = t([[2.0, 3.0, 4.0]]), torch.ones(1, 3, dtype=torch.bool)
+    assert constraint_mask(lengths, every, "equal", remaining_target(10, 6))[0].tolist() == [False, True, False]
+    # ... where the reference's r = T - t = 4 picks the one that ends at 11: its target_length 10 is our 11
+    assert constraint_mask(lengths, every, "equal", 10 - 6)[0].tolist() == [False, False, True]
+    assert constraint_mask(lengths, every, "equal", remaining_target(11, 6))[0].tolist() == [False, False, True]
+    with pytest.raises(ValueError, match="generated must be >= 0"):
+        remaining_target(10, -1)
 
 
 def test_unknown_constraint_names_the_argument():

@@ -159,8 +159,6 @@ def test_whiten_by_hand_and_bad_input():
     x = torch.tensor([[1.0, 3.0, 100.0]])
     mask = torch.tensor([[True, True, False]])
     torch.testing.assert_close(whiten(x, mask, eps=1e-12), torch.tensor([[-1.0, 1.0, 0.0]]))
-    with pytest.raises(ValueError, match="mask has no nonzero entry"):
-        whiten(x, torch.zeros_like(mask))
     with pytest.raises(ValueError, match="clip_range must be a number > 0"):
         clipped_policy_loss(x, x, x, mask, 0.0)
     with pytest.raises(ValueError, match="old_logprobs"):

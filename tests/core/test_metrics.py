@@ -11,6 +11,7 @@ from lenvm_rl.core.length_math import return_consistent_length
 from lenvm_rl.core.metrics import (
     explained_variance,
     fit_linear,
+    lifebench_word_count,
     masked_mean,
     masked_std,
     mean_and_standard_error,
@@ -281,3 +282,33 @@ def test_baseline_functions_validate_their_inputs():
         noise_floor_relative_errors(torch.ones(1, 2), 0.9, num_bootstrap=2.5)
     with pytest.raises(ValueError, match="a split half of lengths row 0 has a return-consistent length of 0"):
         split_half_relative_errors(t([[0.0, 3.0]]), 0.9)
+
+
+# ============================================================================ LIFEBench word count
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", 0),
+    ("Hello, world!", 2),
+    ("  two\n\nlines\tand   tabs ", 4),
+    ("don't stop", 2),  # an apostrophe stays inside a word
+    ("state-of-the-art", 1),  # so does a hyphen
+    ("3.14 and 42", 4),  # "3", "14", "and", "42"
+    ("... -- !!", 0),  # punctuation alone is no word, a run of hyphens included (no word boundary)
+    ("中文 abc", 3),  # each CJK character is a word
+    ("中文abc", 2),  # a Latin run glued to a CJK character is not counted, as in LIFEBench
+    ("café", 0),  # "caf" does not end at a word boundary (é is a word character)
+])
+def test_lifebench_word_count_by_hand(text, words):
+    assert lifebench_word_count(text) == words
+
+
+@FAST
+@given(st.lists(st.text(alphabet="ab Z9'-.,_\né中文", max_size=12), max_size=4))
+def test_lifebench_word_count_adds_over_whitespace_joined_texts(parts):
+    assert lifebench_word_count(" ".join(parts)) == sum(lifebench_word_count(p) for p in parts)
+
+
+def test_lifebench_word_count_refuses_non_text():
+    with pytest.raises(TypeError, match="text must be a str"):
+        lifebench_word_count(["a", "b"])

@@ -5,8 +5,9 @@ import pytest
 import torch
 from conftest import tiny_backbone
 
-from lenvm_rl.data import load_prompts
+from lenvm_rl.data import chat_template_hash, load_prompts
 from lenvm_rl.data.rollouts import RolloutConfig, finish_reasons, read_rollouts, resolve_backend, sample_rollouts
+from lenvm_rl.modeling.vocabulary import vocabulary_hash
 
 EOS = 2
 
@@ -52,7 +53,8 @@ def test_records_hold_everything_and_lengths_are_exact(policy, smollm2_tokenizer
         else:
             assert r["finish_reason"] == "length" and not eos_at and r["completion_length"] == 6
         assert r["sampler"] == {"model": "tiny", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 6,
-                                "seed": 0, "backend": "hf"}
+                                "seed": 0, "backend": "hf", "vocabulary_hash": vocabulary_hash(smollm2_tokenizer),
+                                "chat_template_hash": chat_template_hash(smollm2_tokenizer)}
     assert {r["finish_reason"] for r in records} == {"eos", "length"}
 
 
@@ -139,7 +141,7 @@ def test_prompt_sources_and_their_errors(tmp_path):
     from datasets import Dataset
 
     ds = Dataset.from_dict({"question": ["a?", "b?", "c?"]})
-    assert load_prompts(ds, prompt_column="question", offset=1, limit=1) == [[{"role": "user", "content": "b?"}]]
+    assert load_prompts(ds, prompt_column="question", offset=1, limit=1) == ["b?"]  # a string stays raw text
     path = tmp_path / "p.jsonl"
     path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     assert load_prompts(path) == [[{"role": "user", "content": "hi"}]]

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import re
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,11 +16,17 @@ from lenvm_rl import LenVM
 from lenvm_rl.core import length_to_value
 from lenvm_rl.decoding import (
     GuidedCompletion,
+    LengthReport,
+    answer_length,
+    average_over_targets,
     budget_baseline,
+    evaluation,
     horizon_shifts,
     length_instruction,
     length_report,
+    length_score_benchmark,
     length_tokens,
+    lenvm_token_target,
     plot_tradeoff,
     trace_html,
     trace_td_residuals,
@@ -104,6 +111,79 @@ def test_length_report_standard_errors_hand_computed():
 def test_length_instruction_appends_the_target():
     messages = length_instruction("What is 2 + 2?", 64, "at_most")
     assert messages == [{"role": "user", "content": "What is 2 + 2?\n\nAnswer in at most 64 tokens."}]
+    words = length_instruction("Tell a story.", 100, "equal", unit="words")
+    assert words[-1]["content"] == "Tell a story.\n\nAnswer in exactly 100 words."
+    with pytest.raises(ValueError, match="unit must be one of"):
+        length_instruction("Hi", 5, "equal", unit="characters")
+
+
+def test_length_report_drops_answers_of_one_word_or_fewer_as_lifebench():
+    # lengths 0, 1 dropped; 50 and 150 at target 100 score 100 e^-2.5 and 100 e^-1
+    report = length_report([0, 1, 50, 150], 100, "equal", drop_short=True)
+    assert (report.n, report.dropped) == (2, 2) and report.mean_length == 100.0
+    assert report.score == pytest.approx((100 * math.exp(-2.5) + 100 * math.exp(-1.0)) / 2, rel=1e-6)
+    assert report.abs_deviation == pytest.approx(0.5) and report.deviation == pytest.approx(0.0)
+    everything = length_report([0, 1, 50, 150], 100, "equal")
+    assert (everything.n, everything.dropped) == (4, 0)
+    gone = length_report([1, 0], 10, "equal", drop_short=True)
+    assert (gone.n, gone.dropped) == (0, 2) and math.isnan(gone.score) and math.isnan(gone.mean_length)
+
+
+def test_answer_length_counts_tokens_before_eos_or_lifebench_words():
+    ended = GuidedCompletion(prompt="p", text="Hello, world! 中文", token_ids=[7] * 6, length=6, finish_reason="eos")
+    cut = GuidedCompletion(prompt="p", text="one two", token_ids=[7] * 6, length=6, finish_reason="length")
+    assert answer_length(ended) == 5 and answer_length(cut) == 6  # the EOS is no token of the answer
+    assert answer_length(ended, "words") == 4 and answer_length(cut, "words") == 2
+
+
+def test_lenvm_token_target_adds_the_eos():
+    assert lenvm_token_target(32) == 33  # 32 answer tokens, then EOS
+    assert lenvm_token_target(10, "words") == 11  # the reference's client: a word target as a token target
+    assert lenvm_token_target(10, "words", tokens_per_word=1.34) == 14  # round(13.4) + 1
+    for bad, message in ((dict(target=0), "target must be a positive integer"),
+                         (dict(target=5, unit="words", tokens_per_word=0.0), "tokens_per_word must be > 0")):
+        with pytest.raises(ValueError, match=message):
+            lenvm_token_target(**bad)
+
+
+def _report(score):
+    return LengthReport(score=score, deviation=0.0, abs_deviation=0.0, mean_length=1.0, n=1)
+
+
+def test_average_over_targets_weighs_every_target_the_same():
+    results = {32: {"lenvm": _report(40.0), "prompt-only": _report(10.0)},
+               64: {"lenvm": _report(60.0), "prompt-only": _report(math.nan)},  # every answer dropped
+               128: {"lenvm": _report(20.0), "prompt-only": _report(30.0)}}
+    assert average_over_targets(results) == {"lenvm": pytest.approx(40.0), "prompt-only": pytest.approx(20.0)}
+
+
+def test_length_score_benchmark_gives_the_lenvm_arm_the_instructed_prompt(smollm2_tokenizer, monkeypatch):
+    vocab = len(smollm2_tokenizer)
+    policy = tiny_backbone("llama", vocab_size=vocab, seed=0)
+    lenvm = LenVM(tiny_backbone("llama", vocab_size=vocab, seed=1), gamma=GAMMA).eval()
+    calls = []
+
+    def recording_generate(policy, tokenizer, prompts, **kwargs):  # the real generate, its arguments recorded
+        out = guided_generate(policy, tokenizer, prompts, **kwargs)
+        calls.append((prompts, kwargs, out))
+        return out
+
+    guided_generate = evaluation.guided_generate
+    monkeypatch.setattr(evaluation, "guided_generate", recording_generate)
+    prompts = ["What is 2 + 2?", "Hi"]
+    results = length_score_benchmark(policy, smollm2_tokenizer, lenvm, prompts, [3, 4], unit="tokens", top_k=4,
+                                     max_new_tokens_factor=1.0)
+    assert len(calls) == 6 and list(results) == [3, 4]
+    for i, target in enumerate([3, 4]):
+        (plain, _, _), (instructed, base, _), (guided, kwargs, out) = calls[3 * i : 3 * i + 3]
+        assert plain == prompts and instructed == guided == [length_instruction(p, target) for p in prompts]
+        assert kwargs["guidance"].target == target + 1 and kwargs["max_new_tokens"] == target + 1
+        assert kwargs["guidance"].min_p == base["guidance"].min_p == 0.1  # the same candidate set in every arm
+        lengths = [c.length - (c.finish_reason == "eos") for c in out]
+        kept = [n for n in lengths if n > 1]
+        report = results[target]["lenvm"]
+        assert (report.n, report.dropped) == (len(kept), len(lengths) - len(kept))
+        assert report.mean_length == pytest.approx(sum(kept) / len(kept))
 
 
 def _completion(length, reason="eos", text=""):
@@ -188,7 +268,8 @@ def test_bench_length_score_and_tradeoff_resume_and_refuse_other_arguments(smoll
                   offset=200, num_prompts=2, sample=True, temperature=0.7, seed=0)
 
     out = tmp_path / "ls.json"
-    ls_args = SimpleNamespace(**common, targets=[2, 3], max_factor=1.0, output=str(out))
+    ls_args = SimpleNamespace(**common, targets=[2, 3], max_factor=1.0, output=str(out), unit="tokens",
+                              tokens_per_word=1.0)
     bench.length_score(ls_args)
     saved = json.loads(out.read_text())
     assert saved["command"] == "length-score" and saved["args"]["seed"] == 0 and "threads" not in saved["args"]
@@ -220,3 +301,23 @@ def test_bench_length_score_and_tradeoff_resume_and_refuse_other_arguments(smoll
     assert len(loads) == 3 and "answer rate" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="other arguments"):
         bench.tradeoff(SimpleNamespace(**{**vars(to_args), "budgets": [2]}))
+
+
+def test_bench_length_score_in_words_prints_the_average_over_targets(smollm2_tokenizer, tmp_path, monkeypatch,
+                                                                     capsys):
+    bench = _bench_decoding()
+    vocab = len(smollm2_tokenizer)
+    monkeypatch.setattr(bench, "load_models", lambda args: (
+        tiny_backbone("llama", vocab_size=vocab, seed=0), smollm2_tokenizer,
+        LenVM(tiny_backbone("llama", vocab_size=vocab, seed=1), gamma=GAMMA).eval()))
+    monkeypatch.setattr(bench, "gsm8k", lambda offset, n: (["What is 2 + 2?", "Hi"][:n], ["4", "#### 1"][:n]))
+    args = SimpleNamespace(policy="tiny", lenvm="tiny", candidates=4, top_p=1.0, min_p=None, threads=1, batch_size=2,
+                           offset=200, num_prompts=2, sample=False, temperature=1.0, seed=0, targets=[2, 3],
+                           max_factor=1.0, unit="words", tokens_per_word=1.5, output=str(tmp_path / "ls.json"))
+    bench.length_score(args)
+    printed = capsys.readouterr().out
+    assert "length score in words" in printed and "1.5 tokens a word" in printed and "min-p the default" in printed
+    assert re.search(r"average +LS \S+ +LS \S+ +LS \S+", printed)
+    saved = json.loads((tmp_path / "ls.json").read_text())
+    assert saved["args"]["unit"] == "words" and saved["args"]["tokens_per_word"] == 1.5
+    assert {"dropped", "n"} <= set(saved["units"]["2"]["lenvm"])

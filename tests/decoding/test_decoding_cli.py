@@ -25,6 +25,27 @@ def test_generate_jsonl_with_a_target(tiny_checkpoint, tmp_path, capsys):
         assert r["guided"] is True
 
 
+def test_generate_help_says_equal_ignores_sampling_and_gives_the_min_p_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    assert "keep one candidate per step, so their output is deterministic: --sample and --seed change nothing" in out
+    assert "default: 0.1 with equal, at_most or at_least" in out and "EOS included" in out
+
+
+def test_generate_equal_with_sampling_warns_and_ends_at_the_target(tiny_checkpoint, capsys):
+    args = ["generate", "--policy", str(tiny_checkpoint), "--lenvm", str(tiny_checkpoint), "--prompt", "Hi",
+            "--constraint", "equal", "--target", "3", "--top-k", "4", "--max-new-tokens", "8", "--format", "jsonl"]
+    with pytest.warns(UserWarning, match="constraint='equal' keeps one candidate per step.*do_sample=True"):
+        assert main([*args, "--sample", "--seed", "5"]) == 0
+    sampled = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    greedy = json.loads(capsys.readouterr().out)
+    assert sampled["completion_ids"] == greedy["completion_ids"]
+    assert (greedy["completion_length"], greedy["finish_reason"], greedy["min_p"]) == (3, "eos", 0.1)
+
+
 def test_generate_text_tilt_and_unguided(tiny_checkpoint, capsys):
     base = ["generate", "--policy", str(tiny_checkpoint), "--prompt", "Hi", "--max-new-tokens", "3"]
     assert main([*base, "--lenvm", str(tiny_checkpoint), "--beta", "-5", "--sample", "--top-p", "0.9"]) == 0

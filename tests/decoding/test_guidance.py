@@ -1,6 +1,7 @@
 """LenVMLogitsProcessor and guided_generate on tiny random Llama models with the SmolLM2 tokenizer."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from conftest import tiny_backbone
 from transformers import LogitsProcessorList
 
 from lenvm_rl import LenVM
+from lenvm_rl.core import logits_to_length
 from lenvm_rl.decoding import GuidanceConfig, LenVMLogitsProcessor, guided_generate
 
 PROMPTS = ["Hi", "What is two plus two? Explain it to me slowly, step by step."]
@@ -134,6 +136,75 @@ def test_soft_equal_runs_and_keeps_the_set(lenvm):
     torch.testing.assert_close(torch.softmax(out, -1).sum(-1), torch.ones(3))
 
 
+def test_equal_picks_the_candidate_that_ends_at_the_target_eos_included(lenvm):
+    """After ``t`` generated tokens the remaining target of a candidate is ``T - (t + 1)`` (the reference: ``T - t``)."""
+    vocab = lenvm.config.vocab_size
+    ids = torch.randint(3, vocab, (1, 7), generator=torch.Generator().manual_seed(4))
+    scores = torch.randn(1, vocab, generator=torch.Generator().manual_seed(5))
+    probe = LenVMLogitsProcessor(lenvm, beta=0.0, top_k=8, min_p=0.0)
+    for end in range(4, 8):  # a prompt of 4 tokens, then 3 generated (one call per step, as generate does)
+        probe(ids[:, :end], scores)
+    lengths = logits_to_length(probe.last_step.lenvm_logits[0], lenvm.gamma)  # l(x) of the 8 candidates
+    ours = lambda target: int((lengths - (target - 4)).abs().argmin())  # noqa: E731  r = T - (3 + 1)
+    reference = lambda target: int((lengths - (target - 3)).abs().argmin())  # noqa: E731  r = T - 3
+    target = next(T for T in range(5, 2000) if ours(T) != reference(T))  # a target where the two disagree
+    processor = LenVMLogitsProcessor(lenvm, constraint="equal", target=target, top_k=8, min_p=0.0)
+    for end in range(4, 8):
+        out = processor(ids[:, :end], scores)
+    assert out[0].argmax().item() == probe.last_step.ids[0, ours(target)].item()
+    assert out[0].argmax().item() != probe.last_step.ids[0, reference(target)].item()
+
+
+@pytest.mark.parametrize("constraint", ["equal", "at_most"])
+def test_hard_constraints_end_at_the_target_when_eos_is_never_a_candidate(lenvm, policy, tokenizer, constraint):
+    # The random policy never ranks EOS among its top 4; without the end candidate this ran to the 12-token limit.
+    out = guided_generate(policy, tokenizer, PROMPTS, lenvm=lenvm, max_new_tokens=12, batch_size=2,
+                          guidance=GuidanceConfig(constraint=constraint, target=5, top_k=4))
+    assert [(c.finish_reason, c.length) for c in out] == [("eos", 5), ("eos", 5)]
+    assert all(c.token_ids[-1] == tokenizer.eos_token_id for c in out)
+
+
+def test_the_end_candidate_joins_only_at_the_target(lenvm, tokenizer):
+    vocab, eos = lenvm.config.vocab_size, tokenizer.eos_token_id
+    ids, mask = _left_padded(vocab)
+    processor = LenVMLogitsProcessor(lenvm, constraint="equal", target=3, top_k=4, eos_token_id=eos).begin(mask)
+    for step, out in enumerate(_steps(processor, ids, 3, vocab)):
+        last = processor.last_step
+        assert last.ids.shape == (3, 5) and (last.ids[:, -1] == eos).all()  # the end column, scored -inf
+        assert last.mask[:, -1].tolist() == [step == 2] * 3 and (last.lenvm_logits[:, -1] == -math.inf).all()
+        assert (out.argmax(-1) == eos).tolist() == [step == 2] * 3
+
+
+@pytest.mark.parametrize("constraint, min_p", [
+    ("equal", 0.1), ("at_most", 0.1), ("at_least", 0.1), ("soft_equal", 0.0), (None, 0.0)])
+def test_min_p_defaults_to_a_plausible_set_under_hard_constraints(constraint, min_p):
+    target = None if constraint is None else 8
+    assert GuidanceConfig(constraint=constraint, target=target).min_p == min_p
+    assert GuidanceConfig(constraint=constraint, target=target, min_p=0.0).min_p == 0.0  # an explicit value stays
+    assert "0.1 under a hard constraint" in GuidanceConfig.__dataclass_fields__["min_p"].metadata["help"]
+
+
+def _warned(**kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = guided_generate(**kwargs)
+    return out, [w for w in caught if "keeps one candidate per step" in str(w.message)]
+
+
+def test_sampling_with_equal_changes_nothing_and_warns_once_per_call(lenvm, policy, tokenizer):
+    common = dict(policy=policy, tokenizer=tokenizer, prompts=PROMPTS, lenvm=lenvm, max_new_tokens=6, batch_size=1)
+    equal = GuidanceConfig(constraint="equal", target=5, top_k=8)
+    greedy, quiet = _warned(**common, guidance=equal)
+    first, warned = _warned(**common, guidance=equal, do_sample=True, seed=0)
+    second, _ = _warned(**common, guidance=equal, do_sample=True, seed=5)
+    assert [c.token_ids for c in first] == [c.token_ids for c in second] == [c.token_ids for c in greedy]
+    assert quiet == [] and len(warned) == 1 and "do_sample=True" in str(warned[0].message)
+    _, hot = _warned(**common, guidance=GuidanceConfig(constraint="at_most", target=5, temperature=1.3))
+    assert len(hot) == 1 and "temperature=1.3" in str(hot[0].message)
+    for guidance in (GuidanceConfig(beta=-1.0), GuidanceConfig(constraint="at_least", target=3)):  # sampling acts
+        assert _warned(**common, guidance=guidance, do_sample=True, seed=0)[1] == []
+
+
 # ============================================================================ generate
 
 
@@ -209,10 +280,10 @@ def test_bad_settings_name_the_argument(kwargs, message):
 
 
 def test_vocabulary_mismatch_names_both(lenvm, tokenizer):
-    other = tiny_backbone("llama", vocab_size=128, seed=2)
-    processor = LenVMLogitsProcessor(LenVM(other, gamma=0.9), top_k=4)
-    with pytest.raises(ValueError, match=f"policy scores {len(tokenizer)} tokens but the LenVM's vocabulary has 128"):
-        processor(torch.ones(1, 3, dtype=torch.long), torch.randn(1, len(tokenizer)))
+    other = tiny_backbone("llama", vocab_size=128, seed=2)  # records no vocabulary: checked by size
+    with pytest.raises(ValueError, match=f"policy tokenizer .* has {len(tokenizer)} tokens but the LenVM .* has a "
+                                         "vocabulary of 128"):
+        LenVMLogitsProcessor(LenVM(other, gamma=0.9), top_k=4, policy_tokenizer=tokenizer)
 
 
 def test_tokenizer_mismatch_names_both(lenvm, tokenizer):

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "ppo_gsm8k.py"
 CPU_CONFIG = REPO / "recipes" / "configs" / "ppo_gsm8k_cpu.yaml"
 PPO_ARGS = ("--num_generations", "1", "--num_mini_batches", "2", "--num_ppo_epochs", "2",
-            "--per_device_train_batch_size", "2", "--max_steps", "4")
+            "--per_device_train_batch_size", "2", "--max_steps", "4", "--save_value_model", "true")
 
 
 def test_main_trains_ppo_with_the_lenvm_as_value_model(tiny_policy_dir, tmp_path, capsys, one_thread):  # noqa: F811

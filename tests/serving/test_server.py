@@ -65,14 +65,52 @@ def test_tree_value_equals_reencoding_each_extension(server, lenvm):
     rng = random.Random(1)
     prefixes = [random_ids(rng, n) for n in (12, 1, 5)]
     candidates = [random_ids(rng, k) for k in (16, 1, 4)]
-    got = server.tree_value(prefixes, candidates)
+    got = server.request("/tree_value", {"input_ids": prefixes, "candidate_ids": candidates})
     want = naive_extension_logits(lenvm, prefixes, candidates)
-    assert [len(g) for g in got] == [16, 1, 4]
+    assert [len(g["embedding"]) for g in got] == [16, 1, 4]
+    # the reference counts the prefix and the candidates
+    assert [g["meta_info"]["prompt_tokens"] for g in got] == [12 + 16, 1 + 1, 5 + 4]
     for g, w in zip(got, want):
-        torch.testing.assert_close(torch.tensor(g), w, atol=ATOL, rtol=ATOL)
-    single = server.request("/tree_value", {"input_ids": prefixes[2], "candidate_ids": candidates[2]})
-    assert isinstance(single, dict)
-    torch.testing.assert_close(torch.tensor(single["embedding"]), want[2], atol=ATOL, rtol=ATOL)
+        torch.testing.assert_close(torch.tensor(g["embedding"]), w, atol=ATOL, rtol=ATOL)
+    # one prefix, flat or a batch of one, gets one object back, as from the reference server
+    for body in ({"input_ids": prefixes[2], "candidate_ids": candidates[2]},
+                 {"input_ids": [prefixes[2]], "candidate_ids": [candidates[2]]}):
+        single = server.request("/tree_value", body)
+        assert isinstance(single, dict) and single["meta_info"]["prompt_tokens"] == 9
+        torch.testing.assert_close(torch.tensor(single["embedding"]), want[2], atol=ATOL, rtol=ATOL)
+
+
+def test_token_value_and_candidate_value_in_the_reference_shape(server, lenvm):
+    seqs, prefixes, candidates = [[5, 6, 7], [8, 9]], [[5, 6], [8]], [[7, 1, 2], [9]]
+    batch = server.request("/token_value", {"input_ids": seqs})
+    assert set(batch) == {"values", "meta_info"} and [m["prompt_tokens"] for m in batch["meta_info"]] == [3, 2]
+    for got, seq in zip(batch["values"], seqs):
+        torch.testing.assert_close(torch.tensor(got), encoded(lenvm, seq), atol=ATOL, rtol=ATOL)
+    single = server.request("/token_value", {"input_ids": seqs[0]})  # one sequence: values nested, meta one object
+    assert single["meta_info"] == {"prompt_tokens": 3} and len(single["values"]) == 1
+    torch.testing.assert_close(torch.tensor(single["values"][0]), encoded(lenvm, seqs[0]), atol=ATOL, rtol=ATOL)
+
+    want = naive_extension_logits(lenvm, prefixes, candidates)
+    batch = server.request("/candidate_value", {"input_ids": prefixes, "candidate_ids": candidates})
+    assert [m["prompt_tokens"] for m in batch["meta_info"]] == [5, 2]
+    for got, w in zip(batch["values"], want):
+        torch.testing.assert_close(torch.tensor(got), w, atol=ATOL, rtol=ATOL)
+    single = server.request("/candidate_value", {"input_ids": prefixes[:1], "candidate_ids": candidates[:1]})
+    assert single["meta_info"] == {"prompt_tokens": 5} and len(single["values"]) == 1
+    torch.testing.assert_close(torch.tensor(single["values"][0]), want[0], atol=ATOL, rtol=ATOL)
+
+
+def test_put_and_the_model_list_as_the_reference_server(server, lenvm, tiny_checkpoint):
+    for path, body in (("/encode", {"input_ids": [[5, 6, 7]]}), ("/token_value", {"input_ids": [[5, 6, 7]]}),
+                       ("/tree_value", {"input_ids": [[5, 6]], "candidate_ids": [[7]]}),
+                       ("/candidate_value", {"input_ids": [[5, 6]], "candidate_ids": [[7]]})):
+        got = server.request(path, body, method="PUT")
+        z = got["values"][0] if "values" in got else (got[0] if isinstance(got, list) else got)["embedding"]
+        assert z[-1] == pytest.approx(encoded(lenvm, [5, 6, 7])[-1].item(), abs=ATOL), path
+    models = server.request("/v1/models")  # the reference launch script polls it until the server is up
+    assert models["object"] == "list"
+    (card,) = models["data"]
+    assert card["id"] == str(tiny_checkpoint) and card["object"] == "model" and card["owned_by"] == "lenvm-rl"
 
 
 def test_predict_equals_length_predictor(server, tiny_checkpoint):

@@ -310,3 +310,140 @@ def test_a_critic_path_loads_whole_under_zero3(tmp_path):
     zero3 = ("--config_file", str(REPO / "recipes" / "accelerate" / "zero3.yaml"), "--mixed_precision", "no")
     rows = launch(tmp_path / "run", 2, "critic-path", str(critic_dir), launcher=zero3)
     assert all(math.isfinite(a) for r in rows for a in r["advantages"])
+
+
+# ----------------------------------------------------------------------------- unscorable rows, masked batches, devices
+
+
+def scores_even_lengths(completion_ids, **kwargs):
+    """Scores completions of even length 1; odd ones are unscorable (None), as TRL lets reward functions say."""
+    return [1.0 if len(ids) % 2 == 0 else None for ids in completion_ids]
+
+
+def test_unscorable_completions_carry_no_signal(tmp_path):
+    """As TRL: a completion no reward function scores keeps a NaN reward, not nansum's 0. The pass-rate gate averages
+    over the scored completions only, and the unscorable one gets no advantage at all, length term included."""
+    trainer = make_trainer(tmp_path, critic=None, length_estimator="group", length_gamma=0.8, length_coef=0.4,
+                           length_normalize="none", length_gate="pass_rate", reward=scores_even_lengths)
+    torch.manual_seed(1)
+    out = trainer._generate_and_score_completions(generation_batch(trainer))
+    mask = out["completion_mask"].bool()
+    lengths = mask.sum(1).tolist()
+    scored = [n % 2 == 0 for n in lengths]
+    assert any(any(scored[4 * g: 4 * g + 4]) and not all(scored[4 * g: 4 * g + 4]) for g in range(2)), lengths
+    expected = []
+    for g in range(2):
+        group = range(4 * g, 4 * g + 4)
+        gate = 1.0 if any(scored[i] for i in group) else 0.0  # the mean reward of the scored ones (all 1)
+        G = [-(1 - 0.8 ** lengths[i]) for i in group]  # every completion's length is known: the baseline keeps all
+        for i, Gi in zip(group, G):  # the task advantage is 0: the scored rewards of a group are all 1
+            expected.append(0.4 * gate * (Gi - sum(G) / 4) if scored[i] else 0.0)
+    expected = torch.tensor(expected)[:, None].expand_as(mask)
+    torch.testing.assert_close(out["advantages"], torch.where(mask, expected, 0.0), atol=1e-5, rtol=1e-5)
+
+
+def never_ends(**overrides):
+    """Settings under which every completion is cut and masked out (TRL's mask_truncated_completions)."""
+    return dict(mask_truncated_completions=True, generation_kwargs={"suppress_tokens": [EOS_ID]},
+                max_completion_length=4, **overrides)
+
+
+@pytest.mark.parametrize("trainer_type", ["lenvm", "group", "ppo"])
+def test_a_batch_of_masked_completions_trains_and_is_logged(tmp_path, caplog, trainer_type):
+    """All rows cut under mask_truncated_completions=True: the length scaling (GRPO) and the whitening (PPO) have
+    no std to divide by; they are skipped (no error), the trainer says so, and the step gives no gradient."""
+    if trainer_type == "ppo":
+        from lenvm_rl import PPOConfig, PPOTrainer
+
+        args = PPOConfig(**never_ends(output_dir=str(tmp_path), per_device_train_batch_size=8, num_mini_batches=1,
+                                      num_ppo_epochs=1, max_steps=1, logging_steps=1, report_to="none",
+                                      save_strategy="no",
+                                      use_cpu=True, bf16=False, seed=0, disable_tqdm=True))
+        trainer = PPOTrainer(tiny_policy(), reward_funcs=rewards_by_length, args=args, train_dataset=prompt_dataset(),
+                             processing_class=tiny_tokenizer(), value_model=LenVMCritic(tiny_lenvm()))
+    else:
+        trainer = make_trainer(tmp_path, reward=rewards_by_length, **never_ends(length_estimator=trainer_type,
+                                                                               max_steps=1))
+    policy_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with caplog.at_level("WARNING", logger="lenvm_rl.trainers.grpo_trainer"):
+        trainer.train()
+    assert "every completion of this batch is masked" in caplog.text
+    assert [e["loss"] for e in trainer.state.log_history if "loss" in e] == [0.0]
+    assert all(torch.equal(v, policy_before[k]) for k, v in trainer.model.state_dict().items())
+
+
+def test_an_unpinned_critic_moves_to_the_trainer_and_a_pinned_one_stays(tmp_path):
+    unpinned, pinned = LenVMCritic(tiny_lenvm()), LenVMCritic(tiny_lenvm(), device="cpu")
+    for critic in (unpinned, pinned):
+        trainer = make_trainer(tmp_path, critic=critic)
+        assert trainer.length_critic is critic and critic.device == trainer.accelerator.device
+    assert not unpinned.pinned and pinned.pinned
+    trainer = make_trainer(tmp_path, critic=tiny_lenvm())  # a LenVM given: the trainer builds an unpinned critic
+    assert not trainer.length_critic.pinned and trainer.length_critic.device == trainer.accelerator.device
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns(tmp_path, monkeypatch):
+    from lenvm_rl.trainers import hardware
+
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    monkeypatch.setattr(hardware, "CPUINFO", tmp_path / "cpuinfo")
+    with pytest.warns(UserWarning, match="bf16 is on for a run on a CPU without bf16 units"):
+        make_trainer(tmp_path, bf16=True)
+
+
+# ----------------------------------------------------------------------------- issue 18 item 8: saving the refit
+# head with the model, the model card and the recorded arguments
+
+
+def test_save_model_writes_the_refit_head_in_the_lenvm_layout(tmp_path):
+    import shutil
+
+    from lenvm_rl import LenVM
+
+    lenvm_dir = tmp_path / "lenvm"
+    tiny_lenvm().save_pretrained(lenvm_dir)
+    trainer = make_trainer(tmp_path / "run", critic=LenVMCritic(str(lenvm_dir)), length_critic_refit_steps=2,
+                           max_steps=2)
+    trainer.train()
+    trainer.save_model()
+    head_file = tmp_path / "run" / "length_critic" / "value_head.safetensors"
+    assert head_file.is_file()
+    refit_dir = tmp_path / "refit-lenvm"  # the documented way back: the LenVM's checkpoint with this head in it
+    shutil.copytree(lenvm_dir, refit_dir)
+    shutil.copy(head_file, refit_dir / "value_head.safetensors")
+    refit, original = LenVM.from_pretrained(refit_dir), LenVM.from_pretrained(lenvm_dir)
+    for (name, saved), (_, trained), (_, before) in zip(refit.v_head.state_dict().items(),
+                                                        trainer.length_critic.model.v_head.state_dict().items(),
+                                                        original.v_head.state_dict().items()):
+        torch.testing.assert_close(saved, trained.cpu(), rtol=0, atol=0, msg=name)
+        assert not torch.equal(saved, before), name
+    plain = make_trainer(tmp_path / "frozen", critic=LenVMCritic(str(lenvm_dir)), max_steps=1)
+    plain.save_model()
+    assert not (tmp_path / "frozen" / "length_critic").exists()  # a frozen critic is the LenVM itself
+
+
+def test_model_card_and_saved_arguments_record_the_lenvm_and_its_gamma(tmp_path):
+    lenvm_dir = tmp_path / "lenvm"
+    tiny_lenvm(gamma=0.95).save_pretrained(lenvm_dir)
+    run = tmp_path / "run"
+    trainer = make_trainer(run, critic=str(lenvm_dir), length_coef=0.25, max_steps=2, save_strategy="steps",
+                           save_steps=2)
+    assert trainer.args.length_gamma == 0.95 and trainer.args.length_critic_name_or_path == str(lenvm_dir)
+    trainer.train()
+    card = (run / "README.md").read_text()
+    assert "This model was trained with Length-aware GRPO, a method introduced in [Length Value Model" in card
+    assert "huggingface.co/papers/2604.27039" in card and "- grpo" in card and "- lenvm-rl" in card
+    assert f"Length critic (LenVM): `{lenvm_dir}`; gamma = 0.95." in card
+    assert "`length_coef`: `0.25`" in card and "`length_estimator`: `'lenvm'`" in card
+    saved = torch.load(run / "checkpoint-2" / "training_args.bin", weights_only=False)
+    assert (saved.length_gamma, saved.length_critic_name_or_path) == (0.95, str(lenvm_dir))
+
+
+def test_a_lenvm_built_in_memory_is_recorded_as_such(tmp_path):
+    trainer = make_trainer(tmp_path, length_estimator="group", length_gamma=0.9, critic=None)
+    assert trainer.args.length_critic_name_or_path is None and trainer.args.length_gamma == 0.9
+    trainer.create_model_card(model_name="m")
+    assert "Length critic (LenVM): none, or one built in memory; gamma = 0.9." in (tmp_path / "README.md").read_text()
+    with pytest.warns(UserWarning, match="length_critic_name_or_path='elsewhere' is replaced by the length critic's"):
+        in_memory = make_trainer(tmp_path / "in-memory", length_critic_name_or_path="elsewhere")
+    assert in_memory.args.length_critic_name_or_path is None and in_memory.args.length_gamma == 0.9
