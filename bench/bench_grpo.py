@@ -4,6 +4,8 @@
     python bench/bench_grpo.py train --lenvm LENVM_DIR --output-dir bench/results/grpo   # resumable, hours
     python bench/bench_grpo.py evaluate --output-dir bench/results/grpo                  # held-out samples
     python bench/bench_grpo.py report --output-dir bench/results/grpo                    # table + PNG
+    # issue 19, all of it in bash bench/grpo_compare.sh: seeds 0-2, the group twin also at s = 1.0, the gate at seed 0
+    python bench/bench_grpo.py report --arms plain,group,lenvm,group_s1.0,lenvm_pass_rate --seeds 0,1,2
     # PPO with the LenVMCritic (s > 0), the same critic at s = 0, and the sequence-level twin (issue 10):
     python bench/bench_grpo.py train --lenvm LENVM_DIR --output-dir bench/results/ppo \
         --arms ppo_lenvm,ppo_lenvm_s0,ppo_group --steps 16 --chunk 8
@@ -24,6 +26,7 @@ step time then differs by the critic's work, not by what the policies happen to 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from pathlib import Path
@@ -127,28 +130,32 @@ a rollout every 4 steps where a GRPO arm samples one every step."""
 REWARD_WEIGHTS = [1.0, 0.5]  # gsm8k_correctness_reward, gsm8k_format_reward: r_max = 1.5
 
 
-class StopAt:
-    """A TrainerCallback that saves and stops at ``step`` (one chunk of a round-robin over the arms)."""
+def arm_settings(arm: str) -> dict:
+    """An arm's config overrides: a name of ARMS or PPO_ARMS, or ``NAME_sX``: that arm with ``length_coef = X``."""
+    if arm in ARMS or arm in PPO_ARMS:
+        return {**ARMS.get(arm, {}), **PPO_ARMS.get(arm, {})}
+    base, _, coef = arm.rpartition("_s")
+    if (base in ARMS or base in PPO_ARMS) and coef:
+        try:
+            return {**arm_settings(base), "length_coef": float(coef)}
+        except ValueError:
+            pass
+    raise ValueError(f"unknown arm {arm!r}: use one of {', '.join([*ARMS, *PPO_ARMS])}, or NAME_sX for NAME at "
+                     "length_coef X")
 
-    def __new__(cls, step):
-        from transformers import TrainerCallback
 
-        class _StopAt(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step >= step:
-                    control.should_save = True
-                    control.should_training_stop = True
-                return control
-
-        return _StopAt()
+def run_names(arms: str, seeds: str) -> list[str]:
+    """One run per arm and training seed: ``ARM-seedN`` (its folder under --output-dir and its eval file)."""
+    return [f"{arm}-seed{int(seed)}" for arm in arms.split(",") for seed in seeds.split(",")]
 
 
 def train(args) -> None:
-    """Train every arm in round-robin chunks of ``--chunk`` steps, resuming from each arm's last checkpoint.
+    """Train every arm at every seed, one run after the other, resuming each from its last checkpoint.
 
-    All arms share the policy, data order (seed), steps, length coefficient and LenVM; they differ only in
-    the length estimator and gate (and, for the PPO arms, the algorithm). Every arm gets the LenVM critic,
-    for its logged length metrics.
+    All runs share the policy, data order (``data_seed``), steps, length coefficient and LenVM; an arm differs
+    only in the length estimator, gate or coefficient (and, for the PPO arms, the algorithm). The training seed
+    (``seed``) changes generation sampling, the initialisation of anything random (PPO's task head) and dropout;
+    the data order stays ``--data-seed``'s. Every arm gets the LenVM critic, for its logged length metrics.
     """
     from transformers import AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
@@ -160,45 +167,44 @@ def train(args) -> None:
     out = Path(args.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
     dataset, _, _ = gsm8k_problems(args.train_prompts, 0)
-    arms = args.arms.split(",")
-    clash = [arm for arm in arms if (out / arm).resolve() == Path(args.lenvm).resolve()]
+    runs = run_names(args.arms, args.seeds)
+    for arm in args.arms.split(","):
+        arm_settings(arm)
+    clash = [run for run in runs if (out / run).resolve() == Path(args.lenvm).resolve()]
     if clash:
-        raise ValueError(f"--lenvm {args.lenvm} is the output directory of arm {clash[0]!r}; keep the critic elsewhere")
-    for target in range(args.chunk, args.steps + args.chunk, args.chunk):
-        target = min(target, args.steps)
-        for arm in arms:
-            arm_dir = out / arm
-            last = get_last_checkpoint(arm_dir) if arm_dir.is_dir() else None
-            done = int(last.rsplit("-", 1)[1]) if last else 0
-            if done >= target:
-                continue
-            shared = dict(
-                output_dir=str(arm_dir), num_generations=args.num_generations,
-                max_completion_length=args.max_completion_length, temperature=args.temperature,
-                learning_rate=args.learning_rate, max_steps=args.steps, seed=args.seed, logging_steps=1,
-                save_strategy="steps", save_steps=args.chunk, use_cpu=True, bf16=False, report_to="none",
-                reward_weights=REWARD_WEIGHTS, length_coef=args.length_coef,
-                length_gate_max_reward=sum(REWARD_WEIGHTS))
-            critic = LenVMCritic(args.lenvm, batch_size=args.critic_batch_size)
-            rewards = [gsm8k_correctness_reward, gsm8k_format_reward]
-            print(f"== {arm}: steps {done} -> {target} of {args.steps}", flush=True)
-            if arm in PPO_ARMS:
-                config = PPOConfig(**{**shared, **PPO_ARMS[arm]}, num_mini_batches=2, num_ppo_epochs=2,
-                                   per_device_train_batch_size=args.prompts * args.num_generations // 2,
-                                   task_critic="head", critic_learning_rate=1e-3, kl_coef=0.05)
-                trainer = PPOTrainer(load_backbone(args.model), reward_funcs=rewards, args=config,
-                                     train_dataset=dataset, processing_class=tokenizer, callbacks=[StopAt(target)],
-                                     value_model=critic)
-            else:
-                config = LengthAwareGRPOConfig(**{**shared, **ARMS[arm]},
-                                               per_device_train_batch_size=args.prompts * args.num_generations)
-                trainer = LengthAwareGRPOTrainer(load_backbone(args.model), reward_funcs=rewards, args=config,
-                                                 train_dataset=dataset, processing_class=tokenizer,
-                                                 callbacks=[StopAt(target)], length_critic=critic)
-            trainer.train(resume_from_checkpoint=last)
-            if target == args.steps:
-                trainer.save_model(str(arm_dir / "final"))
-            del trainer
+        raise ValueError(f"--lenvm {args.lenvm} is the output directory of run {clash[0]!r}; keep the critic elsewhere")
+    for run in runs:
+        arm, _, seed = run.rpartition("-seed")
+        run_dir = out / run
+        if (run_dir / "final").is_dir():
+            print(f"== {run}: done", flush=True)
+            continue
+        last = get_last_checkpoint(run_dir) if run_dir.is_dir() else None
+        shared = dict(
+            output_dir=str(run_dir), num_generations=args.num_generations,
+            max_completion_length=args.max_completion_length, temperature=args.temperature,
+            learning_rate=args.learning_rate, max_steps=args.steps, seed=int(seed), data_seed=args.data_seed,
+            logging_steps=1, save_strategy="steps", save_steps=args.chunk, use_cpu=True, bf16=False,
+            report_to="none", reward_weights=REWARD_WEIGHTS, length_coef=args.length_coef,
+            length_gate_max_reward=sum(REWARD_WEIGHTS))
+        critic = LenVMCritic(args.lenvm, batch_size=args.critic_batch_size)
+        rewards = [gsm8k_correctness_reward, gsm8k_format_reward]
+        print(f"== {run}: from {Path(last).name if last else 'the start'} to step {args.steps}", flush=True)
+        if arm.startswith("ppo_"):
+            config = PPOConfig(**{**shared, **arm_settings(arm)}, num_mini_batches=2, num_ppo_epochs=2,
+                               per_device_train_batch_size=args.prompts * args.num_generations // 2,
+                               task_critic="head", critic_learning_rate=1e-3, kl_coef=0.05)
+            trainer = PPOTrainer(load_backbone(args.model), reward_funcs=rewards, args=config,
+                                 train_dataset=dataset, processing_class=tokenizer, value_model=critic)
+        else:
+            config = LengthAwareGRPOConfig(**{**shared, **arm_settings(arm)},
+                                           per_device_train_batch_size=args.prompts * args.num_generations)
+            trainer = LengthAwareGRPOTrainer(load_backbone(args.model), reward_funcs=rewards, args=config,
+                                             train_dataset=dataset, processing_class=tokenizer,
+                                             length_critic=critic)
+        trainer.train(resume_from_checkpoint=last)
+        trainer.save_model(str(run_dir / "final"))
+        del trainer
 
 
 def gsm8k_problems(train_prompts: int, eval_prompts: int):
@@ -223,7 +229,8 @@ def evaluate(args) -> None:
     config = RolloutConfig(num_completions=args.eval_samples, temperature=args.temperature,
                            max_new_tokens=args.max_completion_length, batch_size=args.batch_size, backend=args.backend)
     policies = {"base": resolve_model_path(args.model)}
-    policies.update({arm: str(out / arm / "final") for arm in args.arms.split(",") if (out / arm / "final").is_dir()})
+    policies.update({run: str(out / run / "final") for run in run_names(args.arms, args.seeds)
+                     if (out / run / "final").is_dir()})
     for name, path in policies.items():
         output = out / "eval" / f"{name}.jsonl"
         if output.is_file() and len(output.read_text().splitlines()) >= len(prompts) * args.eval_samples:
@@ -239,34 +246,57 @@ def evaluate(args) -> None:
 
 
 def report(args) -> None:
-    """The held-out table (mean ± SE over prompts) and length and reward against step for every arm (PNG)."""
-    import json
+    """The held-out tables and the training curves (PNG), of one seed or over several (--seeds 0,1,2).
 
+    One seed: mean ± SE over prompts per arm, every paired difference, step times, and length and reward against
+    step (--plot). Several: :func:`lenvm_rl.rl_report.seed_report`: per arm the mean over seeds with the
+    between-seed SE and the within-run prompt SE; lenvm − group and lenvm − plain per seed and over seeds; lenvm
+    against the group twin interpolated to its length (when two group arms are given, e.g. group and
+    group_s1.0); a verdict; and length and answer rate against step with held-out answer rate against length
+    (--seeds-plot).
+    """
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    if len(seeds) == 1:
+        single_seed_report(args, seeds[0])
+    else:
+        seeds_report(args, seeds)
+
+
+def held_out(args):
+    """The held-out gold answers and the tokenizer that decodes the samples."""
+    from transformers import AutoTokenizer
+
+    from lenvm_rl.modeling import resolve_model_path
+
+    _, _, answers = gsm8k_problems(1, args.eval_prompts)  # train_limit must be >= 1; unused
+    return answers, AutoTokenizer.from_pretrained(resolve_model_path(args.model))
+
+
+def single_seed_report(args, seed: int) -> None:
+    """The report of one seed's runs, each shown under its arm's name."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from transformers import AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
 
     from lenvm_rl.data import read_rollouts
     from lenvm_rl.evaluation import evaluate_policy, format_policy_table, paired_policy_difference, policy_prompt_means
-    from lenvm_rl.modeling import resolve_model_path
+    from lenvm_rl.rl_report import LENGTH_KEY, read_log_history, run_name
 
     out = Path(args.output_dir)
     arms = args.arms.split(",")
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     step_times = {}
     for arm in arms:
-        last = get_last_checkpoint(out / arm) if (out / arm).is_dir() else None
-        if last is None:
+        try:
+            history = read_log_history(out / run_name(arm, seed))
+        except FileNotFoundError:
             continue
-        history = json.loads((Path(last) / "trainer_state.json").read_text())["log_history"]
-        rows = [e for e in history if "completions/mean_length" in e]
-        for ax, key in zip(axes, ("completions/mean_length", "reward")):
+        rows = [e for e in history if LENGTH_KEY in e]
+        for ax, key in zip(axes, (LENGTH_KEY, "reward")):
             ax.plot([e["step"] for e in rows], [e[key] for e in rows], label=arm)
         step_times[arm] = [e["step_time"] for e in history if "step_time" in e]
-        print(f"{arm}: {rows[-1]['step']} steps logged (checkpoint {Path(last).name})")
+        print(f"{arm}: {rows[-1]['step']} steps logged ({run_name(arm, seed)})")
     if step_times:  # mean, not median: a PPO arm samples on one optimizer step in four
         first = next(iter(step_times))
         base = statistics.mean(step_times[first])
@@ -282,10 +312,10 @@ def report(args) -> None:
     figure.savefig(args.plot, dpi=120)
     print(f"wrote {args.plot}")
 
-    _, _, answers = gsm8k_problems(1, args.eval_prompts)  # train_limit must be >= 1; unused
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
-    records = {name: read_rollouts(out / "eval" / f"{name}.jsonl")
-               for name in ["base", *arms] if (out / "eval" / f"{name}.jsonl").is_file()}
+    answers, tokenizer = held_out(args)
+    files = {name: out / "eval" / f"{file}.jsonl"
+             for name, file in [("base", "base"), *((arm, run_name(arm, seed)) for arm in arms)]}
+    records = {name: read_rollouts(path) for name, path in files.items() if path.is_file()}
     if records:
         print(format_policy_table({name: evaluate_policy(recs, answers, tokenizer) for name, recs in records.items()}))
     means = {name: policy_prompt_means(recs, answers, tokenizer) for name, recs in records.items()}
@@ -302,7 +332,81 @@ def report(args) -> None:
                 print(f"{a + ' - ' + b:<36} " + " ".join(f"{c:>15}" if i else f"{c:>13}" for i, c in enumerate(cells)))
 
 
-def main() -> None:
+def seeds_report(args, seeds: list[int]) -> None:
+    """The report over several seeds (:mod:`lenvm_rl.rl_report`): tables, verdict and --seeds-plot."""
+    from lenvm_rl.rl_report import format_matched, format_seed_differences, format_seed_table, seed_report, verdict
+
+    arms = args.arms.split(",")
+    answers, tokenizer = held_out(args)
+    pairs = [(a, b) for a, b in (("lenvm", "group"), ("lenvm", "plain")) if a in arms and b in arms]
+    twins = {arm: arm_settings(arm).get("length_coef", args.length_coef)
+             for arm in arms if arm == "group" or arm.startswith("group_s")}
+    matched = ("lenvm", twins) if "lenvm" in arms and len(twins) == 2 else None
+    result = seed_report(args.output_dir, arms, seeds, answers, tokenizer, pairs=pairs, matched=matched)
+    print(f"held out: the first {len(answers)} GSM8K test questions; each cell: mean over seeds ± between-seed SE "
+          "(within-run SE over prompts, pooled over seeds)")
+    print(format_seed_table(result))
+    if result.missing:
+        print(f"no complete held-out samples (not trained or not evaluated): {', '.join(result.missing)}")
+    print("\npaired differences: per seed ± SE over prompts (paired by prompt); then mean ± SE over seeds")
+    print(format_seed_differences(result))
+    print(format_matched(result))
+    print(verdict(result))
+    plot_seeds(args, arms, seeds, result)
+
+
+def plot_seeds(args, arms: list[str], seeds: list[int], result) -> None:
+    """Left: training length and answer rate against step, mean ± SE band over seeds per arm; right: held-out
+    answer rate against mean length, error bars the between-seed SE in both axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lenvm_rl.rl_report import ANSWER_KEY, LENGTH_KEY, training_band
+
+    figure = plt.figure(figsize=(12, 6))
+    grid = figure.add_gridspec(2, 2)
+    curves = {LENGTH_KEY: figure.add_subplot(grid[0, 0]), ANSWER_KEY: figure.add_subplot(grid[1, 0])}
+    right = figure.add_subplot(grid[:, 1])
+    colors = {arm: f"C{i}" for i, arm in enumerate(arms)}
+
+    def label(arm: str, n: int) -> str:
+        return f"{arm} ({n} seed{'s' * (n > 1)})"
+
+    for arm in arms:
+        for key, ax in curves.items():
+            band = training_band(args.output_dir, arm, seeds, key)
+            if band is None:
+                continue
+            steps, mean, se, used = band
+            scale = 100 if key == ANSWER_KEY else 1
+            ax.plot(steps, scale * mean, color=colors[arm], label=label(arm, len(used)))
+            if len(used) > 1:
+                ax.fill_between(steps, scale * (mean - se), scale * (mean + se), color=colors[arm], alpha=0.2)
+    for ax, title in zip(curves.values(), ("training: mean completion length (tokens)",
+                                           "training: answer rate (%, format reward)")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("PPO step (one mini-batch)" if set(arms) & set(PPO_ARMS) else "GRPO step")
+    curves[LENGTH_KEY].legend(fontsize=8)
+    for arm, summary in result.arms.items():
+        xerr, yerr = (0.0 if math.isnan(e) else e for e in (summary.seed_se["mean_length"],
+                                                          100 * summary.seed_se["answer_rate"]))
+        right.errorbar(summary.mean["mean_length"], 100 * summary.mean["answer_rate"], xerr=xerr, yerr=yerr,
+                       fmt="o", capsize=3, color=colors[arm], label=label(arm, len(summary.seeds)))
+    if result.base is not None:
+        right.plot(result.base.mean_length, 100 * result.base.answer_rate, "s", color="gray", label="base")
+    right.set_xlabel("held-out mean length (tokens)")
+    right.set_ylabel("held-out answer rate (%)")
+    right.set_title("held out: mean ± between-seed SE", fontsize=10)
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    Path(args.seeds_plot).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.seeds_plot, dpi=120)
+    print(f"wrote {args.seeds_plot}")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("overhead", help="step time of LengthAwareGRPOTrainer vs GRPOTrainer")
@@ -319,9 +423,9 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--lenvm", required=True, help="LenVM checkpoint pretrained on the policy's own rollouts")
     p.add_argument("--output-dir", default="bench/results/grpo")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join([*ARMS, *PPO_ARMS])}")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join([*ARMS, *PPO_ARMS])}, or NAME_sX")
     p.add_argument("--steps", type=int, default=24)
-    p.add_argument("--chunk", type=int, default=4, help="steps per arm per round (and the checkpoint interval)")
+    p.add_argument("--chunk", type=int, default=4, help="the checkpoint interval in steps")
     p.add_argument("--prompts", type=int, default=2, help="prompts per step")
     p.add_argument("--num-generations", type=int, default=4)
     p.add_argument("--max-completion-length", type=int, default=192)
@@ -329,23 +433,30 @@ def main() -> None:
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--length-coef", type=float, default=0.5)
     p.add_argument("--train-prompts", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="training seeds, comma-separated: one run per arm and seed")
+    p.add_argument("--data-seed", type=int, default=0, help="the prompt order's seed, shared by every run")
     p.add_argument("--critic-batch-size", type=int, default=8)
     p.set_defaults(func=train)
     for name, func in (("evaluate", evaluate), ("report", report)):
         p = sub.add_parser(name, help=func.__doc__.splitlines()[0])
         p.add_argument("--model", default="smollm2-135m")
         p.add_argument("--output-dir", default="bench/results/grpo")
-        p.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join([*ARMS, *PPO_ARMS])}")
+        p.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join([*ARMS, *PPO_ARMS])}, or NAME_sX")
+        p.add_argument("--seeds", default="0", help="training seeds, comma-separated (report: several give the "
+                       "seed means, paired differences per seed and the matched-length comparison)")
         p.add_argument("--eval-prompts", type=int, default=50, help="the first N GSM8K test questions")
         p.add_argument("--eval-samples", type=int, default=4)
         p.add_argument("--temperature", type=float, default=0.7)
         p.add_argument("--max-completion-length", type=int, default=192)
         p.add_argument("--batch-size", type=int, default=64)
         p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
-        p.add_argument("--plot", default="docs/grpo_compare.png", help="report: where the PNG goes")
+        p.add_argument("--plot", default="docs/grpo_compare.png", help="report, one seed: where the PNG goes")
+        if name == "report":
+            p.add_argument("--seeds-plot", default="docs/grpo_seeds.png", help="report, several seeds: the PNG")
+            p.add_argument("--length-coef", type=float, default=0.5,
+                           help="the length_coef of an arm without _sX (train's --length-coef): the twin's point")
         p.set_defaults(func=func)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.func(args)
 
 

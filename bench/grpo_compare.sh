@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# The GRPO comparison of issue 8, end to end and resumable (re-run it after an interruption):
+# The GRPO comparison of issues 8 and 19, end to end and resumable (re-run it after an interruption):
 #  1. a LenVM for the policy: value head on the frozen SmolLM2-135M-Instruct, pretrained on the committed
 #     GSM8K rollouts of the policy itself at the RL temperature (200 questions x 8, T 0.7), 1 epoch;
-#  2. every RL arm, round-robin in chunks of 4 steps (bench_grpo.py train);
-#  3. held-out samples of every arm and of the base policy, then the table and the PNG.
-# OUT (default bench/results/grpo) holds checkpoints; LENVM (default $OUT/critic) the critic.
+#  2. the RL runs, seed by seed (bench_grpo.py train skips finished runs and resumes from the last checkpoint):
+#     plain, group, lenvm and the group twin at s = GROUP2_COEF (default 1.0) at every seed of SEEDS (default
+#     0,1,2), and lenvm + pass-rate gate at seed 0 only;
+#  3. held-out samples of every run and of the base policy, then the tables over seeds and docs/grpo_seeds.png.
+# OUT (default bench/results/grpo) holds checkpoints; LENVM (default $OUT/critic) the critic; LENGTH_COEF
+# (default 0.5) is the s of the arms without _sX, in train and report; PLOT the PNG. Extra arguments go to train
+# (e.g. --steps). ARMS (comma-separated) runs another comparison instead, at seed 0 with the single-seed report,
+# e.g. the PPO comparison of issue 10:
+#    OUT=bench/results/ppo LENVM=bench/results/grpo/critic ARMS=ppo_lenvm,ppo_lenvm_s0,ppo_group \
+#        PLOT=docs/ppo_compare.png bash bench/grpo_compare.sh --steps 16 --chunk 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/grpo}
 LENVM=${LENVM:-$OUT/critic}
+SEEDS=${SEEDS:-0,1,2}
+GROUP2_COEF=${GROUP2_COEF:-1.0}
+LENGTH_COEF=${LENGTH_COEF:-0.5}
 TRAIN="bench/rollouts/gsm8k_train200_n8_t0.7.rows0-139.jsonl bench/rollouts/gsm8k_train200_n8_t0.7.rows140-199.jsonl"
 if [ ! -f "$LENVM/value_head.safetensors" ]; then
   last=$(ls -d "$LENVM"/checkpoint-* 2>/dev/null | sort -V | tail -n 1 || true)
@@ -18,10 +28,24 @@ if [ ! -f "$LENVM/value_head.safetensors" ]; then
     --per_device_eval_batch_size 8 --eval_strategy no --use_cpu --bf16 --report_to none --save_strategy steps \
     --save_steps 25 --save_total_limit 1 --logging_steps 10 --seed 0 ${last:+--resume_from_checkpoint "$last"}
 fi
-python bench/bench_grpo.py train --lenvm "$LENVM" --output-dir "$OUT" "$@"
-# 3. held-out samples and the report; ARMS (comma-separated) must name the arms trained above when they are not
-#    bench_grpo.py's default GRPO arms, e.g. the PPO comparison of issue 10:
-#    OUT=bench/results/ppo LENVM=bench/results/grpo/critic ARMS=ppo_lenvm,ppo_lenvm_s0,ppo_group \
-#        PLOT=docs/ppo_compare.png bash bench/grpo_compare.sh --arms ppo_lenvm,ppo_lenvm_s0,ppo_group --steps 16 --chunk 8
-python bench/bench_grpo.py evaluate --output-dir "$OUT" ${ARMS:+--arms "$ARMS"}
-python bench/bench_grpo.py report --output-dir "$OUT" ${ARMS:+--arms "$ARMS"} --plot "${PLOT:-docs/grpo_compare.png}"
+if [ -n "${ARMS:-}" ]; then
+  python bench/bench_grpo.py train --lenvm "$LENVM" --output-dir "$OUT" --arms "$ARMS" "$@"
+  python bench/bench_grpo.py evaluate --output-dir "$OUT" --arms "$ARMS"
+  python bench/bench_grpo.py report --output-dir "$OUT" --arms "$ARMS" --plot "${PLOT:-docs/grpo_compare.png}"
+  exit 0
+fi
+SEEDED=plain,group,lenvm,group_s$GROUP2_COEF
+GATED=lenvm_pass_rate
+# seed by seed, so that a partial run already has every arm at the first seeds; the gated arm runs at seed 0 only
+for seed in ${SEEDS//,/ }; do
+  python bench/bench_grpo.py train --lenvm "$LENVM" --output-dir "$OUT" --arms "$SEEDED" --seeds "$seed" \
+    --length-coef "$LENGTH_COEF" "$@"
+  if [ "$seed" = 0 ]; then
+    python bench/bench_grpo.py train --lenvm "$LENVM" --output-dir "$OUT" --arms "$GATED" --seeds 0 \
+      --length-coef "$LENGTH_COEF" "$@"
+  fi
+done
+python bench/bench_grpo.py evaluate --output-dir "$OUT" --arms "$SEEDED" --seeds "$SEEDS"
+python bench/bench_grpo.py evaluate --output-dir "$OUT" --arms "$GATED" --seeds 0
+python bench/bench_grpo.py report --output-dir "$OUT" --arms "$SEEDED,$GATED" --seeds "$SEEDS" \
+  --length-coef "$LENGTH_COEF" --seeds-plot "${PLOT:-docs/grpo_seeds.png}"

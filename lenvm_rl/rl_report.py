@@ -1,0 +1,394 @@
+"""The report of an RL comparison repeated over training seeds: per-arm held-out means with two errors, paired
+differences per seed, and a matched-length comparison against a twin arm run at two length coefficients.
+
+Layout (``bench/bench_grpo.py``): run ``ARM-seedN`` of arm ``ARM`` at training seed ``N`` keeps its checkpoints in
+``OUTPUT_DIR/ARM-seedN/checkpoint-*/`` (``trainer_state.json`` holds the training log) and its held-out samples
+in ``OUTPUT_DIR/eval/ARM-seedN.jsonl``; the base policy's in ``OUTPUT_DIR/eval/base.jsonl``. Sample files are
+rollout records (:mod:`lenvm_rl.data.rollouts`), scored by :func:`lenvm_rl.evaluation.policy_prompt_means`.
+
+>>> report = seed_report("bench/results/grpo", ["plain", "group", "lenvm", "group_s1.0"], [0, 1, 2],  # doctest: +SKIP
+...                      answers, tokenizer, pairs=[("lenvm", "group"), ("lenvm", "plain")],
+...                      matched=("lenvm", {"group": 0.5, "group_s1.0": 1.0}))
+>>> print(format_seed_table(report)); print(format_seed_differences(report)); print(verdict(report))  # doctest: +SKIP
+
+Every statistic comes from :mod:`lenvm_rl.core.seeds`; this module reads files and arranges numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lenvm_rl.core import (
+    interpolate_at_length,
+    paired_seed_differences,
+    pooled_standard_error,
+    seed_mean,
+    seeds_to_resolve,
+)
+from lenvm_rl.data import read_rollouts
+from lenvm_rl.evaluation import (
+    POLICY_COLUMNS,
+    PolicyEvaluation,
+    evaluate_policy,
+    paired_policy_difference,
+    policy_prompt_means,
+)
+
+__all__ = ["ANSWER_KEY", "LENGTH_KEY", "ArmSummary", "SeedDifference", "SeedReport", "format_matched",
+           "format_seed_differences", "format_seed_table", "read_log_history", "run_name", "seed_report",
+           "training_band", "verdict"]
+
+LENGTH_KEY = "completions/mean_length"
+ANSWER_KEY = "rewards/gsm8k_format_reward/mean"
+"""Training-log keys (TRL's ``log_history``) of the batch's mean completion length and of the mean of the
+:func:`~lenvm_rl.rewards.gsm8k_format_reward` reward function (unweighted): the training answer rate."""
+
+
+def run_name(arm: str, seed: int) -> str:
+    """The run of ``arm`` at training seed ``seed``: ``ARM-seedN`` (its folder and its held-out file's stem)."""
+    return f"{arm}-seed{int(seed)}"
+
+
+@dataclass
+class ArmSummary:
+    """One arm's held-out metrics over its seeds, for every :data:`~lenvm_rl.evaluation.POLICY_COLUMNS` metric.
+
+    Attributes:
+        seeds: the seeds with a complete held-out file, ascending.
+        runs: each seed's :class:`~lenvm_rl.evaluation.PolicyEvaluation`.
+        mean: ``{metric: mean over seeds}`` of the runs' means over prompts.
+        seed_se: ``{metric: between-seed SE}`` (:func:`~lenvm_rl.core.seed_mean`; NaN with one seed).
+        prompt_se: ``{metric: within-run prompt SE}``, the runs' SEs over prompts pooled over seeds
+            (:func:`~lenvm_rl.core.pooled_standard_error`, ``sqrt(mean_i se_i**2)``): one run's error from the
+            choice of held-out prompts, which every seed shares.
+    """
+
+    seeds: list[int]
+    runs: dict[int, PolicyEvaluation]
+    mean: dict[str, float]
+    seed_se: dict[str, float]
+    prompt_se: dict[str, float]
+
+
+@dataclass
+class SeedDifference:
+    """Arm A minus arm B, paired by seed, for every metric in ``mean``.
+
+    Attributes:
+        name: e.g. ``"lenvm - group"``.
+        seeds: the seeds both have, ascending.
+        per_seed: ``{metric: (S,) tensor}``, ``d_i = a_i - b_i`` of the runs' means.
+        per_seed_se: ``{metric: (S,) tensor}``, the SE over prompts of ``d_i``, paired by prompt
+            (:func:`~lenvm_rl.evaluation.paired_policy_difference`); NaN where B is no run (an interpolation).
+        mean, se: ``{metric: float}``, the mean of ``d`` over seeds and its between-seed SE.
+    """
+
+    name: str
+    seeds: list[int]
+    per_seed: dict[str, torch.Tensor]
+    per_seed_se: dict[str, torch.Tensor]
+    mean: dict[str, float]
+    se: dict[str, float]
+
+    def sd(self, metric: str) -> float:
+        """The between-seed standard deviation of ``d``: ``se * sqrt(S)``."""
+        return self.se[metric] * math.sqrt(len(self.seeds))
+
+
+@dataclass
+class SeedReport:
+    """What :func:`seed_report` found (see there). ``matched`` is the target arm minus its twin interpolated to
+    the target's length (``per_seed_se`` NaN); ``matched_coef`` ``(mean, se)`` over seeds of the coefficient
+    ``s*`` at which the twin reaches that length, ``matched_coefs`` the twin's ``(s_a, s_b)`` and
+    ``matched_weights`` the per-seed ``w`` of :func:`~lenvm_rl.core.interpolate_at_length` (outside ``[0, 1]``:
+    extrapolated)."""
+
+    arms: dict[str, ArmSummary]
+    base: PolicyEvaluation | None
+    differences: list[SeedDifference]
+    matched: SeedDifference | None = None
+    matched_coef: tuple[float, float] | None = None
+    matched_coefs: tuple[float, float] | None = None
+    matched_weights: list[float] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def _held_out(output_dir: Path, name: str, answers, tokenizer, prompts: set) -> dict | None:
+    """Per-prompt means of ``eval/NAME.jsonl``, or None when the file is missing or lacks a held-out prompt."""
+    path = output_dir / "eval" / f"{name}.jsonl"
+    if not path.is_file():
+        return None
+    records = read_rollouts(path)
+    means = policy_prompt_means(records, answers, tokenizer)
+    if set(means["prompt_index"].tolist()) != prompts:
+        warnings.warn(f"{path} covers {len(means['prompt_index'])} of the {len(prompts)} held-out prompts "
+                      "(still sampling?); left out of the report", stacklevel=3)
+        return None
+    return {"means": means, "evaluation": evaluate_policy(records, answers, tokenizer)}
+
+
+def _stack(values: Sequence[Mapping[str, float]], metrics) -> torch.Tensor:
+    """``(S, M)`` float64 from one ``{metric: value}`` per seed."""
+    return torch.tensor([[v[m] for m in metrics] for v in values], dtype=torch.float64)
+
+
+def _summary(runs: dict[int, dict]) -> ArmSummary:
+    metrics = list(POLICY_COLUMNS)
+    evaluations = {seed: run["evaluation"] for seed, run in sorted(runs.items())}
+    means = _stack([vars(e) for e in evaluations.values()], metrics)
+    ses = _stack([{m: getattr(e, f"{m}_se") for m in metrics} for e in evaluations.values()], metrics)
+    mean, se = seed_mean(means)
+    return ArmSummary(seeds=list(evaluations), runs=evaluations, mean=dict(zip(metrics, mean.tolist())),
+                      seed_se=dict(zip(metrics, se.tolist())),
+                      prompt_se=dict(zip(metrics, pooled_standard_error(ses).tolist())))
+
+
+def _seed_difference(name: str, seeds: list[int], a: torch.Tensor, b: torch.Tensor,
+                     per_seed_se: dict[str, torch.Tensor] | None = None) -> SeedDifference:
+    """``a - b`` of two ``(S, M)`` stacks (:func:`_stack`, metrics in :data:`POLICY_COLUMNS` order), paired by seed."""
+    metrics = list(POLICY_COLUMNS)
+    d, mean, se = paired_seed_differences(a, b)
+    unpaired = torch.full((len(seeds),), math.nan, dtype=torch.float64)
+    return SeedDifference(name, seeds, per_seed={m: d[:, j] for j, m in enumerate(metrics)},
+                          per_seed_se=per_seed_se or dict.fromkeys(metrics, unpaired),
+                          mean=dict(zip(metrics, mean.tolist())), se=dict(zip(metrics, se.tolist())))
+
+
+def _difference(name: str, a: dict[int, dict], b: dict[int, dict]) -> SeedDifference | None:
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    metrics = list(POLICY_COLUMNS)
+    paired = [paired_policy_difference(a[s]["means"], b[s]["means"]) for s in seeds]
+    return _seed_difference(name, seeds, _stack([vars(a[s]["evaluation"]) for s in seeds], metrics),
+                            _stack([vars(b[s]["evaluation"]) for s in seeds], metrics),
+                            {m: torch.tensor([p[m][1] for p in paired], dtype=torch.float64) for m in metrics})
+
+
+def _matched(report: SeedReport, runs: dict[str, dict[int, dict]], target: str, twins: Mapping[str, float]) -> None:
+    """Fill ``report.matched*``: ``target`` minus its twin (two arms, ``{arm: coefficient}``) at its length."""
+    if len(twins) != 2:
+        raise ValueError(f"matched needs the twin at exactly two coefficients, got {dict(twins)}")
+    (arm_a, s_a), (arm_b, s_b) = sorted(twins.items(), key=lambda item: item[1])
+    seeds = sorted(set(runs[target]) & set(runs[arm_a]) & set(runs[arm_b]))
+    if not seeds:
+        return
+    metrics = list(POLICY_COLUMNS)
+    values = {arm: _stack([vars(runs[arm][s]["evaluation"]) for s in seeds], metrics)
+              for arm in (target, arm_a, arm_b)}
+    length = metrics.index("mean_length")
+    try:
+        s_star, at_target, w = interpolate_at_length(
+            (s_a, s_b), torch.stack([values[arm_a][:, length], values[arm_b][:, length]]),
+            torch.stack([values[arm_a], values[arm_b]]), values[target][:, length])
+    except ValueError as err:
+        raise ValueError(f"matched length of {target} against {arm_a} and {arm_b}, seed rows of seeds {seeds}: "
+                         f"{err}") from None
+    report.matched = _seed_difference(f"{target} - {arm_a}/{arm_b} at {target}'s length", seeds, values[target],
+                                      at_target)
+    report.matched_coef = tuple(x.item() for x in seed_mean(s_star))
+    report.matched_coefs, report.matched_weights = (s_a, s_b), w.tolist()
+
+
+def seed_report(output_dir, arms: Sequence[str], seeds: Sequence[int], answers, tokenizer, *,
+                pairs: Sequence[tuple[str, str]] = (), matched: tuple[str, Mapping[str, float]] | None = None
+                ) -> SeedReport:
+    """Held-out metrics of every arm over its seeds, paired differences, and a matched-length comparison.
+
+    Args:
+        output_dir: the comparison's folder (layout in the module docstring).
+        arms, seeds: the runs ``ARM-seedN`` to read; a run without a complete held-out file (every prompt of
+            ``answers``) is left out and listed in ``missing`` (an arm may have fewer seeds than another).
+        answers: the gold answers, indexed by ``prompt_index`` (:func:`~lenvm_rl.evaluation.evaluate_policy`); a
+            list of ``P`` entries means held-out prompts ``0 .. P-1``.
+        tokenizer: decodes the completions.
+        pairs: ``(A, B)`` arm pairs: ``A - B`` per seed (both runs present) and over seeds.
+        matched: ``(target, {twin_a: s_a, twin_b: s_b})``: the target arm minus the twin arm interpolated per
+            seed, linearly in ``s`` between its two coefficients, to the target run's mean length
+            (:func:`~lenvm_rl.core.interpolate_at_length`), over the seeds all three have.
+    Returns:
+        A :class:`SeedReport`; ``base`` from ``eval/base.jsonl`` when there.
+    Raises:
+        ValueError: an arm of ``pairs`` or ``matched`` not in ``arms``, or malformed records.
+    """
+    output_dir = Path(output_dir)
+    named = {a for pair in pairs for a in pair} | ({matched[0], *matched[1]} if matched else set())
+    if named - set(arms):
+        raise ValueError(f"pairs and matched name arms that are not in arms {list(arms)}: {sorted(named - set(arms))}")
+    prompts = set(answers) if isinstance(answers, Mapping) else set(range(len(answers)))
+    runs: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
+    missing = []
+    for arm in arms:
+        for seed in seeds:
+            found = _held_out(output_dir, run_name(arm, seed), answers, tokenizer, prompts)
+            if found is None:
+                missing.append(run_name(arm, seed))
+            else:
+                runs[arm][int(seed)] = found
+    base = _held_out(output_dir, "base", answers, tokenizer, prompts)
+    report = SeedReport(arms={arm: _summary(r) for arm, r in runs.items() if r},
+                        base=base["evaluation"] if base else None, differences=[], missing=missing)
+    for a, b in pairs:
+        difference = _difference(f"{a} - {b}", runs[a], runs[b])
+        if difference is not None:
+            report.differences.append(difference)
+    if matched:
+        _matched(report, runs, *matched)
+    return report
+
+
+# ----------------------------------------------------------------------------- training curves
+
+
+def read_log_history(run_dir) -> list[dict]:
+    """The training log of a run: ``log_history`` of its last checkpoint's ``trainer_state.json``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``checkpoint-*`` folder with a ``trainer_state.json``.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(run_dir)) if Path(run_dir).is_dir() else None
+    if last is None or not (Path(last) / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint-*/trainer_state.json (not trained yet?)")
+    return json.loads((Path(last) / "trainer_state.json").read_text())["log_history"]
+
+
+def training_band(output_dir, arm: str, seeds: Sequence[int], key: str
+                  ) -> tuple[list[int], torch.Tensor, torch.Tensor, list[int]] | None:
+    """Mean ± between-seed SE of a logged training metric against step, over the seeds of ``arm``.
+
+    ``key`` is a ``log_history`` key (:data:`LENGTH_KEY`, :data:`ANSWER_KEY`); the steps are those every seed
+    with a log has logged (a run still training shortens the band), and the last entry of a step counts.
+
+    Returns:
+        ``(steps, mean, se, seeds_used)``: ``steps`` ascending, ``mean`` and ``se`` ``(T,)`` float64 from
+        :func:`~lenvm_rl.core.seed_mean` (``se`` NaN with one seed); None when no seed has a log with ``key``.
+    """
+    curves = {}
+    for seed in seeds:
+        try:
+            history = read_log_history(Path(output_dir) / run_name(arm, seed))
+        except FileNotFoundError:
+            continue
+        curve = {entry["step"]: entry[key] for entry in history if key in entry}
+        if curve:
+            curves[int(seed)] = curve
+    if not curves:
+        return None
+    steps = sorted(set.intersection(*(set(curve) for curve in curves.values())))
+    mean, se = seed_mean(torch.tensor([[curve[s] for s in steps] for curve in curves.values()], dtype=torch.float64))
+    return steps, mean, se, sorted(curves)
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _cell(metric: str, value: float, signed: bool = False) -> str:
+    """A length in tokens (``.1f``), a fraction in percent, or in points when ``signed`` (a difference)."""
+    if math.isnan(value):
+        return "—"
+    if metric == "mean_length":
+        return f"{value:+.1f}" if signed else f"{value:.1f}"
+    return f"{100 * value:+.1f} pp" if signed else f"{100 * value:.1f} %"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def _error(metric: str, se: float) -> str:
+    return "—" if math.isnan(se) else (f"{se:.1f}" if metric == "mean_length" else f"{100 * se:.1f}")
+
+
+def format_seed_table(report: SeedReport) -> str:
+    """A markdown table, one row per arm (and the base policy first, when there): every metric as
+    ``mean ± between-seed SE (within-run prompt SE)``; ``—`` where one seed leaves no between-seed SE."""
+    titles = list(POLICY_COLUMNS.values())
+    lines = ["| policy | seeds | " + " | ".join(titles) + " |", "|---|---|" + "---:|" * len(titles)]
+    if report.base is not None:
+        lines.append("| base (before RL) | — | " + " | ".join(
+            f"{_cell(m, getattr(report.base, m))} ({_error(m, getattr(report.base, f'{m}_se'))})"
+            for m in POLICY_COLUMNS) + " |")
+    for arm, summary in report.arms.items():
+        lines.append(f"| {arm} | {','.join(map(str, summary.seeds))} | " + " | ".join(
+            f"{_cell(m, summary.mean[m])} ± {_error(m, summary.seed_se[m])} ({_error(m, summary.prompt_se[m])})"
+            for m in POLICY_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def format_seed_differences(report: SeedReport) -> str:
+    """A markdown table of every paired difference (and the matched one): per seed ``d_i ± its prompt-paired SE``,
+    then ``mean ± between-seed SE`` over seeds; lengths in tokens, rates in percentage points."""
+    rows = report.differences + ([report.matched] if report.matched else [])
+    if not rows:
+        return "no paired difference: no seed has both runs of a pair"
+    seeds = sorted({s for row in rows for s in row.seeds})
+    lines = ["| difference | metric | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± SE over seeds |",
+             "|---|---|" + "---:|" * (len(seeds) + 1)]
+    for row in rows:
+        for metric, title in POLICY_COLUMNS.items():
+            if row is report.matched and metric == "mean_length":
+                continue  # 0 by construction
+            cells = []
+            for seed in seeds:
+                if seed not in row.seeds:
+                    cells.append("—")
+                    continue
+                i = row.seeds.index(seed)
+                value, se = row.per_seed[metric][i].item(), row.per_seed_se[metric][i].item()
+                error = "" if math.isnan(se) else f" ± {_error(metric, se)}"
+                cells.append(_cell(metric, value, signed=True) + error)
+            total = f"{_cell(metric, row.mean[metric], signed=True)} ± {_error(metric, row.se[metric])} " \
+                    f"({_seeds(len(row.seeds))})"
+            lines.append(f"| {row.name} | {title} | " + " | ".join(cells) + f" | {total} |")
+    return "\n".join(lines)
+
+
+def format_matched(report: SeedReport) -> str:
+    """One line: how the twin was interpolated to the target's length, and where (warns of extrapolation)."""
+    if report.matched is None:
+        return "matched length: not available (needs the target and the twin at two coefficients, at a common seed)"
+    s_a, s_b = report.matched_coefs
+    s_star, s_se = report.matched_coef
+    weights = ", ".join(f"{w:.2f}" for w in report.matched_weights)
+    outside = [s for s, w in zip(report.matched.seeds, report.matched_weights) if not 0.0 <= w <= 1.0]
+    line = (f"matched length: {report.matched.name}: the twin interpolated per seed, linearly in s between "
+            f"s = {s_a:g} and s = {s_b:g}, to the target's mean length, at s* = {s_star:.2f}"
+            + ("" if math.isnan(s_se) else f" ± {s_se:.2f}"))
+    line += f" (w per seed: {weights}; error: SE over seeds of the per-seed differences)"
+    if outside:
+        line += f"; EXTRAPOLATED at seeds {outside} (w outside [0, 1]): the twin's lengths do not bracket the target"
+    return line
+
+
+def verdict(report: SeedReport, metric: str = "answer_rate", z: float = 2.0) -> str:
+    """One sentence on the target's answers against its twin, from the matched difference when there (else the
+    first of ``report.differences``, at the same coefficient), resolved when ``|mean| >= z * SE``; and the
+    number of seeds at which the measured between-seed SD would resolve the measured mean
+    (:func:`~lenvm_rl.core.seeds_to_resolve`)."""
+    row = report.matched or (report.differences[0] if report.differences else None)
+    if row is None:
+        return "verdict: no paired difference to judge"
+    where = "at matched length" if row is report.matched else f"at the same length coefficient ({row.name})"
+    mean, se, n = 100 * row.mean[metric], 100 * row.se[metric], len(row.seeds)
+    if math.isnan(se):
+        return f"{where}: Δ = {mean:+.1f} pp from one seed; its run-to-run variance is unknown"
+    if abs(mean) >= z * se and mean != 0:
+        sentence = (f"{where} the token-level critic keeps {abs(mean):.1f} ± {se:.1f} pp "
+                    f"{'more' if mean > 0 else 'fewer'} answers ({_seeds(n)})")
+    else:
+        sentence = f"{where}: no difference resolvable at this scale (Δ = {mean:+.1f} ± {se:.1f} pp, {_seeds(n)})"
+    sd = 100 * row.sd(metric)
+    needed = seeds_to_resolve(torch.tensor(mean), torch.tensor(sd), z).item()
+    scale = ("no number of seeds resolves a zero difference" if math.isinf(needed) else
+             f"with the measured between-seed SD ({sd:.1f} pp) a difference of {abs(mean):.1f} pp "
+             f"is resolved at {z:g} SE by {int(needed)} seeds")
+    return f"{sentence}; {scale}."
