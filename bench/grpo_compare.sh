@@ -20,6 +20,16 @@ SEEDS=${SEEDS:-0,1,2}
 GROUP2_COEF=${GROUP2_COEF:-1.0}
 LENGTH_COEF=${LENGTH_COEF:-0.5}
 TRAIN="bench/rollouts/gsm8k_train200_n8_t0.7.rows0-139.jsonl bench/rollouts/gsm8k_train200_n8_t0.7.rows140-199.jsonl"
+# The committed head (bench/critics/smollm2-135m-gsm8k-200x8: the critic of step 1, trained once, 1.3 MB) on the
+# embedded backbone, which it left unchanged (frozen): every run of every session uses this one LenVM.
+COMMITTED=bench/critics/smollm2-135m-gsm8k-200x8
+if [ ! -f "$LENVM/value_head.safetensors" ] && [ -f "$COMMITTED/value_head.safetensors" ]; then
+  backbone=$(python -c "from lenvm_rl.modeling import resolve_model_path; print(resolve_model_path('smollm2-135m'))")
+  mkdir -p "$LENVM"
+  cp "$COMMITTED"/* "$LENVM"/
+  ln -sf "$backbone/model.safetensors" "$LENVM/model.safetensors"
+  ln -sf "$backbone/tokenizer.json" "$LENVM/tokenizer.json"
+fi
 if [ ! -f "$LENVM/value_head.safetensors" ]; then
   last=$(ls -d "$LENVM"/checkpoint-* 2>/dev/null | sort -V | tail -n 1 || true)
   lenvm-rl pretrain --model_name_or_path smollm2-135m --train_rollouts $TRAIN \
