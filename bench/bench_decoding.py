@@ -6,6 +6,9 @@
     python bench/bench_decoding.py tradeoff --lenvm bench/results/grpo/critic --num-prompts 50 \\
         --betas -5 -20 -50 -200 --budgets 64 128 192 256 --png bench/results/decoding/tradeoff.png
 
+Every command takes ``--device`` (default ``auto``: CUDA when available) and ``--dtype`` (default float32) and
+prints the device and the library versions first; timers wait for the GPU (``lenvm_rl.benchmarking.timed``).
+
 ``length-score`` and ``tradeoff`` decode greedily, or sample with ``--sample --temperature T --seed S``
 (under the ``equal`` constraint of ``length-score`` the LenVM arm is deterministic all the same: one candidate per
 step). ``length-score`` states the target in the prompt of both the prompt-only and the LenVM arm, in ``--unit``
@@ -49,6 +52,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LogitsProcessorList
 
+from lenvm_rl.benchmarking import add_device_arguments, environment_header, resolve_device_arguments, timed
 from lenvm_rl.data.prompts import encode_prompt, to_messages
 from lenvm_rl.decoding import (
     LengthReport,
@@ -61,7 +65,7 @@ from lenvm_rl.decoding import (
     tilt_point,
     tradeoff_arm,
 )
-from lenvm_rl.modeling import LenVM, load_backbone, resolve_model_path
+from lenvm_rl.modeling import LenVM, PrepackedLinears, load_backbone, resolve_model_path
 
 GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -74,12 +78,12 @@ def gsm8k(offset: int, n: int) -> tuple[list[str], list[str]]:
 
 def load_models(args):
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.policy))
-    policy = load_backbone(args.policy).eval()
+    policy = load_backbone(args.policy, dtype=args.dtype).to(args.device).eval()
     if args.lenvm in (None, "fresh"):
         torch.manual_seed(0)
-        lenvm = LenVM.from_backbone(args.policy, gamma=0.99).eval()
+        lenvm = LenVM.from_backbone(args.policy, gamma=0.99, dtype=args.dtype, device=args.device).eval()
     else:
-        lenvm = LenVM.from_pretrained(args.lenvm).eval()
+        lenvm = LenVM.from_pretrained(args.lenvm, dtype=args.dtype, device=args.device).eval()
     return policy, tokenizer, lenvm
 
 
@@ -92,30 +96,28 @@ def prefix_ids(tokenizer, length: int) -> torch.Tensor:
     return torch.tensor(ids[-length:])[None]
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 @torch.inference_mode()
 def speed(args) -> None:
-    torch.set_num_threads(args.threads)
     policy, tokenizer, lenvm = load_models(args)
-    ids = prefix_ids(tokenizer, args.prefix)
+    device = args.device
+    ids = prefix_ids(tokenizer, args.prefix).to(device)
     k = args.candidates
     mask = torch.ones_like(ids)
     prefix = lenvm(ids, mask, use_cache=True)
-    cand = torch.randint(0, lenvm.config.vocab_size, (1, k))  # for the layouts the processor does not run
-    extended = torch.ones(1, args.prefix + 1, dtype=torch.long)
+    cand = torch.randint(0, lenvm.config.vocab_size, (1, k), device=device)  # for the layouts the processor skips
+    extended = torch.ones(1, args.prefix + 1, dtype=torch.long, device=device)
+    # the LenVM's linear layers on oneDNN-packed weights (the processor's default where they apply: a float32
+    # LenVM on the CPU) and on PyTorch's default kernels; elsewhere only the latter
+    kernels = {"packed": None, "default kernels": False} if PrepackedLinears.available(lenvm) else {
+        "default kernels": False}
 
     def decode_step():
         cache = copy.deepcopy(prefix.cache)
         return lambda: lenvm(cand[:, :1], extended, cache=cache, use_cache=True)
 
-    scores = torch.randn(1, lenvm.config.vocab_size)
+    scores = torch.randn(1, lenvm.config.vocab_size, device=device)  # generate hands processors float32 logits
 
-    def masked(cpu_prepack=None):
+    def masked(cpu_prepack):
         def make():
             processor = LenVMLogitsProcessor(lenvm, top_k=k, cpu_prepack=cpu_prepack)
             processor(ids[:, :-1], scores)  # caches the prefix but its last token, which then rides along
@@ -130,16 +132,16 @@ def speed(args) -> None:
             return lenvm(cand.T, extended.expand(k, -1), cache=cache, use_cache=True)
         return run
 
-    def naive(cpu_prepack=None):
+    def naive(cpu_prepack):
         def make():
             processor = LenVMLogitsProcessor(lenvm, top_k=k, scoring="naive", cpu_prepack=cpu_prepack)
             return lambda: processor(ids, scores)
         return make
 
-    layouts = {"decode step (1 token)": decode_step, f"{k} candidates, 4D mask, packed (what runs)": masked(),
-               f"{k} candidates, 4D mask, default kernels": masked(cpu_prepack=False),
-               f"{k} candidates, batch-expanded": expanded, f"{k} candidates, naive re-encoding, packed": naive(),
-               f"{k} candidates, naive re-encoding, default kernels": naive(cpu_prepack=False)}
+    layouts = {"decode step (1 token)": decode_step}
+    layouts |= {f"{k} candidates, 4D mask, {name}": masked(prepack) for name, prepack in kernels.items()}
+    layouts[f"{k} candidates, batch-expanded"] = expanded
+    layouts |= {f"{k} candidates, naive re-encoding, {name}": naive(prepack) for name, prepack in kernels.items()}
     step_times = {name: [] for name in layouts}
     for name, make in layouts.items():  # warm-up, untimed
         if "naive" not in name:
@@ -147,38 +149,35 @@ def speed(args) -> None:
     for _ in range(args.repeats):
         for name, make in layouts.items():
             fn = make()  # set-up (cache copies, the prefix's cache) is not timed
-            step_times[name].append(timed(fn))
+            step_times[name].append(timed(fn, device))
 
     def generate(processor, n):
         processors = LogitsProcessorList([processor] if processor else [])
         return lambda: policy.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
                                        logits_processor=processors, pad_token_id=tokenizer.eos_token_id)
 
-    methods = {
-        "unguided": (None, args.tokens),
-        "guided, KV cache, packed": (LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k), args.tokens),
-        "guided, KV cache, default kernels": (LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, cpu_prepack=False),
-                                              args.tokens),
-        "guided, naive re-encoding, packed": (LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, scoring="naive"),
-                                              args.naive_tokens + 1),
-        "guided, naive re-encoding, default kernels": (
-            LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, scoring="naive", cpu_prepack=False), args.naive_tokens + 1),
-    }
-    generate(methods["guided, KV cache, packed"][0], 2)()  # warm-up, untimed
+    methods = {"unguided": (None, args.tokens)}
+    methods |= {f"guided, KV cache, {name}": (LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, cpu_prepack=prepack),
+                                              args.tokens) for name, prepack in kernels.items()}
+    methods |= {f"guided, naive re-encoding, {name}": (
+        LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, scoring="naive", cpu_prepack=prepack), args.naive_tokens + 1)
+        for name, prepack in kernels.items()}
+    generate(methods[f"guided, KV cache, {next(iter(kernels))}"][0], 2)()  # warm-up, untimed
     first, total = {name: [] for name in methods}, {name: [] for name in methods}
     for round_ in range(args.repeats):
         for name, (processor, n) in methods.items():
             if "naive" in name and round_ >= max(1, args.repeats // 2):
                 continue
-            first[name].append(timed(generate(processor, 1)))
-            total[name].append(timed(generate(processor, n)))
+            first[name].append(timed(generate(processor, 1), device))
+            total[name].append(timed(generate(processor, n), device))
 
     med = {name: statistics.median(v) for name, v in step_times.items()}
     ttft = {name: statistics.median(v) for name, v in first.items()}
     tpot = {name: (statistics.median(total[name]) - ttft[name]) / (n - 1) for name, (_, n) in methods.items()}
     per_token = {name: statistics.median(total[name]) / n for name, (_, n) in methods.items()}
     print(f"\n{args.policy} policy, LenVM {args.lenvm or 'fresh head on the same backbone'}; prefix {args.prefix} "
-          f"tokens, {k} candidates, {args.threads} threads; medians over {args.repeats} rounds")
+          f"tokens, {k} candidates, {device}, {args.dtype}, {args.threads} threads; medians over {args.repeats} "
+          "rounds")
     print(f"{'one step of the LenVM':<45}  {'ms':>9}")
     for name in step_times:
         print(f"{name:<45}  {1000 * med[name]:>9.1f}")
@@ -188,23 +187,25 @@ def speed(args) -> None:
         print(f"{name:<45}  {ms[0]:>11.1f}  {ms[1]:>15.1f}  {ms[2]:>9.1f}  {n:>3}")
     print("\nper later token (time per output token after the first; the first holds the prompt's prefill), the")
     print("LenVM with the same kernels in every method:")
-    for kernels in ("packed", "default kernels"):
-        guided, naive_name = f"guided, KV cache, {kernels}", f"guided, naive re-encoding, {kernels}"
-        print(f"  {kernels:<16} guided / unguided {tpot[guided] / tpot['unguided']:.2f}x (goal <= 2.5x), "
+    for kernel in kernels:
+        guided, naive_name = f"guided, KV cache, {kernel}", f"guided, naive re-encoding, {kernel}"
+        print(f"  {kernel:<16} guided / unguided {tpot[guided] / tpot['unguided']:.2f}x (goal <= 2.5x), "
               f"naive / guided {tpot[naive_name] / tpot[guided]:.1f}x (goal >= 50x); all N / N: "
               f"{per_token[guided] / per_token['unguided']:.2f}x, {per_token[naive_name] / per_token[guided]:.1f}x")
-    packed_step = med[f"{k} candidates, 4D mask, packed (what runs)"]
-    default_step = med[f"{k} candidates, 4D mask, default kernels"]
-    print(f"one LenVM step: naive / 4D mask {med[f'{k} candidates, naive re-encoding, packed'] / packed_step:.1f}x "
-          f"(packed), {med[f'{k} candidates, naive re-encoding, default kernels'] / default_step:.1f}x "
-          f"(default kernels); 4D mask default kernels / packed {default_step / packed_step:.2f}x")
+    print("one LenVM step: naive / 4D mask " + ", ".join(
+        f"{med[f'{k} candidates, naive re-encoding, {kernel}'] / med[f'{k} candidates, 4D mask, {kernel}']:.1f}x "
+        f"({kernel})" for kernel in kernels))
+    if "packed" in kernels:
+        ratio = med[f"{k} candidates, 4D mask, default kernels"] / med[f"{k} candidates, 4D mask, packed"]
+        print(f"4D mask default kernels / packed {ratio:.2f}x")
 
 
 class Resumable:
     """A JSON results file written after every finished unit; a re-run with the same arguments skips what is done.
 
     The file holds ``{"command", "args", "units": {name: result}}``; ``args`` are those that change the results
-    (not ``--threads``, ``--output``, ``--png``). A file written with other arguments is refused.
+    (not ``--threads``, ``--output``, ``--png``; the device type and dtype only when not the CPU and
+    float32). A file written with other arguments is refused.
     """
 
     def __init__(self, path: str | None, command: str, args: dict):
@@ -232,7 +233,14 @@ class Resumable:
 def _result_args(args, *names) -> dict:
     common = ("policy", "lenvm", "candidates", "top_p", "min_p", "batch_size", "offset", "num_prompts", "sample",
               "temperature", "seed")
-    return {k: getattr(args, k) for k in common + names}
+    result = {k: getattr(args, k) for k in common + names}
+    # the device type and dtype change the completions; recorded only off the defaults (CPU, float32), so files
+    # written before these options existed stay valid
+    if getattr(args, "dtype", "float32") != "float32":
+        result["dtype"] = args.dtype
+    if torch.device(getattr(args, "device", "cpu")).type != "cpu":
+        result["device"] = torch.device(args.device).type
+    return result
 
 
 def _decoding(args) -> str:
@@ -246,7 +254,6 @@ def _pm(value: float, se: float, digits: int) -> str:
 
 
 def length_score(args) -> None:
-    torch.set_num_threads(args.threads)
     prompts, _ = gsm8k(args.offset, args.num_prompts)
     store = Resumable(args.output, "length-score", _result_args(args, "targets", "max_factor", "unit",
                                                                 "tokens_per_word"))
@@ -293,7 +300,6 @@ def _arm_record(completions, correct) -> dict:
 
 
 def tradeoff(args) -> None:
-    torch.set_num_threads(args.threads)
     prompts, answers = gsm8k(args.offset, args.num_prompts)
     store = Resumable(args.output, "tradeoff", _result_args(args, "betas", "budgets", "max_new_tokens"))
     units = ["unguided"] + [f"beta {b:g}" for b in args.betas if b != 0.0]
@@ -349,6 +355,7 @@ def main() -> None:
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--offset", type=int, default=200, help="first GSM8K test row (held out)")
         p.add_argument("--num-prompts", type=int, default=20)
+        add_device_arguments(p)
     sub.choices["speed"].add_argument("--prefix", type=int, default=256)
     sub.choices["speed"].add_argument("--tokens", type=int, default=32)
     sub.choices["speed"].add_argument("--naive-tokens", type=int, default=2)
@@ -373,7 +380,9 @@ def main() -> None:
     sub.choices["tradeoff"].add_argument("--budgets", type=int, nargs="+", default=[64, 128, 192, 256])
     sub.choices["tradeoff"].add_argument("--max-new-tokens", type=int, default=512)
     sub.choices["tradeoff"].add_argument("--png", default=None)
-    args = parser.parse_args()
+    args = resolve_device_arguments(parser.parse_args())
+    torch.set_num_threads(args.threads)
+    print(environment_header(args.device, args.dtype), flush=True)
     args.func(args)
 
 

@@ -20,7 +20,9 @@ data, alternating rounds of ``--steps`` steps in one process. It prints the medi
 (the first step of every round is a warm-up and is dropped), the median time inside
 ``_generate_and_score_completions`` (where the critic runs), the time of the critic call itself,
 and the ratios. The learning rate is tiny so that both arms keep sampling the same policy: the
-step time then differs by the critic's work, not by what the policies happen to generate.
+step time then differs by the critic's work, not by what the policies happen to generate. ``--device`` (default
+``auto``: CUDA when available) and ``--dtype`` (default float32: the policy's and the critic's weights) set where
+and in what it runs; it prints the device and the library versions first, and its timers wait for the GPU.
 """
 
 from __future__ import annotations
@@ -28,24 +30,24 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
 
 
-def timed(trainer_class):
-    """A subclass that records the wall time of every ``_generate_and_score_completions`` call."""
+def timed_scoring(trainer_class, device: str):
+    """A subclass that records the wall time of every ``_generate_and_score_completions`` call on ``device``."""
+    from lenvm_rl.benchmarking import timed
 
     class Timed(trainer_class):
         score_times: list[float] = []
 
         def _generate_and_score_completions(self, inputs):
-            start = time.perf_counter()
-            output = super()._generate_and_score_completions(inputs)
-            self.score_times.append(time.perf_counter() - start)
-            return output
+            output = []
+            parent = super(Timed, self)._generate_and_score_completions
+            self.score_times.append(timed(lambda: output.append(parent(inputs)), device))
+            return output[0]
 
     Timed.score_times = []
     return Timed
@@ -57,38 +59,41 @@ def overhead(args) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from lenvm_rl import LengthAwareGRPOConfig, LengthAwareGRPOTrainer, LenVM, LenVMCritic
+    from lenvm_rl.benchmarking import environment_header, timed
     from lenvm_rl.modeling import load_backbone, resolve_model_path
     from lenvm_rl.rewards import gsm8k_format_reward
 
     torch.set_num_threads(args.threads)
+    print(environment_header(args.device, args.dtype), flush=True)
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     dataset, _, _ = gsm8k_problems(64, 0)
     common = dict(per_device_train_batch_size=args.prompts * args.num_generations, num_generations=args.num_generations,
                   max_completion_length=args.max_completion_length, learning_rate=1e-9, logging_steps=1,
-                  report_to="none", save_strategy="no", use_cpu=True, bf16=False, seed=0, temperature=0.7,
-                  disable_tqdm=True, max_steps=args.steps)
-    critic = LenVMCritic(LenVM.from_backbone(args.model, gamma=0.99), batch_size=args.critic_batch_size)
+                  report_to="none", save_strategy="no", use_cpu=args.device == "cpu", bf16=False, seed=0,
+                  temperature=0.7, disable_tqdm=True, max_steps=args.steps)
+    # the weights in --dtype (no mixed precision: bf16=False); the trainer moves the critic to its device
+    critic = LenVMCritic(LenVM.from_backbone(args.model, gamma=0.99, dtype=args.dtype),
+                         batch_size=args.critic_batch_size)
     critic_times = []
     original_call = LenVMCritic.__call__
 
     def timed_call(self, *a, **k):
-        start = time.perf_counter()
-        out = original_call(self, *a, **k)
-        critic_times.append(time.perf_counter() - start)
-        return out
+        out = []
+        critic_times.append(timed(lambda: out.append(original_call(self, *a, **k)), args.device))
+        return out[0]
 
     LenVMCritic.__call__ = timed_call
-    arms = {"GRPOTrainer": (timed(GRPOTrainer), GRPOConfig, {}),
-            "LengthAwareGRPOTrainer (lenvm)": (timed(LengthAwareGRPOTrainer), LengthAwareGRPOConfig,
-                                               {"length_critic": critic})}
+    arms = {"GRPOTrainer": (timed_scoring(GRPOTrainer, args.device), GRPOConfig, {}),
+            "LengthAwareGRPOTrainer (lenvm)": (timed_scoring(LengthAwareGRPOTrainer, args.device),
+                                               LengthAwareGRPOConfig, {"length_critic": critic})}
     step_times = {name: [] for name in arms}
     score_times = {name: [] for name in arms}
     for round_index in range(args.rounds):
         for name, (trainer_class, config_class, extra) in arms.items():
             config = config_class(output_dir=f"/tmp/bench-grpo-{round_index}", **common)
-            trainer = trainer_class(load_backbone(args.model), reward_funcs=gsm8k_format_reward, args=config,
-                                    train_dataset=dataset, processing_class=tokenizer, **extra)
+            trainer = trainer_class(load_backbone(args.model, dtype=args.dtype), reward_funcs=gsm8k_format_reward,
+                                    args=config, train_dataset=dataset, processing_class=tokenizer, **extra)
             trainer.train()
             steps = [e["step_time"] for e in trainer.state.log_history if "step_time" in e]
             step_times[name] += steps[1:]
@@ -98,8 +103,9 @@ def overhead(args) -> None:
 
     base = "GRPOTrainer"
     print(f"\nSmolLM2-135M-Instruct policy and LenVM, {args.prompts} prompts x {args.num_generations} completions, "
-          f"max {args.max_completion_length} tokens, HF generate, {args.threads} threads; median over "
-          f"{len(step_times[base])} steps per arm ({args.rounds} rounds of {args.steps}, first step of each dropped)")
+          f"max {args.max_completion_length} tokens, HF generate, {args.device}, {args.dtype}, {args.threads} "
+          f"threads; median over {len(step_times[base])} steps per arm ({args.rounds} rounds of {args.steps}, "
+          "first step of each dropped)")
     print("| trainer | step time (s) | ratio | generate + score (s) | ratio |")
     print("|---|---:|---:|---:|---:|")
     for name in arms:
@@ -184,7 +190,8 @@ def train(args) -> None:
             output_dir=str(run_dir), num_generations=args.num_generations,
             max_completion_length=args.max_completion_length, temperature=args.temperature,
             learning_rate=args.learning_rate, max_steps=args.steps, seed=int(seed), data_seed=args.data_seed,
-            logging_steps=1, save_strategy="steps", save_steps=args.chunk, use_cpu=True, bf16=False,
+            logging_steps=1, save_strategy="steps", save_steps=args.chunk, save_total_limit=2, use_cpu=True,
+            bf16=False,
             report_to="none", reward_weights=REWARD_WEIGHTS, length_coef=args.length_coef,
             length_gate_max_reward=sum(REWARD_WEIGHTS))
         critic = LenVMCritic(args.lenvm, batch_size=args.critic_batch_size)
@@ -407,6 +414,8 @@ def plot_seeds(args, arms: list[str], seeds: list[int], result) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from lenvm_rl.benchmarking import add_device_arguments, resolve_device_arguments
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("overhead", help="step time of LengthAwareGRPOTrainer vs GRPOTrainer")
@@ -418,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-completion-length", type=int, default=128)
     p.add_argument("--critic-batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    add_device_arguments(p)
     p.set_defaults(func=overhead)
     p = sub.add_parser("train", help="the RL comparison: every arm, round-robin, resumable")
     p.add_argument("--model", default="smollm2-135m")
@@ -457,6 +467,8 @@ def main(argv: list[str] | None = None) -> None:
                            help="the length_coef of an arm without _sX (train's --length-coef): the twin's point")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
+    if args.command == "overhead":
+        resolve_device_arguments(args)
     args.func(args)
 
 

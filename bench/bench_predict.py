@@ -11,7 +11,9 @@ noisy), on the same GSM8K test prompts under SmolLM2-135M-Instruct's chat templa
 - ``backbone forward``: ``AutoModelForCausalLM`` forward (trunk + LM head) over the sorted,
   pre-tokenized batches: the cost of one bare forward pass, the reference point.
 
-Prints prompts/s (median over repeats), the ratio to the bare forward, and the padding fraction.
+Prints the device and the library versions, then prompts/s (median over repeats), the ratio to the bare
+forward, and the padding fraction. ``--device`` (default ``auto``: CUDA when available) and ``--dtype`` (default
+float32) place the model; timers wait for the GPU.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from lenvm_rl.benchmarking import add_device_arguments, environment_header, resolve_device_arguments, timed
 from lenvm_rl.predict import LengthPredictor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -56,12 +58,15 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    add_device_arguments(parser)
+    args = resolve_device_arguments(parser.parse_args())
 
+    print(environment_header(args.device, args.dtype), flush=True)
     torch.set_grad_enabled(False)
     with open(args.data) as f:
         prompts = [json.loads(line)["question"] for line, _ in zip(f, range(args.num_prompts))]
-    predictor = LengthPredictor.from_pretrained(args.model, batch_size=args.batch_size)
+    predictor = LengthPredictor.from_pretrained(args.model, batch_size=args.batch_size, dtype=args.dtype,
+                                                device=args.device)
     unsorted = LengthPredictor(predictor.model, predictor.tokenizer, batch_size=args.batch_size)
     encoded = [predictor.encode_prompt(p) for p in prompts]
     by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
@@ -74,7 +79,7 @@ def main() -> None:
 
     def backbone_forward():
         for ids, mask in batches_of(encoded, by_length, args.batch_size):
-            predictor.model.backbone(input_ids=ids, attention_mask=mask)
+            predictor.model.backbone(input_ids=ids.to(args.device), attention_mask=mask.to(args.device))
 
     contenders = {
         "predict (sorted)": (lambda: predictor.predict(prompts), padding_fraction(encoded, by_length, args.batch_size)),
@@ -85,9 +90,7 @@ def main() -> None:
     backbone_forward()  # warm-up
     for _ in range(args.repeats):
         for name, (fn, _) in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(fn, args.device))
 
     base = statistics.median(times["backbone forward"])
     tokens = sum(len(e) for e in encoded)

@@ -15,6 +15,10 @@ Everything runs in one invocation, on loopback only, with bounded request loops:
 - ``/tree_value`` with ``--candidates`` candidates on a ``--prefix``-token prefix against ``K``
   ``/encode`` calls of ``prefix + c`` (the naive way) and one ``/encode`` call holding all ``K``
   extensions, on the batching server, median over ``--rounds``, with the largest |z| difference.
+
+The servers and the in-process predictor run on ``--device`` (default ``auto``: CUDA when available) in
+``--dtype`` (default float32); the device and the library versions are printed first. HTTP latencies need no
+synchronisation (a response holds the computed values); the in-process timings wait for the GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 import torch
 from bench_decoding import gsm8k
 
+from lenvm_rl.benchmarking import add_device_arguments, environment_header, resolve_device_arguments, timed
 from lenvm_rl.predict import LengthPredictor
 from lenvm_rl.serving.client import LenVMClient, launch_server
 
@@ -76,9 +81,7 @@ def bench_throughput(args, servers: dict[str, LenVMClient], predictor: LengthPre
             rows = (after["rows"] - before["rows"]) / max(after["batches"] - before["batches"], 1)
             print(f"{c:>7}  {name:<12} {rates[name]:>9.2f}  {1e3 * statistics.median(lat):>8.0f}  "
                   f"{1e3 * percentile(lat, 0.9):>8.0f}  ({rows:.1f} prompts per forward)")
-        start = time.perf_counter()
-        predictor.predict(questions)
-        inproc = len(prompts) / (time.perf_counter() - start)
+        inproc = len(prompts) / timed(lambda: predictor.predict(questions), args.device)
         ratios[c] = rates["dynamic"] / rates["batch-1"]
         print(f"{c:>7}  {'in-process':<12} {inproc:>9.2f}  (LengthPredictor.predict, batch "
               f"{predictor.batch_size}, all prompts in one call)")
@@ -125,14 +128,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="/tree_value rounds")
     parser.add_argument("--max-batch-tokens", type=int, default=16384, help="the servers' token budget")
     parser.add_argument("--max-padding", type=float, default=0.25, help="the servers' padding limit")
-    args = parser.parse_args()
+    add_device_arguments(parser)
+    args = resolve_device_arguments(parser.parse_args())
 
+    print(environment_header(args.device, args.dtype), flush=True)
     questions, _ = gsm8k(args.offset, args.prompts)
-    predictor = LengthPredictor.from_pretrained(args.model, batch_size=args.predict_batch_size)
-    budget = ["--max-batch-tokens", str(args.max_batch_tokens), "--max-padding", str(args.max_padding)]
-    print(f"model {args.model}, torch threads {torch.get_num_threads()}, device cpu")
-    with launch_server(args.model, "--batch-size", "64", *budget) as dynamic, \
-            launch_server(args.model, "--batch-size", "1", *budget) as single:
+    predictor = LengthPredictor.from_pretrained(args.model, batch_size=args.predict_batch_size, dtype=args.dtype,
+                                                device=args.device)
+    budget = ["--max_batch_tokens", str(args.max_batch_tokens), "--max_padding", str(args.max_padding),
+              "--device", args.device, "--dtype", args.dtype]
+    print(f"model {args.model}; the servers and the in-process predictor on {args.device} in {args.dtype}")
+    with launch_server(args.model, "--batch_size", "64", *budget) as dynamic, \
+            launch_server(args.model, "--batch_size", "1", *budget) as single:
         bench_throughput(args, {"dynamic": dynamic, "batch-1": single}, predictor, questions)
         bench_tree_value(args, dynamic, predictor.model.config.vocab_size)
 

@@ -59,3 +59,17 @@ python bench/bench_grpo.py evaluate --output-dir "$OUT" --arms "$SEEDED" --seeds
 python bench/bench_grpo.py evaluate --output-dir "$OUT" --arms "$GATED" --seeds 0
 python bench/bench_grpo.py report --output-dir "$OUT" --arms "$SEEDED,$GATED" --seeds "$SEEDS" \
   --length-coef "$LENGTH_COEF" --seeds-plot "${PLOT:-docs/grpo_seeds.png}"
+# The record to commit (ARCHIVE, default bench/grpo_seeds): each finished run's training log (the last checkpoint's
+# trainer_state.json, no weights) and held-out samples, in $OUT's layout, so that `report --output-dir $ARCHIVE`
+# rebuilds the tables and the plot without any checkpoint.
+ARCHIVE=${ARCHIVE:-bench/grpo_seeds}
+mkdir -p "$ARCHIVE/eval"
+for run_dir in "$OUT"/*-seed*/; do
+  run=$(basename "$run_dir")
+  last=$(ls -d "$run_dir"checkpoint-* 2>/dev/null | sort -V | tail -n 1 || true)
+  [ -d "$run_dir/final" ] && [ -n "$last" ] && [ -f "$OUT/eval/$run.jsonl" ] || continue
+  mkdir -p "$ARCHIVE/$run/$(basename "$last")"
+  cp "$last/trainer_state.json" "$ARCHIVE/$run/$(basename "$last")/"
+  cp "$OUT/eval/$run.jsonl" "$ARCHIVE/eval/"
+done
+[ -f "$OUT/eval/base.jsonl" ] && cp "$OUT/eval/base.jsonl" "$ARCHIVE/eval/"

@@ -22,15 +22,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # what static type checkers and IDEs see; at run time __getattr__ imports on demand
     from lenvm_rl.critics import LenVMCritic, LenVMCriticOutput
     from lenvm_rl.decoding import GuidanceConfig, GuidedCompletion, LenVMLogitsProcessor, guided_generate
+    from lenvm_rl.lenvm_cache import LenVMAutoSettings, ensure_lenvm
     from lenvm_rl.modeling import LenVM, LenVMOutput, TaskValueModel, ValueHead
     from lenvm_rl.predict import LengthPrediction, LengthPredictor, LengthTrace
     from lenvm_rl.trainers import (
         LengthAwareGRPOConfig,
         LengthAwareGRPOTrainer,
+        LengthEstimator,
         LenVMConfig,
         LenVMTrainer,
         PPOConfig,
         PPOTrainer,
+        RolloutBatch,
     )
 
 __version__ = "0.1.0"
@@ -38,6 +41,7 @@ __all__ = [
     "GuidanceConfig",
     "GuidedCompletion",
     "LenVM",
+    "LenVMAutoSettings",
     "LenVMCritic",
     "LenVMConfig",
     "LenVMCriticOutput",
@@ -46,14 +50,17 @@ __all__ = [
     "LenVMTrainer",
     "LengthAwareGRPOConfig",
     "LengthAwareGRPOTrainer",
+    "LengthEstimator",
     "LengthPrediction",
     "LengthPredictor",
     "LengthTrace",
     "PPOConfig",
     "PPOTrainer",
+    "RolloutBatch",
     "TaskValueModel",
     "ValueHead",
     "__version__",
+    "ensure_lenvm",
     "guided_generate",
 ]
 
@@ -61,10 +68,11 @@ _EXPORTS = {  # export -> the module that defines it
     **dict.fromkeys(["LenVMCritic", "LenVMCriticOutput"], "lenvm_rl.critics"),
     **dict.fromkeys(["GuidanceConfig", "GuidedCompletion", "LenVMLogitsProcessor", "guided_generate"],
                     "lenvm_rl.decoding"),
+    **dict.fromkeys(["LenVMAutoSettings", "ensure_lenvm"], "lenvm_rl.lenvm_cache"),
     **dict.fromkeys(["LenVM", "LenVMOutput", "TaskValueModel", "ValueHead"], "lenvm_rl.modeling"),
     **dict.fromkeys(["LengthPrediction", "LengthPredictor", "LengthTrace"], "lenvm_rl.predict"),
-    **dict.fromkeys(["LengthAwareGRPOConfig", "LengthAwareGRPOTrainer", "LenVMConfig", "LenVMTrainer", "PPOConfig",
-                     "PPOTrainer"], "lenvm_rl.trainers"),
+    **dict.fromkeys(["LengthAwareGRPOConfig", "LengthAwareGRPOTrainer", "LengthEstimator", "LenVMConfig",
+                     "LenVMTrainer", "PPOConfig", "PPOTrainer", "RolloutBatch"], "lenvm_rl.trainers"),
 }
 _SUBMODULES = {"core", "critics", "data", "decoding", "evaluation", "modeling", "predict", "rewards", "serving",
                "trainers"}  # ``import lenvm_rl; lenvm_rl.core`` keeps working

@@ -68,7 +68,7 @@ __all__ = ["FRACTIONS", "NOISE_FLOOR_ROW", "SPLIT_HALF_ROW", "LenVMEvaluation", 
            "PromptLengthBaseline", "constant_baseline_value", "evaluate_constant", "evaluate_lenvm",
            "evaluate_policy", "evaluate_prompt_length_baseline", "format_policy_table", "format_report",
            "noise_floor", "paired_policy_difference", "policy_prompt_means", "prompt_length_baseline",
-           "split_half_mre"]
+           "sample_and_evaluate_policy", "split_half_mre"]
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 """Fractions of each trajectory at which the remaining-length relative error is reported."""
@@ -573,3 +573,21 @@ def _at_least_two_samples(groups: dict[int, list[dict]], what: str) -> None:
     for index, group in groups.items():
         if len(group) < 2:
             raise ValueError(f"{what} needs at least 2 samples per prompt; prompt_index={index} has {len(group)}")
+
+
+def sample_and_evaluate_policy(policy, tokenizer, prompts: Sequence, answers, path, config, *, model_name: str,
+                               progress: bool = True) -> PolicyEvaluation:
+    """Sample ``policy`` afresh on held-out ``prompts`` and score the samples (:func:`evaluate_policy`).
+
+    The rollouts (``config``: a :class:`~lenvm_rl.data.RolloutConfig`, e.g. ``n`` samples per prompt at the
+    training temperature and length limit) are written to ``path``; a file already there is deleted first,
+    since another policy may have written it: an evaluation is never resumed. ``answers[i]`` is the gold
+    answer of ``prompts[i]``. Runs where it is called: under several processes, call it on one.
+    """
+    from pathlib import Path
+
+    from lenvm_rl.data.rollouts import sample_rollouts
+
+    Path(path).unlink(missing_ok=True)
+    records = sample_rollouts(policy, tokenizer, prompts, path, config, model_name=model_name, progress=progress)
+    return evaluate_policy(records, answers, tokenizer)

@@ -19,7 +19,7 @@ from typing import Union
 
 import torch
 
-from lenvm_rl.core import logits_to_length
+from lenvm_rl.core import logits_to_length, logits_to_value
 from lenvm_rl.data.prompts import (
     PromptFormat,
     apply_prompt_format,
@@ -157,7 +157,7 @@ class LengthPredictor:
         scored = self.model.score(encoded, batch_size=self.batch_size, progress=progress)
         last_logits = torch.stack([s.logits[-1] for s in scored]) if scored else torch.zeros(0)
         lengths = logits_to_length(last_logits, self.gamma)
-        values = -torch.sigmoid(last_logits)
+        values = logits_to_value(last_logits)
         return [LengthPrediction(value=v, length=n) for v, n in zip(values.tolist(), lengths.tolist())]
 
     def trace(self, prompt: Prompt, completion: str | list[int]) -> LengthTrace:

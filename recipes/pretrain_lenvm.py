@@ -1,10 +1,10 @@
 """Pretrain a Length Value Model on policy rollouts.
 
     # 1. sample completions from the policy, at the temperature RL or decoding will use
-    # (--prompt-format chat: each question as a user message under the chat template, as in a conversational
+    # (--prompt_format chat: each question as a user message under the chat template, as in a conversational
     # GRPO dataset; without it a string is raw text, as TRL tokenizes a string prompt; the LenVM records which)
-    lenvm-rl rollout --model Qwen/Qwen2.5-1.5B-Instruct --prompts openai/gsm8k:main --prompt-column question \
-        --prompt-format chat -n 16 --temperature 1.0 --output rollouts/train.jsonl
+    lenvm-rl rollout --model Qwen/Qwen2.5-1.5B-Instruct --prompts openai/gsm8k:main --prompt_column question \
+        --prompt_format chat -n 16 --temperature 1.0 --output rollouts/train.jsonl
 
     # 2. train, on every GPU of the machine
     accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/pretrain_lenvm.py \

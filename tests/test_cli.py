@@ -28,7 +28,7 @@ def test_predict_jsonl_file_to_jsonl(tiny_checkpoint, tmp_path, capsys):
     prompts.write_text(
         json.dumps({"question": "What is 2 + 2?"}) + "\n\n" + json.dumps({"question": "Hi"}) + "\n"
     )
-    assert main(["predict", "--model", str(tiny_checkpoint), "--input", str(prompts), "--prompt-column", "question",
+    assert main(["predict", "--model", str(tiny_checkpoint), "--input", str(prompts), "--prompt_column", "question",
                  "--format", "jsonl"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["index"] for r in records] == [0, 1]
@@ -79,8 +79,8 @@ def test_predict_on_the_embedded_smollm2_prints_a_predicted_length():
 
 def test_demo_pipeline_end_to_end_on_smollm2_at_a_small_scale(tmp_path):
     # The README's main job with every size turned down: rollouts, value pretraining, predictions.
-    args = ["demo", "--output-dir", str(tmp_path), "--train-prompts", "2", "--eval-prompts", "2", "-n", "2",
-            "--eval-completions", "2", "--max-new-tokens", "8", "--epochs", "1"]
+    args = ["demo", "--output_dir", str(tmp_path), "--train_prompts", "2", "--eval_prompts", "2", "-n", "2",
+            "--eval_completions", "2", "--max_new_tokens", "8", "--epochs", "1"]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "constant baseline" in result.stdout and "LenVM" in result.stdout
@@ -94,10 +94,10 @@ def test_demo_pipeline_end_to_end_on_smollm2_at_a_small_scale(tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--prompt-column", "text"], r"has no column 'text' \(columns: \['question'\]\)"),
-        (["--prompt-column", "question", "-n", "0"], r"num_completions \(n\) must be >= 1"),
-        (["--prompt-column", "question", "--temperature", "0"], "temperature must be > 0"),
-        pytest.param(["--prompt-column", "question", "--backend", "vllm"], r"the vllm backend needs vLLM: pip install",
+        (["--prompt_column", "text"], r"has no column 'text' \(columns: \['question'\]\)"),
+        (["--prompt_column", "question", "-n", "0"], r"num_completions \(n\) must be >= 1"),
+        (["--prompt_column", "question", "--temperature", "0"], "temperature must be > 0"),
+        pytest.param(["--prompt_column", "question", "--backend", "vllm"], r"the vllm backend needs vLLM: pip install",
                      marks=pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM installed")),
     ],
 )
@@ -134,7 +134,7 @@ def test_evaluate_prints_the_baselines_noise_floor_and_split_half(tiny_checkpoin
     train = write_rollouts(tmp_path / "train.jsonl", [[3, 5], [6, 6], [9, 7]], censored={(2, 0)})
     test = write_rollouts(tmp_path / "test.jsonl", [[2, 4, 3], [5, 5, 8]])
     model = ["--model", str(tiny_checkpoint)]
-    assert main(["evaluate", *model, "--rollouts", test, "--baseline-rollouts", train, "--bootstrap", "20"]) == 0
+    assert main(["evaluate", *model, "--rollouts", test, "--baseline_rollouts", train, "--bootstrap", "20"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "2 prompts / 6 completions / 0 censored"
     names = ["LenVM", "constant baseline", "prompt-length regression", "noise floor (oracle vs K samples)",
@@ -166,12 +166,13 @@ def test_evaluate_skips_references_a_single_sample_cannot_give(tiny_checkpoint, 
 def test_device_auto_is_cuda_where_available_else_cpu(monkeypatch):
     import torch
 
-    from lenvm_rl.cli import build_parser, resolve_device
+    from lenvm_rl.cli import resolve_device
+    from lenvm_rl.commands import command_module
 
-    parser = build_parser()
     for argv in (["predict", "--model", "m"], ["serve", "--model", "m"], ["evaluate", "--model", "m", "--rollouts", "r"],
                  ["generate", "--policy", "p"]):
-        assert parser.parse_args(argv).device == "auto", argv
+        (args,) = command_module(argv[0]).make_parser().parse_args_and_config(argv[1:])
+        assert args.device == "auto", argv
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -191,3 +192,72 @@ def test_predict_runs_with_the_resolved_device(tiny_checkpoint, monkeypatch, cap
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["predict", "--model", str(tiny_checkpoint), "--prompt", "Hi"]) == 0
     assert devices == ["cpu"]
+
+
+def test_every_command_has_a_dataclass_whose_fields_all_carry_help():
+    import dataclasses
+
+    from lenvm_rl.commands import COMMANDS, command_module
+
+    assert {"grpo", "ppo", "predict", "pretrain", "serve"} <= set(COMMANDS)
+    for name in COMMANDS:
+        parser = command_module(name).make_parser()
+        assert parser.prog == f"lenvm-rl {name}"
+        arguments = parser.dataclass_types[0]
+        missing = [f.name for f in dataclasses.fields(arguments) if not f.metadata.get("help")]
+        assert not missing, f"{name}: {arguments.__name__} fields without help: {missing}"
+
+
+def test_dash_spellings_still_work_with_a_future_warning_naming_the_new_one():
+    import warnings
+
+    from lenvm_rl.commands import command_module
+    from lenvm_rl.commands.base import parse
+
+    parser = command_module("generate").make_parser()
+    with pytest.warns(FutureWarning) as record:
+        (old,) = parse(parser, ["--policy", "p", "--max-new-tokens=7", "--top-k", "3", "--prompt", "a", "b"])
+    messages = [str(w.message) for w in record]
+    assert messages == ["--max-new-tokens is deprecated and will be removed in the next release: use --max_new_tokens",
+                        "--top-k is deprecated and will be removed in the next release: use --top_k"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (new,) = parse(parser, ["--policy", "p", "--max_new_tokens", "7", "--top_k", "3", "--prompt", "a",
+                                "--prompt", "b"])
+    assert old == new and (new.max_new_tokens, new.top_k, new.prompt) == (7, 3, ["a", "b"])
+
+
+def test_predict_with_a_dash_spelling_prints_the_same_as_the_underscore_one(tiny_checkpoint, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"question": "What is 2 + 2?"}) + "\n")
+    args = ["predict", "--model", str(tiny_checkpoint), "--input", str(prompts), "--format", "jsonl"]
+    assert main([*args, "--prompt_column", "question"]) == 0
+    new = capsys.readouterr().out
+    with pytest.warns(FutureWarning, match="--prompt-column is deprecated.*use --prompt_column"):
+        assert main([*args, "--prompt-column", "question"]) == 0
+    assert capsys.readouterr().out == new
+
+
+@pytest.mark.parametrize("command, config_class, only_here, not_here", [
+    ("grpo", "LengthAwareGRPOConfig", "--length_estimator", "--num_ppo_epochs"),
+    ("ppo", "PPOConfig", "--num_ppo_epochs", None),
+])
+def test_grpo_and_ppo_help_and_config_run_the_recipe_pipeline(command, config_class, only_here, not_here, tmp_path,
+                                                             monkeypatch, capsys):
+    import lenvm_rl.scripts.grpo as pipeline
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and out.startswith(f"usage: lenvm-rl {command} ")
+    assert only_here in out and "--model_name_or_path" in out and (not_here is None or not_here not in out)
+
+    calls = []
+    monkeypatch.setattr(pipeline, "main", lambda *args: calls.append(args))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\nmax_steps: 3\nuse_cpu: true\n")
+    assert main([command, "--config", str(config), "--learning_rate", "0.5"]) == 0
+    ((script_args, training_args, model_args),) = calls
+    assert type(script_args).__name__ == "GRPOScriptArguments" and type(training_args).__name__ == config_class
+    assert (training_args.max_steps, training_args.learning_rate) == (3, 0.5)
+    assert training_args.output_dir == str(tmp_path / "out") and type(model_args).__name__ == "ModelConfig"

@@ -8,10 +8,10 @@ cd "$(dirname "$0")/../.."
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-6} VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-1}
 DATA=../shared/data/gsm8k
 run() {  # run SPLIT OFFSET LIMIT N OUTPUT
-  lenvm-rl rollout --backend vllm --model smollm2-135m --prompts "$DATA/$1.jsonl" --prompt-column question \
-    --prompt-format chat --offset "$2" --limit "$3" -n "$4" --temperature 0.7 --max-new-tokens 512 --batch-size 400 \
+  lenvm-rl rollout --backend vllm --model smollm2-135m --prompts "$DATA/$1.jsonl" --prompt_column question \
+    --prompt_format chat --offset "$2" --limit "$3" -n "$4" --temperature 0.7 --max_new_tokens 512 --batch_size 400 \
     --dtype float32 \
-    --vllm-max-model-length 1024 --vllm-enforce-eager --output "bench/rollouts/$5"
+    --vllm_max_model_length 1024 --vllm_enforce_eager --output "bench/rollouts/$5"
 }
 run test 50 150 8 gsm8k_test50-199_n8_t0.7.vllm.jsonl
 run train 200 600 2 gsm8k_train200-799_n2_t0.7.vllm.jsonl

@@ -39,6 +39,7 @@ from torch import Tensor
 __all__ = [
     "length_to_value",
     "value_to_length",
+    "logits_to_value",
     "logits_to_length",
     "length_to_logits",
     "monte_carlo_targets",
@@ -158,6 +159,19 @@ def value_to_length(values: Tensor, gamma: float, *, convention: Convention = "v
             f"got range [{values.min().item()}, {values.max().item()}]"
         )
     return torch.log1p(v.clamp(-1.0, 0.0)) / lg
+
+
+def logits_to_value(logits: Tensor, *, convention: Convention = "value") -> Tensor:
+    """Value from head logits ``z``: ``V = -sigmoid(z)`` (``convention="u"``: ``u = sigmoid(z)``).
+
+    Args:
+        logits: any shape.
+    Returns:
+        float32 values in ``[-1, 0]`` (``u``: ``[0, 1]``), same shape.
+    """
+    _check_convention(convention)
+    u = torch.sigmoid(logits.float())
+    return -u if convention == "value" else u
 
 
 def logits_to_length(logits: Tensor, gamma: float) -> Tensor:

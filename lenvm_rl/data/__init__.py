@@ -1,5 +1,6 @@
-"""Data: prompt sources and the one prompt encoder, policy rollouts, and value-pretraining datasets."""
+"""Data: prompt sources and the one prompt encoder, math problems, policy rollouts, and value-pretraining datasets."""
 
+from lenvm_rl.data.problems import INSTRUCTION, WORD_PROBLEMS, load_math_problems
 from lenvm_rl.data.prompts import (
     PROMPT_FORMATS,
     chat_template_hash,
@@ -23,11 +24,13 @@ from lenvm_rl.data.value_dataset import ValueDataCollator, build_value_dataset, 
 from lenvm_rl.data.word_problems import WordProblem, generate_word_problems, word_problem_dataset
 
 __all__ = [
+    "INSTRUCTION",
     "PROMPT_FORMATS",
     "RolloutConfig",
     "RolloutEncoding",
     "ShuffledLengthGroupedSampler",
     "ValueDataCollator",
+    "WORD_PROBLEMS",
     "WordProblem",
     "build_value_dataset",
     "chat_template_hash",
@@ -37,6 +40,7 @@ __all__ = [
     "gamma_from_records",
     "generate_word_problems",
     "group_by_prompt",
+    "load_math_problems",
     "load_prompts",
     "prompt_format",
     "read_rollouts",

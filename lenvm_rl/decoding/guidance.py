@@ -34,6 +34,7 @@ from lenvm_rl.core import (
     constraint_mask,
     length_to_value,
     logits_to_length,
+    logits_to_value,
     remaining_target,
     select_candidates,
     soft_equal,
@@ -300,7 +301,7 @@ class LenVMLogitsProcessor(LogitsProcessor):
                ) -> Tensor:
         cfg, gamma = self.config, self.lenvm.gamma
         terminal = torch.isin(ids, self.eos_token_ids.to(ids.device))
-        u = torch.where(terminal, 0.0, torch.sigmoid(lenvm_logits))
+        u = torch.where(terminal, 0.0, logits_to_value(lenvm_logits, convention="u"))
         if cfg.constraint is None:
             return tilt(logprobs, u, mask, cfg.beta)
         remaining = float(remaining)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lenvm_rl.data.rollouts import pad_token_ids
 from lenvm_rl.modeling import LenVM
 
 __all__ = ["ExtensionScores", "naive_extension_logits", "score_extensions", "tree_values"]
@@ -111,14 +112,8 @@ def tree_values(lenvm: LenVM, prefixes: list[list[int]], candidates: list[list[i
         return []
     if any(len(p) == 0 for p in prefixes):
         raise ValueError("every prefix needs at least one token")
-    width, k = max(map(len, prefixes)), max(map(len, candidates))
-    ids = torch.zeros(len(prefixes), width, dtype=torch.long)
-    mask = torch.zeros(len(prefixes), width, dtype=torch.long)
-    cand = torch.zeros(len(prefixes), k, dtype=torch.long)
-    for row, (prefix, cs) in enumerate(zip(prefixes, candidates)):
-        ids[row, width - len(prefix):] = torch.as_tensor(prefix)
-        mask[row, width - len(prefix):] = 1
-        cand[row, : len(cs)] = torch.as_tensor(cs, dtype=torch.long)
+    ids, mask = pad_token_ids(prefixes, 0, padding_side="left")
+    cand, _ = pad_token_ids(candidates, 0)
     z = score_extensions(lenvm, ids, cand, mask).candidate_logits.cpu()
     return [z[row, : len(cs)].clone() for row, cs in enumerate(candidates)]
 

@@ -37,7 +37,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from lenvm_rl.core import logits_to_value
 from lenvm_rl.data.prompts import PROMPT_FORMATS
+from lenvm_rl.data.rollouts import pad_token_ids
 from lenvm_rl.modeling.embedded import EMBEDDED_MODELS, resolve_model_path
 
 __all__ = ["VALUE_HEAD_FILE", "LenVM", "LenVMOutput", "ValueHead", "load_backbone"]
@@ -297,7 +299,7 @@ class LenVM(nn.Module):
         """The value head on hidden states (B, S, H): ``values``, ``logits`` (B, S) float32, 0 where ``mask`` is 0."""
         real = mask.bool()
         logits = self.v_head(hidden_states).masked_fill(~real, 0.0)
-        values = (-torch.sigmoid(logits)).masked_fill(~real, 0.0)
+        values = logits_to_value(logits).masked_fill(~real, 0.0)
         return LenVMOutput(values=values, logits=logits)
 
     @torch.inference_mode()
@@ -322,12 +324,7 @@ class LenVM(nn.Module):
         results: list[LenVMOutput | None] = [None] * len(sequences)
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         for batch in tqdm(batches, desc="LenVM scoring", unit="batch", disable=not progress):
-            width = len(sequences[batch[0]])
-            input_ids = torch.zeros(len(batch), width, dtype=torch.long)
-            attention_mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(sequences[i])] = torch.as_tensor(sequences[i])
-                attention_mask[row, : len(sequences[i])] = 1
+            input_ids, attention_mask = pad_token_ids([sequences[i] for i in batch], 0)
             out = self(input_ids.to(device), attention_mask.to(device))
             values, logits = out.values.cpu(), out.logits.cpu()
             for row, i in enumerate(batch):

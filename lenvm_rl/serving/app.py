@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager
 
 import torch
 
-from lenvm_rl.core import logits_to_length
+from lenvm_rl.core import logits_to_length, logits_to_value
 from lenvm_rl.modeling import LenVM
 from lenvm_rl.predict import LengthPredictor
 from lenvm_rl.serving import require_serving_dependencies
@@ -188,7 +188,7 @@ def create_app(
             raise RequestError(f"could not tokenize the prompts: {err}") from None
         check_budget(sum(map(len, encoded)), max_batch_tokens)
         last = torch.stack([z[-1] for z in await run("encode", encoded)])
-        values, lengths = (-torch.sigmoid(last)).tolist(), logits_to_length(last, lenvm.gamma).tolist()
+        values, lengths = logits_to_value(last).tolist(), logits_to_length(last, lenvm.gamma).tolist()
         return {
             "gamma": lenvm.gamma,
             "untrained": predictor.untrained,

@@ -71,7 +71,7 @@ def _batch(body: dict, field: str, vocab_size: int) -> tuple[list[list[int]], bo
 def check_budget(tokens: int, budget: int) -> None:
     if tokens > budget:
         raise RequestError(f"the request holds {tokens} tokens, over the server's batch budget of {budget} "
-                           "(--max-batch-tokens); split it into smaller requests", status=413)
+                           "(--max_batch_tokens); split it into smaller requests", status=413)
 
 
 def parse_encode(body: dict, *, vocab_size: int, max_tokens: int) -> tuple[list[list[int]], bool]:

@@ -14,10 +14,12 @@ only in credit assignment:
 - ``"kimi"``: the Kimi k1.5 group length reward, group-centred.
 - ``"none"``: plain GRPO (with the length metrics logged when a critic is given).
 
-One step, as data: TRL generates and scores; this trainer keeps what it needs from the generation
-(lengths, EOS) and the gathered rewards, calls ``super()._generate_and_score_completions``, and
-replaces the ``(B,)`` task advantages with the ``(B, T)`` tensor of :func:`lenvm_rl.core.combine_advantages`,
-which TRL's loss accepts. Every formula is a :mod:`lenvm_rl.core` call; the trainer only coordinates.
+One step, as data: TRL generates and scores (``super()._generate_and_score_completions``; hooks capture the
+lengths, EOS flags and gathered rewards it does not return); the trainer builds one
+:class:`~lenvm_rl.trainers.estimators.RolloutBatch`, takes the task advantage (``_task_advantages``, PPO's step) and
+the length advantage of the estimator's registered strategy (:mod:`lenvm_rl.trainers.estimators`), and replaces the
+``(B,)`` task advantages with the ``(B, T)`` tensor of :func:`lenvm_rl.core.combine_advantages`, which TRL's loss
+accepts. Every formula is a :mod:`lenvm_rl.core` call; the trainer only coordinates.
 """
 
 from __future__ import annotations
@@ -37,11 +39,7 @@ from trl import GRPOConfig, GRPOTrainer
 from lenvm_rl.core import (
     combine_advantages,
     correct_gate,
-    discounted_returns,
     explained_variance,
-    group_centered,
-    group_length_advantages,
-    kimi_length_rewards,
     length_gae,
     masked_mean,
     pass_rate_gate,
@@ -52,13 +50,15 @@ from lenvm_rl.core import (
 from lenvm_rl.critics import LenVMCritic, place_critic
 from lenvm_rl.modeling import LenVM
 from lenvm_rl.modeling.lenvm import GAMMA_CONFIG_KEY, VALUE_HEAD_FILE
+from lenvm_rl.trainers.estimators import LENGTH_ESTIMATORS, RolloutBatch, get_length_estimator
 from lenvm_rl.trainers.hardware import warn_if_slow_bf16
 
 __all__ = ["LengthAwareGRPOConfig", "LengthAwareGRPOTrainer", "restore_deepspeed_config", "whole_model_loading"]
 
 logger = logging.getLogger(__name__)
 
-ESTIMATORS = ("lenvm", "group", "kimi", "none")
+ESTIMATORS = tuple(name for name in LENGTH_ESTIMATORS if not name.endswith("_shaping"))
+"""The values of ``length_estimator``: the registered strategies (:mod:`lenvm_rl.trainers.estimators`) by name."""
 CRITIC_DIR = "length_critic"
 """Subdirectory of the saved model and of each checkpoint holding the refit critic head (``value_head.safetensors``,
 the file of the LenVM layout), and in checkpoints its optimizer."""
@@ -249,6 +249,17 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
     LenVM layout's file: put it in a copy of the LenVM's checkpoint to load the refit LenVM). The saved
     arguments and the model card record the LenVM (``length_critic_name_or_path``), its gamma
     (``length_gamma``, resolved) and the length settings.
+
+    TRL internals relied on (checked against TRL 1.16.0 by ``tests/trainers/test_trl_private_api.py``):
+    ``GRPOTrainer._generate_and_score_completions(inputs)`` (its output keys ``prompt_ids``, ``prompt_mask``,
+    ``completion_ids``, ``completion_mask``, ``tool_mask``, ``advantages``), ``_generate(prompts)`` (its result's
+    items 1 and 2: completion ids and tool mask), ``_calculate_rewards(inputs, prompts, completions,
+    completion_ids_list)`` (gathered, NaN for None), ``_metrics``, and the attributes ``eos_token_ids``,
+    ``reward_weights``, ``num_generations``, ``num_generations_eval``, ``chat_template`` and
+    ``chat_template_kwargs``; transformers' ``Trainer._get_train_sampler(dataset)`` (TRL's ``RepeatSampler``, its
+    ``shuffle``, ``seed`` and ``generator``), ``_save(output_dir, state_dict)``, ``_save_checkpoint(model, trial)``,
+    ``_load_optimizer_and_scheduler(checkpoint)`` and ``_get_output_dir(trial)``; the class attributes ``_tag_names``,
+    ``_name`` and ``_paper`` of TRL's model card.
     """
 
     _tag_names = ["trl", "grpo", "lenvm-rl"]
@@ -273,8 +284,10 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
             self.critic_optimizer = torch.optim.AdamW(
                 self.length_critic.model.v_head.parameters(), lr=args.length_critic_learning_rate
             )
-        self._generation = None  # (terminated, action lengths) of the last generation, this process
-        self._rewards_per_func = None  # the last gathered rewards, (N_global, n_funcs)
+        self.length_strategy = get_length_estimator(args.length_estimator, args.length_mode)(
+            self.length_gamma, args.length_correct_threshold)
+        self._captured = {}  # what TRL's generation and reward hooks capture for the next RolloutBatch
+        self._rollout: RolloutBatch | None = None  # the last generation's RolloutBatch, for inspection
 
     def _build_critic(self, length_critic) -> LenVMCritic | None:
         args = self.args
@@ -356,71 +369,97 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         return sampler
 
     def _generate(self, prompts: list):
-        """TRL's generation; keeps each completion's EOS flag and action length, read from the generated ids."""
+        """TRL's generation; captures each completion's EOS flag and action length, read from the generated ids, for
+        the next :class:`RolloutBatch` (TRL's output keeps neither: ``mask_truncated_completions`` zeroes cut rows)."""
         result = super()._generate(prompts)
         completion_ids, tool_mask = result[1], result[2]
         eos = set(self.eos_token_ids)
         terminated = [len(ids) > 0 and ids[-1] in eos for ids in completion_ids]
         lengths = [sum(m) for m in tool_mask] if tool_mask is not None else [len(ids) for ids in completion_ids]
         device = self.accelerator.device
-        self._generation = (torch.tensor(terminated, device=device), torch.tensor(lengths, device=device))
+        self._captured.update(terminated=torch.tensor(terminated, device=device),
+                              lengths=torch.tensor(lengths, device=device))
         return result
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        """TRL's rewards, gathered across processes (N_global, n_funcs); kept for the length term."""
-        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        return self._rewards_per_func
+        """TRL's rewards, gathered across processes (N_global, n_funcs); captured for the next :class:`RolloutBatch`."""
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._captured["rewards_per_func"] = rewards_per_func
+        return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        """TRL's generation and scoring, then ``A_t = A_task + s * gate * A_len_t`` in place of TRL's advantages."""
         if self.length_critic is not None:  # warns once if the dataset's prompts are formatted unlike the LenVM's
             self.length_critic.check_prompt_format(inputs[0], self.processing_class, chat_template=self.chat_template,
                                                    chat_template_kwargs=self.chat_template_kwargs)
         output = super()._generate_and_score_completions(inputs)
-        args = self.args
+        batch = self._rollout_batch(output)
+        task_advantages, loss_inputs = self._task_advantages(batch)
+        advantages = self._advantages(batch, task_advantages, self.length_strategy(batch))
+        output.update(loss_inputs, advantages=advantages)
+        mc_returns = self._critic_returns(batch)
+        self._log_length_metrics(batch, mc_returns)
+        if self.critic_optimizer is not None and batch.mode == "train":
+            self._refit_critic(batch, mc_returns)
+        self._rollout = batch
+        return output
+
+    def _rollout_batch(self, output) -> RolloutBatch:
+        """One :class:`RolloutBatch` from TRL's output and what the generation and reward hooks captured."""
+        captured, self._captured = self._captured, {}
         mode = "train" if self.model.training else "eval"
-        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
-        terminated, lengths = self._generation
         completion_mask = output["completion_mask"]
         action_mask = completion_mask if "tool_mask" not in output else completion_mask * output["tool_mask"]
         action_mask = action_mask.bool()
-        rank = self.accelerator.process_index
-        local = slice(rank * len(lengths), (rank + 1) * len(lengths))  # this process's rows of the gathered batch
-        all_lengths = self.accelerator.gather(lengths)
-        rewards_per_func = self._rewards_per_func
-        task_rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
-        # as TRL: a completion that every reward function returned None for is unscorable; its reward stays NaN
-        # (not nansum's 0), so the gates and Kimi's "correct" skip it, and its advantage is 0 below
-        unscorable = rewards_per_func.isnan().all(dim=1)
-        task_rewards = task_rewards.masked_fill(unscorable, torch.nan)
+        rank, lengths = self.accelerator.process_index, captured["lengths"]
         if not bool(action_mask.any()):
             logger.warning(f"process {rank}: every completion of this batch is masked (all cut under "
                            "mask_truncated_completions=True, or empty): no token takes an action, so the batch "
                            "gives no policy gradient and its advantages are neither whitened nor scaled")
+        rewards_per_func = captured["rewards_per_func"]
+        task_rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
+        # as TRL: a completion that every reward function returned None for is unscorable; its reward stays NaN
+        # (not nansum's 0), so the gates and Kimi's "correct" skip it, and its advantage is 0
+        task_rewards = task_rewards.masked_fill(rewards_per_func.isnan().all(dim=1), torch.nan)
+        batch = RolloutBatch(
+            mode=mode, prompt_ids=output["prompt_ids"], prompt_mask=output["prompt_mask"],
+            completion_ids=output["completion_ids"], completion_mask=completion_mask, action_mask=action_mask,
+            terminated=captured["terminated"], lengths=lengths, all_lengths=self.accelerator.gather(lengths),
+            task_rewards=task_rewards,
+            num_generations=self.num_generations if mode == "train" else self.num_generations_eval,
+            local=slice(rank * len(lengths), (rank + 1) * len(lengths)), grpo_advantages=output["advantages"],
+            old_per_token_logps=output.get("old_per_token_logps"),
+            ref_per_token_logps=output.get("ref_per_token_logps"))
+        batch.critic_out = self._score_length(batch)
+        if self._twin_bootstraps:
+            batch.all_final_values = self.accelerator.gather(batch.critic_out.final_values)
+        return batch
 
-        critic_out = self._score_length(output, terminated, action_mask)
-        task_advantages = self._task_advantages(mode, output, task_rewards[local].nan_to_num(0.0), terminated,
-                                                action_mask, critic_out)
+    def _score_length(self, batch: RolloutBatch):
+        """The length critic on the fresh completions (``None`` without one)."""
+        if self.length_critic is None:
+            return None
+        return self.length_critic(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
+                                  terminated=batch.terminated, action_mask=batch.action_mask)
 
-        length_advantages = None
-        if args.length_estimator == "lenvm" and args.length_mode == "advantage":
-            length_advantages = critic_out.advantages
-        elif args.length_estimator == "lenvm":
-            length_advantages = discounted_returns(critic_out.shaping, action_mask, self.length_gamma)
-        elif args.length_estimator == "group":
-            final_values = self.accelerator.gather(critic_out.final_values) if self._twin_bootstraps else None
-            length_advantages = group_length_advantages(all_lengths, self.length_gamma, num_generations,
-                                                        final_values)[local]
-        elif args.length_estimator == "kimi":
-            correct = task_rewards >= args.length_correct_threshold
-            length_advantages = group_centered(kimi_length_rewards(all_lengths, correct, num_generations),
-                                               num_generations)[local]
+    def _task_advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict]:
+        """The task advantage beside which the length term goes, and the tensors the loss reads besides TRL's (by
+        name; ``None`` clears one of TRL's). GRPO: TRL's group-normalised (B,) advantage, nothing more."""
+        return batch.grpo_advantages, {}
 
-        gate = None
+    def _length_gate(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """(B,) the gate on the length term (:func:`~lenvm_rl.core.pass_rate_gate`, ``correct_gate``), or ``None``."""
+        args = self.args
         if args.length_gate == "pass_rate":
-            gate = pass_rate_gate(task_rewards, num_generations, args.length_gate_max_reward)[local]
-        elif args.length_gate == "correct":
-            gate = correct_gate(task_rewards, args.length_correct_threshold)[local]
+            return pass_rate_gate(batch.task_rewards, batch.num_generations, args.length_gate_max_reward)[batch.local]
+        if args.length_gate == "correct":
+            return correct_gate(batch.task_rewards, args.length_correct_threshold)[batch.local]
+        return None
 
+    def _advantages(self, batch: RolloutBatch, task_advantages, length_advantages):
+        """:func:`~lenvm_rl.core.combine_advantages` of the task and (scaled) length advantages; 0 where unscorable."""
+        args, action_mask = self.args, batch.action_mask
+        gate = self._length_gate(batch)
         combined = length_advantages is not None and args.length_coef != 0
         advantages = task_advantages
         if combined:
@@ -429,44 +468,33 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
                 length_advantages = scale_by_std(length_advantages, action_mask, *self._gather_rows(
                     length_advantages, action_mask))
             advantages = combine_advantages(task_advantages, length_advantages, args.length_coef, action_mask, gate)
-        scored = ~unscorable[local].view(-1, *(1,) * (advantages.dim() - 1))
-        output["advantages"] = torch.where(scored, advantages, 0.0)  # an unscorable completion carries no signal
+        scored = ~batch.unscorable[batch.local].view(-1, *(1,) * (advantages.dim() - 1))
+        advantages = torch.where(scored, advantages, 0.0)  # an unscorable completion carries no signal
         if combined:
-            self._log_advantage_share(mode, task_advantages, output["advantages"], action_mask)
+            self._log_advantage_share(batch.mode, task_advantages, advantages, action_mask)
+        return advantages
 
-        mc_returns = None
-        if critic_out is not None:  # the fresh Monte-Carlo returns (lam = 1, bootstrapped only at truncation)
-            _, mc_returns = length_gae(critic_out.values, action_mask, critic_out.final_values,
-                                       self.length_critic.gamma, 1.0)
-        self._log_length_metrics(mode, terminated, all_lengths, critic_out, mc_returns, action_mask)
-        if self.critic_optimizer is not None and mode == "train":
-            self._refit_critic(mode, output, action_mask, mc_returns)
-        return output
-
-    def _score_length(self, output, terminated, action_mask):
-        """The length critic on the fresh completions (``None`` without one)."""
-        if self.length_critic is None:
+    def _critic_returns(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """The critic's fresh Monte-Carlo returns (lam = 1, bootstrapped only at truncation); ``None`` without one."""
+        if batch.critic_out is None:
             return None
-        return self.length_critic(output["prompt_ids"], output["prompt_mask"], output["completion_ids"],
-                                  output["completion_mask"], terminated=terminated, action_mask=action_mask)
-
-    def _task_advantages(self, mode, output, task_rewards, terminated, action_mask, critic_out):
-        """The task advantage beside which the length term goes: GRPO's group-normalised (B,) one."""
-        return output["advantages"]
+        _, returns = length_gae(batch.critic_out.values, batch.action_mask, batch.critic_out.final_values,
+                                self.length_critic.gamma, 1.0)
+        return returns
 
     # ------------------------------------------------------------------ critic refit
-    def _refit_critic(self, mode, output, action_mask, targets):
+    def _refit_critic(self, batch: RolloutBatch, targets):
         """Refit the critic's head on the fresh Monte-Carlo returns (lam = 1, bootstrapped only at truncation)."""
         reduce = None
         if self.accelerator.num_processes > 1:
             def reduce(grad):
                 return self.accelerator.reduce(grad, reduction="mean")
-        losses = self.length_critic.refit(output["prompt_ids"], output["prompt_mask"], output["completion_ids"],
-                                          output["completion_mask"], targets, action_mask,
+        losses = self.length_critic.refit(batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                          batch.completion_mask, targets, batch.action_mask,
                                           optimizer=self.critic_optimizer, steps=self.args.length_critic_refit_steps,
                                           reduce_gradients=reduce)
         loss = self.accelerator.reduce(torch.tensor(losses[-1], device=self.accelerator.device), reduction="mean")
-        self._metrics[mode]["length/critic_refit_loss"].append(loss.item())
+        self._metrics[batch.mode]["length/critic_refit_loss"].append(loss.item())
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         """The policy and, with a refit, the refit head in ``length_critic/value_head.safetensors``."""
@@ -515,8 +543,9 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["length/abs_advantage"].append(length_abs.item())
         self._metrics[mode]["length/abs_advantage_share"].append((length_abs / (length_abs + task_abs)).item())
 
-    def _log_length_metrics(self, mode, terminated, all_lengths, critic_out, mc_returns, action_mask):
-        metrics = self._metrics[mode]
+    def _log_length_metrics(self, batch: RolloutBatch, mc_returns):
+        metrics, all_lengths = self._metrics[batch.mode], batch.all_lengths
+        terminated, critic_out, action_mask = batch.terminated, batch.critic_out, batch.action_mask
         metrics["length/truncated_frac"].append(1.0 - self.accelerator.gather(terminated).float().mean().item())
         metrics["length/realised"].append(all_lengths.float().mean().item())
         if critic_out is None:

@@ -53,6 +53,7 @@ from lenvm_rl.core import (
 from lenvm_rl.core.losses import KL_ESTIMATORS
 from lenvm_rl.critics import completion_layout, gather_states
 from lenvm_rl.modeling import TaskValueModel
+from lenvm_rl.trainers.estimators import RolloutBatch
 from lenvm_rl.trainers.grpo_trainer import LengthAwareGRPOConfig, LengthAwareGRPOTrainer, whole_model_loading
 
 __all__ = ["PPOConfig", "PPOTrainer"]
@@ -62,7 +63,7 @@ VALUE_MODEL_DIR = "value_model"
 """Subdirectory of each checkpoint (and of the saved model, with ``save_value_model``) holding the task critic."""
 VALUE_STATE_DIR = "value_model_state"
 """Subdirectory of a checkpoint holding the critic's trainable tensors, optimizer and scheduler (for resuming)."""
-UNIMPLEMENTED_GRPO_SETTINGS = {
+GRPO_ONLY_SETTINGS = {
     "loss_type": "PPO's policy loss is the clipped surrogate of cliprange, a token mean over each mini-batch",
     "epsilon_high": "PPO clips the ratio symmetrically, to [1 - cliprange, 1 + cliprange]",
     "delta": "PPO clips the ratio with cliprange only",
@@ -71,9 +72,41 @@ UNIMPLEMENTED_GRPO_SETTINGS = {
     "entropy_coef": "PPO's loss has no entropy bonus (ppo/entropy is only logged)",
     "use_adaptive_entropy": "PPO's loss has no entropy bonus (ppo/entropy is only logged)",
     "off_policy_mask_threshold": "PPO masks no sequences",
+    "num_iterations": "PPO sets it from num_ppo_epochs; use num_mini_batches and num_ppo_epochs",
+    "steps_per_generation": "PPO sets it from num_mini_batches; use num_mini_batches and num_ppo_epochs",
+    "epsilon": "PPO sets it from cliprange; set cliprange",
+    "beta": "PPO's KL penalty is in the per-token reward, and PPO sets beta from kl_coef; set kl_coef",
 }
-"""Settings of TRL's GRPO loss that PPO's loss does not implement: ``PPOConfig`` refuses any value but GRPOConfig's
-default. (``vllm_importance_sampling_correction`` is implemented: the policy loss takes TRL's ratio.)"""
+"""GRPO's settings that PPO does not implement, or sets itself (:data:`GRPO_FIELDS_FROM_PPO`): ``PPOConfig`` refuses
+any value but GRPOConfig's default, with the reason. (``vllm_importance_sampling_correction`` is implemented: the
+policy loss takes TRL's ratio.)"""
+GRPO_FIELDS_FROM_PPO = {
+    "num_iterations": lambda args: args.num_ppo_epochs,
+    "epsilon": lambda args: args.cliprange,
+    "beta": lambda args: args.kl_coef,  # TRL then computes the reference log-probs; the KL goes into the reward
+    "scale_rewards": lambda args: "none" if args.num_generations == 1 else args.scale_rewards,
+}
+"""GRPO's fields as PPO sets them, from its own (``steps_per_generation``, from ``num_mini_batches``, is set with
+GRPO's batch checks). TRL's trainer reads ``beta`` as the switch of its reference log-probs, which PPO's KL reward
+uses; ``scale_rewards`` only touches TRL's group advantage, which PPO replaces."""
+GRPO_CHECKS_VIEW = {"num_generations": lambda args: 2 if args.num_generations == 1 else args.num_generations}
+"""What ``GRPOConfig.__post_init__`` (TRL 1.16) checks in place of PPO's values, restored after it: it refuses
+``num_generations < 2``, which GRPO's group advantage needs and PPO's GAE does not."""
+
+
+@contextlib.contextmanager
+def grpo_view(args, **values):
+    """Inside, the GRPO fields ``values`` of ``args`` are set; after, they are restored. For the two places where TRL
+    1.16 reads a field that means something else to PPO: ``GRPOConfig``'s checks (:data:`GRPO_CHECKS_VIEW`), and
+    ``GRPOTrainer.__init__``'s reference model (``beta = 0`` when PPO brings its own reference)."""
+    saved = {name: getattr(args, name) for name in values}
+    for name, value in values.items():
+        setattr(args, name, value)
+    try:
+        yield args
+    finally:
+        for name, value in saved.items():
+            setattr(args, name, value)
 
 
 @dataclass
@@ -85,7 +118,8 @@ class PPOConfig(LengthAwareGRPOConfig):
     gradient_accumulation_steps`` completions per process; a rollout is ``num_mini_batches`` mini-batches
     (``generation_batch_size`` completions over all processes), and it is used for ``num_ppo_epochs``
     passes. PPO sets GRPO's ``num_iterations``, ``steps_per_generation``, ``beta`` and ``epsilon`` from
-    these fields; leave those at their defaults.
+    these fields (:data:`GRPO_FIELDS_FROM_PPO`) and refuses them, and GRPO's loss settings PPO does not
+    implement, unless at their defaults (:data:`GRPO_ONLY_SETTINGS`).
     """
 
     num_generations: int | None = field(default=1, metadata={
@@ -126,7 +160,7 @@ class PPOConfig(LengthAwareGRPOConfig):
                 "value_model_state/, for resuming. In 'separate' mode the critic is a full copy of the policy."})
 
     def __post_init__(self):
-        self._refuse_unimplemented_grpo_settings()
+        self._refuse_grpo_only_settings()
         for name, value, allowed in (("task_critic", self.task_critic, TASK_CRITIC_MODES),
                                      ("kl_estimator", self.kl_estimator, KL_ESTIMATORS)):
             if value not in allowed:
@@ -148,34 +182,26 @@ class PPOConfig(LengthAwareGRPOConfig):
         if self.length_critic_refit_steps:
             raise ValueError("length_critic_refit_steps must be 0 in PPO: the length head stays frozen; the task "
                              "head is the critic that trains")
-        if self.steps_per_generation is not None or self.num_iterations != 1:
-            raise ValueError("PPOConfig sets steps_per_generation and num_iterations itself: use num_mini_batches "
-                             "and num_ppo_epochs")
         self._set_grpo_batching()
-        self.num_iterations = self.num_ppo_epochs
-        self.beta = self.kl_coef  # TRL then computes the reference log-probs; the KL goes into the reward
-        self.epsilon = self.cliprange
-        num_generations = self.num_generations
-        if num_generations == 1:  # GRPO refuses 1 (its group advantage needs 2); PPO's advantage is GAE
-            self.num_generations = 2
-            self.scale_rewards = "none"
-        try:
+        for name, value in GRPO_FIELDS_FROM_PPO.items():
+            setattr(self, name, value(self))
+        with grpo_view(self, **{name: value(self) for name, value in GRPO_CHECKS_VIEW.items()}):
             super().__post_init__()
-        finally:
-            self.num_generations = num_generations
         self._check_batching()
-        if num_generations == 1 and (self.length_estimator in ("group", "kimi") or self.length_gate == "pass_rate"):
+        if self.num_generations == 1 and (self.length_estimator in ("group", "kimi")
+                                          or self.length_gate == "pass_rate"):
             raise ValueError(f"length_estimator={self.length_estimator!r} / length_gate={self.length_gate!r} compare "
                              "completions of one prompt: set num_generations >= 2")
 
-    def _refuse_unimplemented_grpo_settings(self) -> None:
-        """GRPO's loss settings that PPO's loss would silently ignore are refused unless at GRPOConfig's default."""
+    def _refuse_grpo_only_settings(self) -> None:
+        """:data:`GRPO_ONLY_SETTINGS`, which PPO would silently ignore or overwrite, are refused unless at their
+        GRPOConfig default."""
         defaults = {f.name: f.default for f in fields(GRPOConfig)}
-        for name, reason in UNIMPLEMENTED_GRPO_SETTINGS.items():
+        for name, reason in GRPO_ONLY_SETTINGS.items():
             value, default = getattr(self, name), defaults[name]
             if value != default:
                 raise ValueError(f"PPOConfig does not implement {name}={value!r}: {reason}. Leave {name} at its "
-                                 f"default ({default!r}), or use LengthAwareGRPOConfig for GRPO's loss variants")
+                                 f"default ({default!r}), or use LengthAwareGRPOConfig for GRPO")
 
     def _set_grpo_batching(self) -> None:
         """Before GRPO's checks: mini-batches to GRPO's ``steps_per_generation``, unless the rollout size is given."""
@@ -232,6 +258,15 @@ class PPOTrainer(LengthAwareGRPOTrainer):
 
     Saved: checkpoints hold ``value_model/`` and ``value_model_state/``; ``save_model`` (and so ``push_to_hub``)
     writes the policy alone unless ``save_value_model=True``. The model card names PPO and records the length term.
+
+    TRL internals relied on (checked against TRL 1.16.0 by ``tests/trainers/test_trl_private_api.py``), besides
+    ``LengthAwareGRPOTrainer``'s: ``GRPOTrainer._compute_loss(model, inputs)`` (overridden: PPO's loss),
+    ``_get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, compute_entropy=)``,
+    ``create_scheduler``, ``training_step``, the attributes ``ref_model``, ``beta`` (the switch of the reference
+    log-probs), ``temperature``, ``use_vllm``, ``vllm_importance_sampling_correction`` and ``_step``, the output keys
+    ``old_per_token_logps``, ``ref_per_token_logps`` and ``importance_sampling_ratio``, ``GRPOConfig``'s
+    ``num_generations >= 2`` check (:data:`GRPO_CHECKS_VIEW`), and ``trl.trainer.utils.add_fused_lm_head`` and
+    ``trl.models.prepare_deepspeed`` for the reference.
     """
 
     loss_is_scaled_for_ga = False  # the loss is a mini-batch mean; Trainer divides by the accumulation steps
@@ -273,18 +308,14 @@ class PPOTrainer(LengthAwareGRPOTrainer):
             raise ValueError("length_estimator='lenvm' takes its length advantages from value_model=LenVMCritic(...) "
                              "(or a LenVM or its path); set length_estimator='none' for plain PPO, or 'group' for the "
                              "sequence-level twin")
-        kl_coef = args.kl_coef
-        if ref_model is None and kl_coef > 0 and peft_config is None and not isinstance(model, (str, os.PathLike)) \
-                and not is_peft_model(model):
+        if ref_model is None and args.kl_coef > 0 and peft_config is None \
+                and not isinstance(model, (str, os.PathLike)) and not is_peft_model(model):
             ref_model = copy.deepcopy(model)  # the policy as it starts (TRL would reload it from its path)
-        if ref_model is not None:
-            args.beta = 0.0  # TRL would build its own reference; ours is set below
-        try:
+        # TRL builds a reference when beta != 0 (from the policy's path, or a PEFT "ref" adapter); ours is set below
+        with grpo_view(args, **({"beta": 0.0} if ref_model is not None else {})):
             super().__init__(model, reward_funcs, args, train_dataset=train_dataset, processing_class=processing_class,
                              peft_config=peft_config, callbacks=callbacks, length_critic=length_critic, **kwargs)
-        finally:
-            args.beta = kl_coef
-        self.beta = kl_coef
+        self.beta = args.kl_coef  # TRL's switch of the reference log-probs, which the KL reward reads
         if args.fp16 and self.is_deepspeed_enabled:
             raise ValueError("fp16 with DeepSpeed scales the loss inside DeepSpeed's engine, where the task critic's "
                              "own optimizer cannot unscale it: use bf16=True, or fp16 without DeepSpeed")
@@ -361,7 +392,7 @@ class PPOTrainer(LengthAwareGRPOTrainer):
         return scheduler
 
     # ------------------------------------------------------------------ rollout: rewards, values, GAE
-    def _score_length(self, output, terminated, action_mask):
+    def _score_length(self, batch: RolloutBatch):
         """The frozen length head: with LoRA it reads the backbone with the adapter off; in 'head' mode it also
         returns the trunk's hidden states, which the task head reads (one forward for both heads)."""
         if self.length_critic is None:
@@ -369,41 +400,45 @@ class PPOTrainer(LengthAwareGRPOTrainer):
         adapter_off = (self.task_critic.backbone.disable_adapter() if self.task_critic.mode == "lora"
                        else contextlib.nullcontext())
         with adapter_off:
-            return self.length_critic(output["prompt_ids"], output["prompt_mask"], output["completion_ids"],
-                                      output["completion_mask"], terminated=terminated, action_mask=action_mask,
-                                      return_hidden=self.task_critic.mode == "head")
+            return self.length_critic(batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                      batch.completion_mask, terminated=batch.terminated,
+                                      action_mask=batch.action_mask, return_hidden=self.task_critic.mode == "head")
 
-    def _task_advantages(self, mode, output, task_rewards, terminated, action_mask, critic_out):
-        args = self.args
+    def _task_advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict]:
+        """PPO's task advantage: GAE on the task critic's values of the per-token rewards (KL penalty and score),
+        whitened if asked; and what the loss reads: the rollout's log-probs, values, returns (and in 'head' mode the
+        trunk states), with TRL's reference log-probs dropped (the KL is in the reward now)."""
+        args, action_mask = self.args, batch.action_mask
+        inputs = {"prompt_ids": batch.prompt_ids, "prompt_mask": batch.prompt_mask,
+                  "completion_ids": batch.completion_ids, "completion_mask": batch.completion_mask}
+        if self.task_critic.mode == "head":  # cached: the mini-batches reuse the rollout's trunk states
+            inputs["critic_hidden_states"] = batch.critic_out.hidden_states
         # the sampling policy's log-probs (TRL skips them when the first mini-batch is on-policy)
-        old_logps = output.get("old_per_token_logps")
+        old_logps = batch.old_per_token_logps
         if old_logps is None:
             with torch.no_grad():
-                old_logps = self._policy_logps(self.model, output)[0]
-            output["old_per_token_logps"] = old_logps
-        ref_logps = output.get("ref_per_token_logps")
-        kl = (kl_estimate(old_logps, ref_logps, action_mask, args.kl_estimator) if ref_logps is not None
-              else torch.zeros_like(old_logps))
-        rewards = ppo_token_rewards(task_rewards, kl, action_mask, args.kl_coef, terminated,
+                old_logps = self._policy_logps(self.model, inputs)[0]
+        kl = (kl_estimate(old_logps, batch.ref_per_token_logps, action_mask, args.kl_estimator)
+              if batch.ref_per_token_logps is not None else torch.zeros_like(old_logps))
+        rewards = ppo_token_rewards(batch.scores, kl, action_mask, args.kl_coef, batch.terminated,
                                     args.missing_eos_penalty)
-
-        if self.task_critic.mode == "head":  # cached: the mini-batches reuse the rollout's trunk states
-            output["critic_hidden_states"] = critic_out.hidden_states
         with torch.no_grad():
-            values = self._task_values(output)
+            values = self._task_values(inputs)
         advantages, returns = task_gae(rewards, values, action_mask, args.gamma, args.lam)  # V = 0 after the last
-        output["values"] = torch.where(action_mask, values, 0.0)
-        output["returns"] = returns
-        output.pop("ref_per_token_logps", None)  # the KL is in the reward now
 
-        metrics = self._metrics[mode]
+        metrics = self._metrics[batch.mode]
         gathered = self._gather_rows
         metrics["ppo/kl"].append(masked_mean(*gathered(kl, action_mask)).item())
         metrics["ppo/return"].append(masked_mean(*gathered(returns, action_mask)).item())
         values_all, mask_all = gathered(values, action_mask)
         metrics["ppo/explained_variance"].append(
             explained_variance(values_all, gathered(returns, action_mask)[0], mask_all).item())
-        return whiten(advantages, action_mask) if args.whiten_advantages else advantages
+        advantages = whiten(advantages, action_mask) if args.whiten_advantages else advantages
+        loss_inputs = {"old_per_token_logps": old_logps, "values": torch.where(action_mask, values, 0.0),
+                       "returns": returns, "ref_per_token_logps": None}
+        if "critic_hidden_states" in inputs:
+            loss_inputs["critic_hidden_states"] = inputs["critic_hidden_states"]
+        return advantages, loss_inputs
 
     def _task_values(self, batch) -> torch.Tensor:
         """Task values (B, T) at the states ``s_t`` (none at ``s_T``: the task GAE ends at the last token), with

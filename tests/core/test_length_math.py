@@ -16,6 +16,7 @@ from lenvm_rl.core.length_math import (
     length_to_logits,
     length_to_value,
     logits_to_length,
+    logits_to_value,
     monte_carlo_targets,
     positionwise_relative_error,
     potential_shaping,
@@ -71,6 +72,16 @@ def test_logits_to_length_by_hand():
     assert_close(logits_to_length(z, 0.5), [30.0 / math.log(2.0)])
     # bf16 / fp16 logits are upcast: same as their fp32 values
     assert logits_to_length(logits.half(), 0.5).dtype == torch.float32
+
+
+def test_logits_to_value_by_hand():
+    # z = 0 -> sigmoid 1/2; z = ln 3 -> 3/4; z = -ln 3 -> 1/4; z = +-inf -> 1, 0
+    logits = t([0.0, math.log(3.0), -math.log(3.0), INF, -INF])
+    assert_close(logits_to_value(logits), [-0.5, -0.75, -0.25, -1.0, 0.0])
+    assert_close(logits_to_value(logits, convention="u"), [0.5, 0.75, 0.25, 1.0, 0.0])
+    assert logits_to_value(logits.half()).dtype == torch.float32
+    with pytest.raises(ValueError, match="convention"):
+        logits_to_value(logits, convention="v")
 
 
 def test_length_to_logits_by_hand():

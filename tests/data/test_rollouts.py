@@ -6,7 +6,14 @@ import torch
 from conftest import tiny_backbone
 
 from lenvm_rl.data import chat_template_hash, load_prompts
-from lenvm_rl.data.rollouts import RolloutConfig, finish_reasons, read_rollouts, resolve_backend, sample_rollouts
+from lenvm_rl.data.rollouts import (
+    RolloutConfig,
+    finish_reasons,
+    pad_token_ids,
+    read_rollouts,
+    resolve_backend,
+    sample_rollouts,
+)
 from lenvm_rl.modeling.vocabulary import vocabulary_hash
 
 EOS = 2
@@ -24,6 +31,22 @@ def test_finish_reasons_read_eos_from_the_tokens_even_when_pad_is_eos():
     assert ended.tolist() == [True, False, True, True]
     lengths, ended = finish_reasons(torch.tensor([[5, 9, 6]]), [EOS, 9])  # several EOS ids
     assert lengths.tolist() == [2] and ended.tolist() == [True]
+
+
+def test_pad_token_ids_by_hand_left_and_right():
+    ids, mask = pad_token_ids([[5, 6, 7], [8], []], 9)
+    assert ids.tolist() == [[5, 6, 7], [8, 9, 9], [9, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    ids, mask = pad_token_ids([[5, 6, 7], [8]], 0, padding_side="left", pad_to_multiple_of=4)
+    assert ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8]]
+    assert mask.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
+    assert ids.dtype == mask.dtype == torch.long
+    with pytest.raises(ValueError, match="sequences is empty"):
+        pad_token_ids([], 0)
+    with pytest.raises(ValueError, match="padding_side"):
+        pad_token_ids([[1]], 0, padding_side="middle")
+    with pytest.raises(ValueError, match=r"sequences\[1\] must be a flat list"):
+        pad_token_ids([[1], [[2, 3]]], 0)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ def test_generate_jsonl_with_a_target(tiny_checkpoint, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "Hi"}) + "\n" + json.dumps({"prompt": "What is 2 + 2?"}) + "\n")
     args = ["generate", "--policy", str(tiny_checkpoint), "--lenvm", str(tiny_checkpoint), "--input", str(prompts),
-            "--prompt", "Hello", "--constraint", "equal", "--target", "4", "--top-k", "4", "--max-new-tokens", "5",
+            "--prompt", "Hello", "--constraint", "equal", "--target", "4", "--top_k", "4", "--max_new_tokens", "5",
             "--format", "jsonl"]
     assert main(args) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -36,7 +36,7 @@ def test_generate_help_says_equal_ignores_sampling_and_gives_the_min_p_default(c
 
 def test_generate_equal_with_sampling_warns_and_ends_at_the_target(tiny_checkpoint, capsys):
     args = ["generate", "--policy", str(tiny_checkpoint), "--lenvm", str(tiny_checkpoint), "--prompt", "Hi",
-            "--constraint", "equal", "--target", "3", "--top-k", "4", "--max-new-tokens", "8", "--format", "jsonl"]
+            "--constraint", "equal", "--target", "3", "--top_k", "4", "--max_new_tokens", "8", "--format", "jsonl"]
     with pytest.warns(UserWarning, match="constraint='equal' keeps one candidate per step.*do_sample=True"):
         assert main([*args, "--sample", "--seed", "5"]) == 0
     sampled = json.loads(capsys.readouterr().out)
@@ -47,8 +47,8 @@ def test_generate_equal_with_sampling_warns_and_ends_at_the_target(tiny_checkpoi
 
 
 def test_generate_text_tilt_and_unguided(tiny_checkpoint, capsys):
-    base = ["generate", "--policy", str(tiny_checkpoint), "--prompt", "Hi", "--max-new-tokens", "3"]
-    assert main([*base, "--lenvm", str(tiny_checkpoint), "--beta", "-5", "--sample", "--top-p", "0.9"]) == 0
+    base = ["generate", "--policy", str(tiny_checkpoint), "--prompt", "Hi", "--max_new_tokens", "3"]
+    assert main([*base, "--lenvm", str(tiny_checkpoint), "--beta", "-5", "--sample", "--top_p", "0.9"]) == 0
     assert re.match(r"=== \[0\] \d+ tokens, (eos|length)\n", capsys.readouterr().out)
     assert main(base) == 0
     assert capsys.readouterr().out.startswith("=== [0] ")
@@ -96,12 +96,12 @@ def test_generate_vocabulary_mismatch_names_both_tokenizers(tiny_checkpoint, oth
 
 def test_generate_then_analyze_with_html(tiny_checkpoint, tmp_path, capsys):
     assert main(["generate", "--policy", str(tiny_checkpoint), "--lenvm", str(tiny_checkpoint), "--prompt", "Hi",
-                 "--prompt", "Hello there", "--beta", "-2", "--max-new-tokens", "6", "--format", "jsonl"]) == 0
+                 "--prompt", "Hello there", "--beta", "-2", "--max_new_tokens", "6", "--format", "jsonl"]) == 0
     completions = tmp_path / "completions.jsonl"
     completions.write_text(capsys.readouterr().out)
     html = tmp_path / "trace.html"
     assert main(["analyze", "--model", str(tiny_checkpoint), "--input", str(completions), "--html", str(html),
-                 "--min-count", "1", "--index", "1"]) == 0
+                 "--min_count", "1", "--index", "1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("completion 1: ") and "TD resid." in out and "length tokens over 2 completions" in out
     page = html.read_text()

@@ -30,7 +30,7 @@ def test_cut_completions_are_bootstrapped_with_the_critic_value(tmp_path):
     batch = [dict(trainer.train_dataset[i]) for i in range(2) for _ in range(4)]
     out = trainer._generate_and_score_completions(batch)
     mask = out["completion_mask"].bool()
-    terminated, lengths = trainer._generation
+    terminated, lengths = trainer._rollout.terminated, trainer._rollout.lengths
     assert (~terminated).any() and terminated.any(), "the batch must hold both EOS and cut rows"
     critic = trainer.length_critic(out["prompt_ids"], out["prompt_mask"], out["completion_ids"],
                                    out["completion_mask"], terminated=terminated, action_mask=mask)

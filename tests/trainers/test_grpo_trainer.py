@@ -119,7 +119,7 @@ def test_lenvm_advantages_are_task_plus_scaled_critic_gae(tmp_path):
     assert out["advantages"].shape == out["completion_ids"].shape
     # terminated read from the generated ids, never from ids != pad (pad is the EOS id here)
     last = out["completion_ids"].gather(1, (lengths - 1)[:, None]).squeeze(1)
-    assert trainer._generation[0].tolist() == (last == EOS_ID).tolist()
+    assert trainer._rollout.terminated.tolist() == (last == EOS_ID).tolist()
     metrics = trainer._metrics["train"]
     for name in ("length/predicted_s0", "length/realised", "length/predicted_realised_corr", "length/abs_advantage",
                  "length/abs_advantage_share", "length/truncated_frac", "length/critic_explained_variance"):

@@ -19,6 +19,7 @@ from grpo_fixtures import constant_reward, prompt_dataset, tiny_lenvm, tiny_poli
 
 from lenvm_rl import LenVMCritic, PPOConfig, PPOTrainer, TaskValueModel  # noqa: E402
 from lenvm_rl.critics import LenVMCriticOutput  # noqa: E402
+from lenvm_rl.trainers.estimators import RolloutBatch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -263,10 +264,15 @@ def head_critic_output(hidden_states, final_hidden_states, terminated) -> LenVMC
 
 def task_returns(trainer, hidden, final_hidden, action_mask, terminated, scores):
     """The trainer's task advantages and returns for a rollout whose head-mode trunk states are given."""
-    output = {"old_per_token_logps": torch.zeros(action_mask.shape)}
-    advantages = trainer._task_advantages("train", output, scores, terminated, action_mask,
-                                          head_critic_output(hidden, final_hidden, terminated))
-    return advantages, output["returns"]
+    rows = len(scores)
+    batch = RolloutBatch(mode="train", prompt_ids=None, prompt_mask=None, completion_ids=None,
+                         completion_mask=action_mask.long(), action_mask=action_mask, terminated=terminated,
+                         lengths=action_mask.sum(1), all_lengths=action_mask.sum(1), task_rewards=scores,
+                         num_generations=1, local=slice(0, rows),
+                         critic_out=head_critic_output(hidden, final_hidden, terminated),
+                         old_per_token_logps=torch.zeros(action_mask.shape))
+    advantages, loss_inputs = trainer._task_advantages(batch)
+    return advantages, loss_inputs["returns"]
 
 
 @pytest.fixture(scope="module")
