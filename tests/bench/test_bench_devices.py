@@ -129,6 +129,7 @@ def test_serve_starts_its_servers_on_the_chosen_device(tiny_checkpoint, monkeypa
         raise Started
 
     monkeypatch.setattr(bench, "launch_server", launch_server)
+    monkeypatch.setattr(bench, "gsm8k", lambda offset, n: ([f"What is {i} + 1?" for i in range(n)], [""] * n))
     with pytest.raises(Started):
         run_main(bench, [*CPU, "--model", str(tiny_checkpoint), "--prompts", "2"], monkeypatch)
     check_header(capsys.readouterr().out)
@@ -136,8 +137,13 @@ def test_serve_starts_its_servers_on_the_chosen_device(tiny_checkpoint, monkeypa
     assert args[args.index("--device") + 1] == "cpu" and args[args.index("--dtype") + 1] == "float32"
 
 
-def test_grpo_overhead_on_the_cpu_prints_the_header(tiny_checkpoint, monkeypatch, capsys):
+def test_grpo_overhead_on_the_cpu_prints_the_header(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     bench = load_bench("bench_grpo", monkeypatch)
+    rows = "".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}) + "\n"
+                   for i in range(8))
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text(rows)
+    monkeypatch.setattr(bench, "GSM8K", tmp_path)  # a GSM8K-format folder of our own: the test needs no ../shared
     threads = torch.get_num_threads()
     try:
         bench.main(["overhead", *CPU, "--model", str(tiny_checkpoint), "--steps", "2", "--rounds", "1",
