@@ -80,7 +80,7 @@ class GRPOScriptArguments:
 
     dataset: str = field(default="openai/gsm8k", metadata={
         "help": "Where the problems come from: a Hub dataset id (with --dataset_config), a local directory holding "
-                "<split>.jsonl files (e.g. a local GSM8K copy: train.jsonl, test.jsonl), one local .jsonl file (held-out "
+                "<split>.jsonl files (a GSM8K copy: train.jsonl, test.jsonl), one local .jsonl file (held-out "
                 "prompts are its "
                 f"last --eval_prompts rows, training rows come before them), or '{WORD_PROBLEMS}' for the offline "
                 "generator lenvm_rl.data.generate_word_problems (needs --train_limit)."})
