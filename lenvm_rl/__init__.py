@@ -9,6 +9,7 @@
 - :mod:`lenvm_rl.decoding`: LenVM-guided ``generate`` (:class:`LenVMLogitsProcessor`) and length analysis;
 - :mod:`lenvm_rl.rewards`: GSM8K correctness and format rewards;
 - :mod:`lenvm_rl.data`, :mod:`lenvm_rl.evaluation`: rollouts, value datasets, held-out evaluation.
+- :mod:`lenvm_rl.analysis`: head-only fits on cached trunk states, and the learning curve.
 
 The exports below load on first use (PEP 562), so ``import lenvm_rl.core`` or ``import lenvm_rl.serving``
 does not pay for TRL and transformers.
@@ -74,8 +75,8 @@ _EXPORTS = {  # export -> the module that defines it
     **dict.fromkeys(["LengthAwareGRPOConfig", "LengthAwareGRPOTrainer", "LengthEstimator", "LenVMConfig",
                      "LenVMTrainer", "PPOConfig", "PPOTrainer", "RolloutBatch"], "lenvm_rl.trainers"),
 }
-_SUBMODULES = {"core", "critics", "data", "decoding", "evaluation", "modeling", "predict", "rewards", "serving",
-               "trainers"}  # ``import lenvm_rl; lenvm_rl.core`` keeps working
+_SUBMODULES = {"analysis", "core", "critics", "data", "decoding", "evaluation", "modeling", "predict", "rewards",
+               "serving", "trainers"}  # ``import lenvm_rl; lenvm_rl.core`` keeps working
 
 
 def __getattr__(name: str):

@@ -67,8 +67,8 @@ from lenvm_rl.modeling.vocabulary import check_vocabulary
 __all__ = ["FRACTIONS", "NOISE_FLOOR_ROW", "SPLIT_HALF_ROW", "LenVMEvaluation", "PolicyEvaluation",
            "PromptLengthBaseline", "constant_baseline_value", "evaluate_constant", "evaluate_lenvm",
            "evaluate_policy", "evaluate_prompt_length_baseline", "format_policy_table", "format_report",
-           "noise_floor", "paired_policy_difference", "policy_prompt_means", "prompt_length_baseline",
-           "sample_and_evaluate_policy", "split_half_mre"]
+           "noise_floor", "paired_policy_difference", "policy_prompt_means", "prompt_errors_of_groups",
+           "prompt_length_baseline", "sample_and_evaluate_policy", "split_half_mre"]
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 """Fractions of each trajectory at which the remaining-length relative error is reported."""
@@ -557,7 +557,7 @@ def _group_lengths(groups: dict[int, list[dict]]) -> tuple[Tensor, Tensor]:
     return lengths, mask
 
 
-def _prompt_errors(predicted_lengths: Tensor, groups: dict[int, list[dict]], gamma: float) -> Tensor:
+def prompt_errors_of_groups(predicted_lengths: Tensor, groups: dict[int, list[dict]], gamma: float) -> Tensor:
     """``(P,)`` per-prompt relative errors (:func:`~lenvm_rl.core.prompt_relative_errors`) of ``(P,)`` predicted
     lengths in the order of ``groups``."""
     lengths, mask = _group_lengths(groups)
@@ -566,7 +566,7 @@ def _prompt_errors(predicted_lengths: Tensor, groups: dict[int, list[dict]], gam
 
 def _prompt_mre(predicted_lengths: Tensor, groups: dict[int, list[dict]], gamma: float) -> tuple[float, float]:
     """Prompt MRE and its standard error over prompts, for ``(P,)`` predicted lengths in the order of ``groups``."""
-    return mean_and_standard_error(_prompt_errors(predicted_lengths, groups, gamma))
+    return mean_and_standard_error(prompt_errors_of_groups(predicted_lengths, groups, gamma))
 
 
 def _at_least_two_samples(groups: dict[int, list[dict]], what: str) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "mean_and_standard_error",
     "prompt_relative_errors",
     "fit_linear",
+    "slope_standard_error",
     "split_half_relative_errors",
     "noise_floor_relative_errors",
     "lifebench_word_count",
@@ -279,6 +280,28 @@ def fit_linear(x: Tensor, y: Tensor) -> tuple[float, float]:
         raise ValueError(f"x has zero variance (all {x.shape[0]} entries equal {x[0].item()}): the slope is undefined")
     slope = (x_centered * (y - y.mean())).sum().item() / sxx
     return slope, y.mean().item() - slope * x.mean().item()
+
+
+def slope_standard_error(x: Tensor, y: Tensor) -> float:
+    """Standard error of the least-squares slope of :func:`fit_linear`, from its residuals.
+
+    ``se = sqrt(sum r**2 / (N - 2) / sum (x - mean x)**2)`` with ``r = y - (slope * x + intercept)``: the textbook
+    error under independent residuals of equal variance. Computed in float64.
+
+    Args:
+        x, y: (N,), as for :func:`fit_linear`.
+    Returns:
+        a Python float; NaN for ``N = 2`` (a line through two points leaves no residual degree of freedom).
+    Raises:
+        ValueError: as :func:`fit_linear`.
+    """
+    slope, intercept = fit_linear(x, y)
+    n = x.shape[0]
+    if n < 3:
+        return math.nan
+    x, y = x.double(), y.double()
+    residuals = y - (slope * x + intercept)
+    return math.sqrt(residuals.square().sum().item() / (n - 2) / (x - x.mean()).square().sum().item())
 
 
 def split_half_relative_errors(

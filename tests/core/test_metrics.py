@@ -18,6 +18,7 @@ from lenvm_rl.core.metrics import (
     noise_floor_relative_errors,
     pearson_correlation,
     prompt_relative_errors,
+    slope_standard_error,
     split_half_relative_errors,
 )
 
@@ -173,6 +174,16 @@ def test_fit_linear_recovers_exact_lines():
     assert intercept == pytest.approx(7.0, rel=1e-6)
     # least squares through non-collinear points: x = [0, 1, 2], y = [0, 0, 3] -> slope 1.5, intercept -0.5
     assert fit_linear(t([0.0, 1.0, 2.0]), t([0.0, 0.0, 3.0])) == pytest.approx((1.5, -0.5))
+
+
+def test_slope_standard_error_by_hand():
+    # x = [0, 1, 2], y = [0, 1, 1]: slope 1/2, intercept 1/6, residuals (-1/6, 1/3, -1/6), sum r**2 = 1/6,
+    # sum (x - mean x)**2 = 2: se = sqrt(1/6 / (3 - 2) / 2) = sqrt(1/12)
+    assert slope_standard_error(t([0.0, 1.0, 2.0]), t([0.0, 1.0, 1.0])) == pytest.approx(math.sqrt(1 / 12))
+    assert slope_standard_error(t([1.0, 2.0, 3.0, 4.0]), t([1.0, 4.0, 7.0, 10.0])) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(slope_standard_error(t([0.0, 10.0]), t([5.0, -15.0])))  # two points: no residual freedom
+    with pytest.raises(ValueError, match="zero variance"):
+        slope_standard_error(t([2.0, 2.0, 2.0]), t([1.0, 2.0, 3.0]))
 
 
 def test_split_half_relative_errors_by_hand():
