@@ -29,10 +29,15 @@ noisy), and prints medians and ratios:
   CPU, :class:`~lenvm_rl.modeling.PrepackedLinears`) and on PyTorch's default kernels, ``K``
   candidates in a batch-expanded cache, and naive re-encoding (``K`` full forwards of ``prefix + x``,
   packed too);
-- greedy ``generate`` unguided, guided (cached, packed and default kernels) and guided (naive): the
-  time to the first token (the prompt's prefill, and the LenVM's), the time per later token
-  (``(T_N - T_1) / (N - 1)``, the serving benchmarks' TPOT), and ``T_N / N``. The goals (guided at
-  most 2.5x unguided, naive at least 50x guided) are checked on the time per later token.
+- greedy ``generate`` unguided (and with the policy on packed weights), guided (cached, packed and default
+  kernels), guided with a shared trunk (:class:`~lenvm_rl.decoding.shared_trunk.SharedTrunkDecoder`: the
+  policy's own forward scores the candidates, when the LenVM is a head on the policy's trunk, as the
+  default fresh head is) and guided (naive): the time to the first token (the prompt's prefill, and the
+  LenVM's), the time per later token (``(T_N - T_1) / (N - 1)``, the serving benchmarks' TPOT), and
+  ``T_N / N``. The goals (guided at most 2.5x unguided, shared trunk at most 1.3x, naive at least 50x
+  guided) are checked on the time per later token. With ``--compile`` also unguided, guided and shared
+  trunk on static KV caches with their decode steps ``torch.compile``'d (``guided_generate(compile=True)``;
+  CUDA graphs on CUDA), compiled before the timed rounds.
 
 Defaults: SmolLM2-135M-Instruct as the policy and, for ``speed``, a LenVM of the same size (fresh
 head: the cost does not depend on the head's weights). ``length-score`` and ``tradeoff`` need a
@@ -53,7 +58,7 @@ import torch
 from transformers import AutoTokenizer, LogitsProcessorList
 
 from lenvm_rl.benchmarking import add_device_arguments, environment_header, resolve_device_arguments, timed
-from lenvm_rl.data.prompts import encode_prompt, to_messages
+from lenvm_rl.data.prompts import encode_prompt, load_prompts, to_messages
 from lenvm_rl.decoding import (
     LengthReport,
     LenVMLogitsProcessor,
@@ -65,15 +70,17 @@ from lenvm_rl.decoding import (
     tilt_point,
     tradeoff_arm,
 )
+from lenvm_rl.decoding.scoring import static_generate_kwargs
+from lenvm_rl.decoding.shared_trunk import SharedTrunkDecoder, shared_trunk_mismatch
 from lenvm_rl.modeling import LenVM, PrepackedLinears, load_backbone, resolve_model_path
 
-GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+GSM8K_TEST = "openai/gsm8k:main"  # the Hub's GSM8K (its test split), or a GSM8K-format JSONL file
 
 
 def gsm8k(offset: int, n: int) -> tuple[list[str], list[str]]:
-    rows = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines() if line.strip()]
-    rows = rows[offset : offset + n]
-    return [r["question"] for r in rows], [r["answer"] for r in rows]
+    """Questions and gold answers of GSM8K test rows ``offset .. offset + n`` (:func:`lenvm_rl.data.load_prompts`)."""
+    return tuple(load_prompts(GSM8K_TEST, prompt_column=column, split="test", limit=n, offset=offset)
+                 for column in ("question", "answer"))
 
 
 def load_models(args):
@@ -151,17 +158,56 @@ def speed(args) -> None:
             fn = make()  # set-up (cache copies, the prefix's cache) is not timed
             step_times[name].append(timed(fn, device))
 
+    class Compiled:  # --compile: generate on a static cache with its decode step compiled
+        def __init__(self, processor):
+            self.processor = processor
+
     def generate(processor, n):
+        if isinstance(processor, Compiled):
+            def static():
+                if processor.processor is not None:
+                    processor.processor.begin(mask, n)  # sizes the LenVM's static cache
+                return policy.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                                       logits_processor=LogitsProcessorList([processor.processor] if processor.processor
+                                                                            else []),
+                                       pad_token_id=tokenizer.eos_token_id, **static_generate_kwargs(True, device))
+            return static
+        if isinstance(processor, SharedTrunkDecoder):  # the policy's own forward scores the candidates
+            return lambda: processor.generate(ids, mask, max_new_tokens=n)
+        if isinstance(processor, PrepackedLinears):  # unguided, the policy on packed weights
+            def packed():
+                with processor:
+                    return generate(None, n)()
+            return packed
         processors = LogitsProcessorList([processor] if processor else [])
         return lambda: policy.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
                                        logits_processor=processors, pad_token_id=tokenizer.eos_token_id)
 
     methods = {"unguided": (None, args.tokens)}
+    if "packed" in kernels:
+        methods["unguided, packed"] = (PrepackedLinears(policy, rows=1), args.tokens)
     methods |= {f"guided, KV cache, {name}": (LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, cpu_prepack=prepack),
                                               args.tokens) for name, prepack in kernels.items()}
+    not_shared = shared_trunk_mismatch(policy, lenvm)
+    if not not_shared:
+        methods |= {f"guided, shared trunk, {name}": (SharedTrunkDecoder(policy, LenVMLogitsProcessor(
+            lenvm, beta=-1.0, top_k=k, cpu_prepack=prepack)), args.tokens) for name, prepack in kernels.items()}
     methods |= {f"guided, naive re-encoding, {name}": (
         LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k, scoring="naive", cpu_prepack=prepack), args.naive_tokens + 1)
         for name, prepack in kernels.items()}
+    if args.compile:
+        compiled = {"unguided, compiled": Compiled(None),
+                    "guided, KV cache, compiled": Compiled(LenVMLogitsProcessor(lenvm, beta=-1.0, top_k=k,
+                                                                                compile=True))}
+        if not not_shared:
+            compiled["guided, shared trunk, compiled"] = SharedTrunkDecoder(policy, LenVMLogitsProcessor(
+                lenvm, beta=-1.0, top_k=k, compile=True))
+        for name, method in compiled.items():  # compiles every shape the timed runs take, untimed
+            start = time.perf_counter()
+            for n in (1, args.tokens):
+                generate(method, n)()
+            print(f"{name}: compiled in {time.perf_counter() - start:.0f} s", flush=True)
+        methods |= {name: (method, args.tokens) for name, method in compiled.items()}
     generate(methods[f"guided, KV cache, {next(iter(kernels))}"][0], 2)()  # warm-up, untimed
     first, total = {name: [] for name in methods}, {name: [] for name in methods}
     for round_ in range(args.repeats):
@@ -192,6 +238,20 @@ def speed(args) -> None:
         print(f"  {kernel:<16} guided / unguided {tpot[guided] / tpot['unguided']:.2f}x (goal <= 2.5x), "
               f"naive / guided {tpot[naive_name] / tpot[guided]:.1f}x (goal >= 50x); all N / N: "
               f"{per_token[guided] / per_token['unguided']:.2f}x, {per_token[naive_name] / per_token[guided]:.1f}x")
+    print("shared trunk (the policy's own forward scores the candidates: one K-token forward per token; its LenVM "
+          "is a head on the policy's trunk), per later token:" + (f" not run, {not_shared}" if not_shared else ""))
+    for kernel in kernels if not not_shared else ():
+        shared, two = f"guided, shared trunk, {kernel}", f"guided, KV cache, {kernel}"
+        unguided = ["unguided"] + (["unguided, packed"] if kernel == "packed" else [])
+        print(f"  {kernel:<16} " + ", ".join(f"shared / {name} {tpot[shared] / tpot[name]:.2f}x" for name in unguided)
+              + f" (goal <= 1.3x); two models / shared {tpot[two] / tpot[shared]:.2f}x")
+    if args.compile:
+        shared = "guided, shared trunk, compiled"
+        print("compiled (static KV cache, torch.compile'd decode steps), per later token: unguided compiled / eager "
+              f"{tpot['unguided, compiled'] / tpot['unguided']:.2f}x, guided / unguided (both compiled) "
+              f"{tpot['guided, KV cache, compiled'] / tpot['unguided, compiled']:.2f}x"
+              + (f", shared trunk / unguided (both compiled) {tpot[shared] / tpot['unguided, compiled']:.2f}x"
+                 if shared in tpot else ""))
     print("one LenVM step: naive / 4D mask " + ", ".join(
         f"{med[f'{k} candidates, naive re-encoding, {kernel}'] / med[f'{k} candidates, 4D mask, {kernel}']:.1f}x "
         f"({kernel})" for kernel in kernels))
@@ -360,6 +420,8 @@ def main() -> None:
     sub.choices["speed"].add_argument("--tokens", type=int, default=32)
     sub.choices["speed"].add_argument("--naive-tokens", type=int, default=2)
     sub.choices["speed"].add_argument("--repeats", type=int, default=3)
+    sub.choices["speed"].add_argument("--compile", action="store_true",
+                                      help="add the static-cache, torch.compile'd contenders (compiling takes minutes)")
     for name in ("length-score", "tradeoff"):
         p = sub.choices[name]
         p.add_argument("--sample", action="store_true", help="sample (default: greedy)")

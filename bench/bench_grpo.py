@@ -4,8 +4,8 @@
     python bench/bench_grpo.py train --lenvm LENVM_DIR --output-dir bench/results/grpo   # resumable, hours
     python bench/bench_grpo.py evaluate --output-dir bench/results/grpo                  # held-out samples
     python bench/bench_grpo.py report --output-dir bench/results/grpo                    # table + PNG
-    # issue 19, all of it in bash bench/grpo_compare.sh: seeds 0-2, the group twin also at s = 1.0, the gate at seed 0
-    python bench/bench_grpo.py report --arms plain,group,lenvm,group_s1.0,lenvm_pass_rate --seeds 0,1,2
+    # issue 19, all of it in bash bench/grpo_compare.sh: seeds 0-2, the group twin also at s = 2.0, the gate at seed 0
+    python bench/bench_grpo.py report --arms plain,group,lenvm,group_s2.0,lenvm_pass_rate --seeds 0,1,2
     # PPO with the LenVMCritic (s > 0), the same critic at s = 0, and the sequence-level twin (issue 10):
     python bench/bench_grpo.py train --lenvm LENVM_DIR --output-dir bench/results/ppo \
         --arms ppo_lenvm,ppo_lenvm_s0,ppo_group --steps 16 --chunk 8
@@ -23,6 +23,10 @@ and the ratios. The learning rate is tiny so that both arms keep sampling the sa
 step time then differs by the critic's work, not by what the policies happen to generate. ``--device`` (default
 ``auto``: CUDA when available) and ``--dtype`` (default float32: the policy's and the critic's weights) set where
 and in what it runs; it prints the device and the library versions first, and its timers wait for the GPU.
+
+Every command reads GSM8K from ``--data``: the Hub's ``openai/gsm8k`` by default, or a local copy (a directory of
+``train.jsonl`` and ``test.jsonl``). Training takes the first ``--train-prompts`` train rows, the held-out
+samples the first ``--eval-prompts`` test rows.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ import math
 import statistics
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+GSM8K = "openai/gsm8k"  # --data's default: the Hub's GSM8K, configuration main
+DATA_HELP = ("GSM8K: a Hub dataset id (configuration main), a directory of train.jsonl and test.jsonl, or one .jsonl "
+             "file (lenvm_rl.data.load_math_problems); default: %(default)s")
 
 
 def timed_scoring(trainer_class, device: str):
@@ -67,7 +72,7 @@ def overhead(args) -> None:
     print(environment_header(args.device, args.dtype), flush=True)
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    dataset, _, _ = gsm8k_problems(64, 0)
+    dataset, _, _ = gsm8k_problems(args.data, 64, 0)
     common = dict(per_device_train_batch_size=args.prompts * args.num_generations, num_generations=args.num_generations,
                   max_completion_length=args.max_completion_length, learning_rate=1e-9, logging_steps=1,
                   report_to="none", save_strategy="no", use_cpu=args.device == "cpu", bf16=False, seed=0,
@@ -172,7 +177,7 @@ def train(args) -> None:
 
     out = Path(args.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
-    dataset, _, _ = gsm8k_problems(args.train_prompts, 0)
+    dataset, _, _ = gsm8k_problems(args.data, args.train_prompts, 0)
     runs = run_names(args.arms, args.seeds)
     for arm in args.arms.split(","):
         arm_settings(arm)
@@ -214,12 +219,13 @@ def train(args) -> None:
         del trainer
 
 
-def gsm8k_problems(train_prompts: int, eval_prompts: int):
-    """The recipe's loader on the local GSM8K copy, with the bare questions as prompts (no instruction): the
-    prompts of the committed rollouts the LenVM was pretrained on. Returns (train dataset, eval prompts, answers)."""
+def gsm8k_problems(data: str, train_prompts: int, eval_prompts: int):
+    """The recipe's loader on GSM8K (``data``: ``--data``), with the bare questions as prompts (no instruction):
+    the prompts of the committed rollouts the LenVM was pretrained on. Returns (train dataset, eval prompts,
+    answers): the first ``train_prompts`` train rows and the first ``eval_prompts`` test rows."""
     from lenvm_rl.scripts.grpo import GRPOScriptArguments, load_problems
 
-    return load_problems(GRPOScriptArguments(dataset=str(GSM8K), train_limit=train_prompts,
+    return load_problems(GRPOScriptArguments(dataset=str(data), train_limit=train_prompts,
                                              eval_prompts=eval_prompts, instruction=""))
 
 
@@ -231,7 +237,7 @@ def evaluate(args) -> None:
     from lenvm_rl.modeling import load_backbone, resolve_model_path
 
     out = Path(args.output_dir)
-    _, prompts, _ = gsm8k_problems(1, args.eval_prompts)  # train_limit must be >= 1; unused
+    _, prompts, _ = gsm8k_problems(args.data, 1, args.eval_prompts)  # train_limit must be >= 1; unused
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
     config = RolloutConfig(num_completions=args.eval_samples, temperature=args.temperature,
                            max_new_tokens=args.max_completion_length, batch_size=args.batch_size, backend=args.backend)
@@ -275,7 +281,7 @@ def held_out(args):
 
     from lenvm_rl.modeling import resolve_model_path
 
-    _, _, answers = gsm8k_problems(1, args.eval_prompts)  # train_limit must be >= 1; unused
+    _, _, answers = gsm8k_problems(args.data, 1, args.eval_prompts)  # train_limit must be >= 1; unused
     return answers, AutoTokenizer.from_pretrained(resolve_model_path(args.model))
 
 
@@ -420,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("overhead", help="step time of LengthAwareGRPOTrainer vs GRPOTrainer")
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", default=GSM8K, help=DATA_HELP)
     p.add_argument("--steps", type=int, default=4, help="steps per round (the first is dropped as warm-up)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--prompts", type=int, default=2, help="prompts per step")
@@ -431,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=overhead)
     p = sub.add_parser("train", help="the RL comparison: every arm, round-robin, resumable")
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", default=GSM8K, help=DATA_HELP)
     p.add_argument("--lenvm", required=True, help="LenVM checkpoint pretrained on the policy's own rollouts")
     p.add_argument("--output-dir", default="bench/results/grpo")
     p.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join([*ARMS, *PPO_ARMS])}, or NAME_sX")
@@ -450,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, func in (("evaluate", evaluate), ("report", report)):
         p = sub.add_parser(name, help=func.__doc__.splitlines()[0])
         p.add_argument("--model", default="smollm2-135m")
+        p.add_argument("--data", default=GSM8K, help=DATA_HELP)
         p.add_argument("--output-dir", default="bench/results/grpo")
         p.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join([*ARMS, *PPO_ARMS])}, or NAME_sX")
         p.add_argument("--seeds", default="0", help="training seeds, comma-separated (report: several give the "

@@ -19,16 +19,15 @@ float32) place the model; timers wait for the GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
 
 from lenvm_rl.benchmarking import add_device_arguments, environment_header, resolve_device_arguments, timed
+from lenvm_rl.data import load_prompts
 from lenvm_rl.predict import LengthPredictor
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+DEFAULT_DATA = "openai/gsm8k:main"  # the Hub's GSM8K; its test split
 
 
 def batches_of(sequences, order, batch_size):
@@ -54,7 +53,8 @@ def padding_fraction(sequences, order, batch_size) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="model short name or directory")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="GSM8K-style JSONL with a 'question' field")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="the prompts (their 'question' field): a JSONL file, or "
+                        "a Hub dataset id (repo:config), its test split (default: %(default)s)")
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
@@ -63,8 +63,7 @@ def main() -> None:
 
     print(environment_header(args.device, args.dtype), flush=True)
     torch.set_grad_enabled(False)
-    with open(args.data) as f:
-        prompts = [json.loads(line)["question"] for line, _ in zip(f, range(args.num_prompts))]
+    prompts = load_prompts(args.data, prompt_column="question", split="test", limit=args.num_prompts)
     predictor = LengthPredictor.from_pretrained(args.model, batch_size=args.batch_size, dtype=args.dtype,
                                                 device=args.device)
     unsorted = LengthPredictor(predictor.model, predictor.tokenizer, batch_size=args.batch_size)

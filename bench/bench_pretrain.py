@@ -1,9 +1,9 @@
 """Value pretraining on real rollouts: batching throughput, then MRE against the constant baseline.
 
     # rollouts first (hours on 2 CPU cores; resumable):
-    lenvm-rl rollout --model smollm2-135m --prompts ../shared/data/gsm8k/train.jsonl --prompt_column question \
+    lenvm-rl rollout --model smollm2-135m --prompts openai/gsm8k:main --split train --prompt_column question \
         --prompt_format chat --limit 200 -n 8 --temperature 0.7 --max_new_tokens 512 --output rollouts/train.jsonl
-    lenvm-rl rollout --model smollm2-135m --prompts ../shared/data/gsm8k/test.jsonl --prompt_column question \
+    lenvm-rl rollout --model smollm2-135m --prompts openai/gsm8k:main --split test --prompt_column question \
         --prompt_format chat --limit 50 -n 16 --temperature 0.7 --max_new_tokens 512 --output rollouts/eval.jsonl
     python bench/bench_pretrain.py throughput --train-rollouts rollouts/train.jsonl
     python bench/bench_pretrain.py pretrain --train-rollouts rollouts/train.jsonl --eval-rollouts rollouts/eval.jsonl

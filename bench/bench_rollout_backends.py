@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lenvm_rl.data import RolloutConfig, group_by_prompt, load_prompts, read_rollouts, sample_rollouts, to_messages
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+DEFAULT_DATA = "openai/gsm8k:main"  # the Hub's GSM8K; its test split
 
 
 def length_stats(records: list[dict]) -> dict:
@@ -74,7 +74,8 @@ def speed(args) -> None:
 
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    prompts = [to_messages(p) for p in load_prompts(args.data, prompt_column="question", limit=args.num_prompts)]
+    questions = load_prompts(args.data, prompt_column="question", split="test", limit=args.num_prompts)
+    prompts = [to_messages(q) for q in questions]
     settings = dict(num_completions=args.num_completions, temperature=args.temperature,
                     max_new_tokens=args.max_new_tokens)
     rows = []
@@ -115,7 +116,8 @@ def main() -> None:
     p.add_argument("--vllm", nargs="+", required=True, help="rollout JSONL from the vllm backend (shards merged)")
     p = sub.add_parser("speed", help="sampling tokens/s of both backends, side by side")
     p.add_argument("--model", default="smollm2-135m", help="model short name or directory")
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="GSM8K-style JSONL with a 'question' field")
+    p.add_argument("--data", default=DEFAULT_DATA, help="the prompts (their 'question' field): a JSONL file, or a "
+                   "Hub dataset id (repo:config), its test split (default: %(default)s)")
     p.add_argument("--num-prompts", type=int, default=8)
     p.add_argument("--num-completions", "-n", type=int, default=8)
     p.add_argument("--temperature", type=float, default=0.7)

@@ -3,11 +3,12 @@
 #  1. a LenVM for the policy: value head on the frozen SmolLM2-135M-Instruct, pretrained on the committed
 #     GSM8K rollouts of the policy itself at the RL temperature (200 questions x 8, T 0.7), 1 epoch;
 #  2. the RL runs, seed by seed (bench_grpo.py train skips finished runs and resumes from the last checkpoint):
-#     plain, group, lenvm and the group twin at s = GROUP2_COEF (default 1.0) at every seed of SEEDS (default
-#     0,1,2), and lenvm + pass-rate gate at seed 0 only;
+#     plain, group, lenvm and the group twin at s = GROUP2_COEF (default 2.0: at 1.0 the twin stayed longer than
+#     lenvm at seed 0) at every seed of SEEDS (default 0,1,2), and lenvm + pass-rate gate at seed 0 only;
 #  3. held-out samples of every run and of the base policy, then the tables over seeds and docs/grpo_seeds.png.
 # OUT (default bench/results/grpo) holds checkpoints; LENVM (default $OUT/critic) the critic; LENGTH_COEF
-# (default 0.5) is the s of the arms without _sX, in train and report; PLOT the PNG. Extra arguments go to train
+# (default 0.5) is the s of the arms without _sX, in train and report; PLOT the PNG; DATA the GSM8K source. Extra
+# arguments go to train
 # (e.g. --steps). ARMS (comma-separated) runs another comparison instead, at seed 0 with the single-seed report,
 # e.g. the PPO comparison of issue 10:
 #    OUT=bench/results/ppo LENVM=bench/results/grpo/critic ARMS=ppo_lenvm,ppo_lenvm_s0,ppo_group \
@@ -17,12 +18,13 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/grpo}
 LENVM=${LENVM:-$OUT/critic}
 SEEDS=${SEEDS:-0,1,2}
-GROUP2_COEF=${GROUP2_COEF:-1.0}
+GROUP2_COEF=${GROUP2_COEF:-2.0}
 LENGTH_COEF=${LENGTH_COEF:-0.5}
+DATA=${DATA:-openai/gsm8k}  # GSM8K: the Hub id, or a local folder of train.jsonl/test.jsonl (offline)
 TRAIN="bench/rollouts/gsm8k_train200_n8_t0.7.rows0-139.jsonl bench/rollouts/gsm8k_train200_n8_t0.7.rows140-199.jsonl"
-# The committed head (bench/critics/smollm2-135m-gsm8k-200x8: the critic of step 1, trained once, 1.3 MB) on the
+# The shipped head (lenvm_rl/pretrained/smollm2-135m-gsm8k: the critic of step 1, trained once, 1.3 MB) on the
 # embedded backbone, which it left unchanged (frozen): every run of every session uses this one LenVM.
-COMMITTED=bench/critics/smollm2-135m-gsm8k-200x8
+COMMITTED=lenvm_rl/pretrained/smollm2-135m-gsm8k
 if [ ! -f "$LENVM/value_head.safetensors" ] && [ -f "$COMMITTED/value_head.safetensors" ]; then
   backbone=$(python -c "from lenvm_rl.modeling import resolve_model_path; print(resolve_model_path('smollm2-135m'))")
   mkdir -p "$LENVM"
@@ -39,25 +41,25 @@ if [ ! -f "$LENVM/value_head.safetensors" ]; then
     --save_steps 25 --save_total_limit 1 --logging_steps 10 --seed 0 ${last:+--resume_from_checkpoint "$last"}
 fi
 if [ -n "${ARMS:-}" ]; then
-  python bench/bench_grpo.py train --lenvm "$LENVM" --output-dir "$OUT" --arms "$ARMS" "$@"
-  python bench/bench_grpo.py evaluate --output-dir "$OUT" --arms "$ARMS"
-  python bench/bench_grpo.py report --output-dir "$OUT" --arms "$ARMS" --plot "${PLOT:-docs/grpo_compare.png}"
+  python bench/bench_grpo.py train --data "$DATA" --lenvm "$LENVM" --output-dir "$OUT" --arms "$ARMS" "$@"
+  python bench/bench_grpo.py evaluate --data "$DATA" --output-dir "$OUT" --arms "$ARMS"
+  python bench/bench_grpo.py report --data "$DATA" --output-dir "$OUT" --arms "$ARMS" --plot "${PLOT:-docs/grpo_compare.png}"
   exit 0
 fi
 SEEDED=plain,group,lenvm,group_s$GROUP2_COEF
 GATED=lenvm_pass_rate
 # seed by seed, so that a partial run already has every arm at the first seeds; the gated arm runs at seed 0 only
 for seed in ${SEEDS//,/ }; do
-  python bench/bench_grpo.py train --lenvm "$LENVM" --output-dir "$OUT" --arms "$SEEDED" --seeds "$seed" \
+  python bench/bench_grpo.py train --data "$DATA" --lenvm "$LENVM" --output-dir "$OUT" --arms "$SEEDED" --seeds "$seed" \
     --length-coef "$LENGTH_COEF" "$@"
   if [ "$seed" = 0 ]; then
-    python bench/bench_grpo.py train --lenvm "$LENVM" --output-dir "$OUT" --arms "$GATED" --seeds 0 \
+    python bench/bench_grpo.py train --data "$DATA" --lenvm "$LENVM" --output-dir "$OUT" --arms "$GATED" --seeds 0 \
       --length-coef "$LENGTH_COEF" "$@"
   fi
 done
-python bench/bench_grpo.py evaluate --output-dir "$OUT" --arms "$SEEDED" --seeds "$SEEDS"
-python bench/bench_grpo.py evaluate --output-dir "$OUT" --arms "$GATED" --seeds 0
-python bench/bench_grpo.py report --output-dir "$OUT" --arms "$SEEDED,$GATED" --seeds "$SEEDS" \
+python bench/bench_grpo.py evaluate --data "$DATA" --output-dir "$OUT" --arms "$SEEDED" --seeds "$SEEDS"
+python bench/bench_grpo.py evaluate --data "$DATA" --output-dir "$OUT" --arms "$GATED" --seeds 0
+python bench/bench_grpo.py report --data "$DATA" --output-dir "$OUT" --arms "$SEEDED,$GATED" --seeds "$SEEDS" \
   --length-coef "$LENGTH_COEF" --seeds-plot "${PLOT:-docs/grpo_seeds.png}"
 # The record to commit (ARCHIVE, default bench/grpo_seeds): each finished run's training log (the last checkpoint's
 # trainer_state.json, no weights) and held-out samples, in $OUT's layout, so that `report --output-dir $ARCHIVE`

@@ -14,7 +14,7 @@ from importlib import metadata
 
 import torch
 
-from lenvm_rl.cli import resolve_device
+from lenvm_rl.modeling.devices import resolve_device
 
 __all__ = ["DTYPES", "add_device_arguments", "environment_header", "resolve_device_arguments", "synchronize",
            "timed"]

@@ -15,6 +15,10 @@ completion-aligned tensors (LENVM.md §6)::
 environment output inside a multi-turn completion is context: it is attended to, but it is not a
 time step (no length reward, no advantage). Every (B, T) field is 0 where ``action_mask`` is 0.
 
+A vision-language policy's batch also carries the image inputs TRL's GRPO passes for image prompts
+(``pixel_values``, ``image_grid_thw``, ``num_images``); a VL LenVM reads them with the ids
+(:mod:`lenvm_rl.modeling.vision`).
+
 All math is in :mod:`lenvm_rl.core`; the critic only lays out the batch and calls it.
 """
 
@@ -31,6 +35,7 @@ from torch import Tensor
 from lenvm_rl.core import length_gae, logits_to_length, potential_shaping, value_regression_loss
 from lenvm_rl.data.prompts import prompt_mismatch
 from lenvm_rl.modeling import LenVM
+from lenvm_rl.modeling.vision import batch_vision_rows, is_vision_language, split_vision_rows
 from lenvm_rl.modeling.vocabulary import check_vocabulary
 
 __all__ = ["LenVMCritic", "LenVMCriticOutput", "completion_layout", "gather_states", "place_critic"]
@@ -168,6 +173,10 @@ class LenVMCritic:
         terminated: Tensor | None = None,
         action_mask: Tensor | None = None,
         return_hidden: bool = False,
+        *,
+        pixel_values: Tensor | None = None,
+        image_grid_thw: Tensor | None = None,
+        num_images: list[int] | None = None,
     ) -> LenVMCriticOutput:
         """Score a batch. Prompt (B, P) left-padded, completion (B, T) right-padded; masks 0/1 or bool.
 
@@ -176,14 +185,19 @@ class LenVMCritic:
         ``return_hidden`` also returns the trunk's hidden states (see :meth:`hidden_states`), for a second
         head on the same forward. The LenVM runs on its own device; every output, the hidden states
         included, comes back on the device of ``completion_ids``.
+
+        ``pixel_values``, ``image_grid_thw`` and ``num_images`` (images per row) are the image inputs of the batch
+        as TRL's GRPO passes them for a VL policy (flat over the rows, see :mod:`lenvm_rl.modeling.vision`).
         """
         prompt_mask, completion_mask, action_mask, terminated = self._check_inputs(
             prompt_ids, prompt_mask, completion_ids, completion_mask, terminated, action_mask
         )
+        images = self._image_rows(prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                  pixel_values=pixel_values, image_grid_thw=image_grid_thw, num_images=num_images)
         values, logits, final_values, hidden = [], [], [], []
         for rows in torch.arange(prompt_ids.shape[0]).split(self.batch_size):
             v, z, f, h = self._score_rows(prompt_ids[rows], prompt_mask[rows], completion_ids[rows],
-                                          completion_mask[rows], return_hidden)
+                                          completion_mask[rows], return_hidden, images(rows))
             values.append(v)
             logits.append(z)
             final_values.append(f)
@@ -248,30 +262,48 @@ class LenVMCritic:
         eos = torch.as_tensor(self.eos_token_ids, device=completion_ids.device)
         return mask.any(dim=1) & torch.isin(last_token, eos)
 
-    def _score_rows(self, prompt_ids, prompt_mask, completion_ids, completion_mask, return_hidden):
+    def _image_rows(self, prompt_ids, prompt_mask, completion_ids, completion_mask, pixel_values=None,
+                    image_grid_thw=None, num_images=None) -> Callable[[Tensor], dict]:
+        """A function from row indices to those rows' image inputs, on the LenVM's device (``{}`` for text)."""
+        if pixel_values is None and image_grid_thw is None:
+            return lambda rows: {}
+        if not is_vision_language(self.model.config):
+            raise ValueError(f"the batch has image inputs but the LenVM ({type(self.model._causal_lm).__name__}) is a "
+                             "text model: score a vision-language policy with a vision-language LenVM")
+        ids = torch.cat([prompt_ids.masked_fill(~prompt_mask.bool(), -1),
+                         completion_ids.masked_fill(~completion_mask.bool(), -1)], dim=1)
+        per_row = split_vision_rows(ids, self.model.config, pixel_values, image_grid_thw, num_images)
+        return lambda rows: batch_vision_rows([per_row[i] for i in rows.tolist()], self.device)
+
+    def _score_rows(self, prompt_ids, prompt_mask, completion_ids, completion_mask, return_hidden, images):
         input_ids, attention_mask, state_index, last_index = completion_layout(
             prompt_ids, prompt_mask, completion_ids, completion_mask, self.device
         )
-        hidden, final_hidden = gather_states(self.model.trunk(input_ids, attention_mask)[0], state_index, last_index)
+        hidden, final_hidden = gather_states(self.model.trunk(input_ids, attention_mask, **images)[0], state_index,
+                                             last_index)
         out = self.model.head(torch.cat([hidden, final_hidden[:, None]], dim=1),
                               torch.ones(hidden.shape[0], hidden.shape[1] + 1, dtype=torch.bool, device=hidden.device))
         values, final_values = out.values[:, :-1], out.values[:, -1]
         return values, out.logits[:, :-1], final_values, (hidden, final_hidden) if return_hidden else None
 
-    def hidden_states(self, prompt_ids, prompt_mask, completion_ids, completion_mask) -> tuple[Tensor, Tensor]:
+    def hidden_states(self, prompt_ids, prompt_mask, completion_ids, completion_mask, **images
+                      ) -> tuple[Tensor, Tensor]:
         """The LenVM trunk's hidden states at the states ``s_t`` (B, T, H) and at ``s_T`` (B, H), no grad.
 
         Laid out like :attr:`LenVMCriticOutput.values`; entries at padding positions are meaningless. A
         second value head on the same (frozen) trunk reads these, so one forward serves both heads. They stay
-        on the LenVM's device (:attr:`device`), where :meth:`refit` uses them.
+        on the LenVM's device (:attr:`device`), where :meth:`refit` uses them. ``images``: the image inputs, as
+        in :meth:`__call__`.
         """
         hidden, final_hidden = [], []
+        image_rows = self._image_rows(prompt_ids, prompt_mask, completion_ids, completion_mask, **images)
         with torch.no_grad():
             for rows in torch.arange(prompt_ids.shape[0]).split(self.batch_size):
                 input_ids, attention_mask, state_index, last_index = completion_layout(
                     prompt_ids[rows], prompt_mask[rows], completion_ids[rows], completion_mask[rows], self.device
                 )
-                h, f = gather_states(self.model.trunk(input_ids, attention_mask)[0], state_index, last_index)
+                h, f = gather_states(self.model.trunk(input_ids, attention_mask, **image_rows(rows))[0], state_index,
+                                     last_index)
                 hidden.append(h)
                 final_hidden.append(f)
         return torch.cat(hidden), torch.cat(final_hidden)
@@ -289,6 +321,7 @@ class LenVMCritic:
         optimizer: torch.optim.Optimizer,
         steps: int,
         reduce_gradients: Callable[[Tensor], Tensor] | None = None,
+        **images,
     ) -> list[float]:
         """Take ``steps`` optimizer steps on the value head towards ``targets`` at the states ``s_t``.
 
@@ -297,9 +330,10 @@ class LenVMCritic:
         :func:`lenvm_rl.core.value_regression_loss` (token-mean MSE over ``target_mask``), with ``targets``
         and ``target_mask`` (B, T) completion-aligned like :attr:`LenVMCriticOutput.values`.
         ``reduce_gradients`` (e.g. an all-reduce mean across processes) is applied to every head gradient
-        before each step, so data-parallel copies of the head stay identical. Returns the losses.
+        before each step, so data-parallel copies of the head stay identical. ``images``: the image inputs, as in
+        :meth:`__call__`. Returns the losses.
         """
-        hidden, _ = self.hidden_states(prompt_ids, prompt_mask, completion_ids, completion_mask)
+        hidden, _ = self.hidden_states(prompt_ids, prompt_mask, completion_ids, completion_mask, **images)
         targets = targets.to(hidden.device)
         target_mask = target_mask.bool().to(hidden.device)
         head = self.model.v_head
@@ -371,7 +405,7 @@ def _eos_ids(lenvm: LenVM, eos_token_id) -> list[int]:
     else:
         ids = []
         generation_config = getattr(lenvm._causal_lm, "generation_config", None)
-        for source in (lenvm.config, generation_config):
+        for source in (lenvm.config.get_text_config(), generation_config):  # a VL config: its text_config
             value = getattr(source, "eos_token_id", None)
             ids += [value] if isinstance(value, int) else list(value or [])
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):

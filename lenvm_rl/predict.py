@@ -28,13 +28,15 @@ from lenvm_rl.data.prompts import (
     resolve_prompt_format,
 )
 from lenvm_rl.modeling import EMBEDDED_MODELS, LenVM
+from lenvm_rl.modeling.vision import is_vision_language
 
 __all__ = ["LengthPrediction", "LengthPredictor", "LengthTrace", "Prompt"]
 
 logger = logging.getLogger(__name__)
 
 Prompt = Union[str, list[dict]]
-"""A string, or chat messages ``[{"role": ..., "content": ...}, ...]``; see :meth:`LengthPredictor.encode_prompt`."""
+"""A string, or chat messages ``[{"role": ..., "content": ...}, ...]``; see :meth:`LengthPredictor.encode_prompt`.
+For a vision-language LenVM the messages' content may hold images (:mod:`lenvm_rl.data.images`)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class LengthPredictor:
 
     Args:
         model: the LenVM.
-        tokenizer: the backbone's tokenizer.
+        tokenizer: the backbone's tokenizer; for a vision-language LenVM its processor.
         batch_size: sequences per forward pass; inputs are length-sorted so padding stays small.
         untrained: set when the head is freshly initialised; every output then says so.
         prompt_format: how a *string* prompt becomes ``s_0``: ``"raw"`` (TRL's convention: the text as is,
@@ -112,7 +114,7 @@ class LengthPredictor:
         fresh head seeded with 0, ``untrained=True``, and a warning. Any other path must hold a
         value head (see :meth:`LenVM.from_pretrained`).
         """
-        from transformers import AutoTokenizer
+        from transformers import AutoProcessor, AutoTokenizer
 
         untrained = str(name_or_path) in EMBEDDED_MODELS
         if untrained:
@@ -130,7 +132,8 @@ class LengthPredictor:
             model = LenVM.from_pretrained(
                 name_or_path, gamma=gamma, dtype=dtype, device=device, trust_remote_code=trust_remote_code
             )
-        tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path, trust_remote_code=trust_remote_code)
+        loader = AutoProcessor if is_vision_language(model.config) else AutoTokenizer
+        tokenizer = loader.from_pretrained(model.config.name_or_path, trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, batch_size=batch_size, untrained=untrained, prompt_format=prompt_format,
                    chat_template_kwargs=chat_template_kwargs)
 
@@ -141,20 +144,33 @@ class LengthPredictor:
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of the state ``s_0``: a string formatted as :attr:`prompt_format` says, then
         :func:`lenvm_rl.data.encode_prompt`, the encoder of rollouts and TRL's GRPO."""
+        return self.encode_prompt_inputs(prompt)[0]
+
+    def encode_prompt_inputs(self, prompt: Prompt) -> tuple[list[int], dict | None]:
+        """:meth:`encode_prompt`'s ids and the prompt's image inputs (``None`` without images); a VL LenVM's
+        processor encodes as TRL's GRPO does for VLMs (:func:`lenvm_rl.data.images.encode_vision_prompt`)."""
+        from lenvm_rl.data.images import encode_vision_prompt, is_processor
+
         prompt = apply_prompt_format(prompt, self.prompt_format)
         if not self._format_warned:
             why = prompt_mismatch(self.model, prompt, self.tokenizer, chat_template_kwargs=self.chat_template_kwargs)
             if why:
                 logger.warning(why)
                 self._format_warned = True
-        return encode_prompt(self.tokenizer, prompt, tools=self.tools, chat_template_kwargs=self.chat_template_kwargs)
+        if is_processor(self.tokenizer):
+            return encode_vision_prompt(self.tokenizer, prompt, tools=self.tools,
+                                        chat_template_kwargs=self.chat_template_kwargs)
+        return encode_prompt(self.tokenizer, prompt, tools=self.tools,
+                             chat_template_kwargs=self.chat_template_kwargs), None
 
     def predict(self, prompts: list[Prompt], *, progress: bool = False) -> list[LengthPrediction]:
         """Predicted remaining tokens at the prompt boundary, one per prompt, in input order."""
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list; wrap a single prompt as [prompt]")
-        encoded = [self.encode_prompt(p) for p in prompts]
-        scored = self.model.score(encoded, batch_size=self.batch_size, progress=progress)
+        encoded = [self.encode_prompt_inputs(p) for p in prompts]
+        images = [image_inputs for _, image_inputs in encoded]
+        scored = self.model.score([ids for ids, _ in encoded], batch_size=self.batch_size, progress=progress,
+                                  images=images if any(images) else None)
         last_logits = torch.stack([s.logits[-1] for s in scored]) if scored else torch.zeros(0)
         lengths = logits_to_length(last_logits, self.gamma)
         values = logits_to_value(last_logits)
@@ -166,16 +182,17 @@ class LengthPredictor:
         ``completion`` is text (tokenized without special tokens, so append the EOS token yourself
         to score a finished completion) or token ids.
         """
-        prompt_ids = self.encode_prompt(prompt)
+        prompt_ids, images = self.encode_prompt_inputs(prompt)
+        tokenizer = getattr(self.tokenizer, "tokenizer", self.tokenizer)  # a VL processor holds one
         completion_ids = (
-            self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+            tokenizer(completion, add_special_tokens=False)["input_ids"]
             if isinstance(completion, str)
             else [int(t) for t in completion]
         )
-        (scored,) = self.model.score([prompt_ids + completion_ids], batch_size=1)
+        (scored,) = self.model.score([prompt_ids + completion_ids], batch_size=1, images=[images] if images else None)
         states = slice(len(prompt_ids) - 1, None)  # s_0 (last prompt token) .. s_L
         return LengthTrace(
-            tokens=[self.tokenizer.decode([t]) for t in completion_ids],
+            tokens=[tokenizer.decode([t]) for t in completion_ids],
             token_ids=completion_ids,
             values=scored.values[states],
             lengths=logits_to_length(scored.logits[states], self.gamma),

@@ -1,16 +1,28 @@
-"""ensure_lenvm: a LenVM for a policy, built once per settings and cached behind a lock, on a tiny random policy."""
+"""ensure_lenvm: a LenVM for a policy, built once per settings and cached behind a lock, on a tiny random policy;
+and the LenVM the package ships for the embedded SmolLM2, returned without sampling."""
 
 import fcntl
 import hashlib
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_backbone
+from safetensors.torch import load_file
 
 import lenvm_rl
-from lenvm_rl.lenvm_cache import LENVM_AUTO_MARKER, LenVMAutoSettings, cache_key, ensure_lenvm, lenvm_cache_dir
+from lenvm_rl.lenvm_cache import (
+    LENVM_AUTO_MARKER,
+    PRETRAINED_DIR,
+    LenVMAutoSettings,
+    cache_key,
+    ensure_lenvm,
+    lenvm_cache_dir,
+    pretrained_lenvm,
+    training_constant,
+)
 
 PROMPTS = [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(6)]
 SOURCE = {"dataset": "word-problems", "dataset_config": "main", "train_split": "train", "question_column": "question",
@@ -110,10 +122,13 @@ def test_a_second_caller_waits_for_the_builder_holding_the_lock(tmp_path):
     assert result == [str(folder / "lenvm")]
 
 
-def test_refuses_to_pretrain_under_deepspeed(tmp_path):
-    class DeepSpeedArgs:
-        deepspeed_plugin = object()
+class DeepSpeedArgs:
+    """What ``accelerate launch --config_file zero3.yaml`` sets up: ensure_lenvm cannot pretrain under it."""
 
+    deepspeed_plugin = object()
+
+
+def test_refuses_to_pretrain_under_deepspeed(tmp_path):
     with pytest.raises(ValueError, match="cannot pretrain under DeepSpeed"):
         ensure_lenvm("p", PROMPTS, small(tmp_path), args=DeepSpeedArgs())
     assert not any(tmp_path.iterdir())
@@ -121,7 +136,80 @@ def test_refuses_to_pretrain_under_deepspeed(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [(dict(prompts=0), "prompts must be >= 1"),
                                              (dict(epochs=0.0), "epochs must be > 0"),
-                                             (dict(top_p=1.5), r"top_p must be in \(0, 1\]")])
+                                             (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+                                             (dict(retrain="yes"), "retrain must be True or False")])
 def test_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LenVMAutoSettings(**kwargs)
+
+
+# ----------------------------------------------------------------------------- the shipped LenVM
+
+SHIPPED = PRETRAINED_DIR / "smollm2-135m-gsm8k"
+RECIPE_SAMPLER = dict(temperature=0.7, max_completion_length=128)  # recipes/configs/*_gsm8k_cpu.yaml
+
+
+def test_the_embedded_policy_gets_the_shipped_lenvm_without_sampling(smollm2_dir, tmp_path, capsys):
+    path = ensure_lenvm(smollm2_dir, PROMPTS, small(tmp_path, **RECIPE_SAMPLER))
+    out = capsys.readouterr().out
+    assert "[lenvm auto] the LenVM shipped for smollm2-135m" in out and "sampling" not in out
+    assert Path(path).parent == tmp_path and not list(tmp_path.rglob("rollouts.jsonl"))
+    for name in ("model.safetensors", "tokenizer.json"):  # the embedded trunk, linked
+        assert (Path(path) / name).resolve() == (Path(smollm2_dir) / name).resolve()
+    model = lenvm_rl.LenVM.from_pretrained(path)
+    assert model.gamma == pytest.approx(0.9910458562488609) and model.prompt_format == "chat"
+    state = model.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in load_file(SHIPPED / "value_head.safetensors").items())
+    recorded = json.loads((SHIPPED / "pretrained.json").read_text())
+    assert training_constant(path, model.gamma) == recorded["constant_baseline_value"]
+
+    stamp = (Path(path) / LENVM_AUTO_MARKER).stat().st_mtime_ns
+    assert ensure_lenvm("smollm2-135m", PROMPTS, small(tmp_path, **RECIPE_SAMPLER)) == path  # the short name too
+    assert (Path(path) / LENVM_AUTO_MARKER).stat().st_mtime_ns == stamp  # assembled once
+    # a length limit up to the 512 tokens of its data is the same sampler; another policy has no shipped LenVM
+    assert pretrained_lenvm(smollm2_dir, PROMPTS, small(tmp_path, temperature=0.7, max_completion_length=512)) \
+        == SHIPPED
+    assert pretrained_lenvm("some/other-policy", PROMPTS, small(tmp_path, **RECIPE_SAMPLER)) is None
+
+
+def test_retrain_samples_and_pretrains_instead_of_the_shipped_lenvm(smollm2_dir, tmp_path):
+    # Under DeepSpeed a LenVM cannot be built here: the shipped one is still returned, a retrain is refused.
+    assert ensure_lenvm(smollm2_dir, PROMPTS, small(tmp_path, **RECIPE_SAMPLER), args=DeepSpeedArgs())
+    settings = small(tmp_path, retrain=True, **RECIPE_SAMPLER)
+    assert pretrained_lenvm(smollm2_dir, PROMPTS, settings) is None
+    with pytest.raises(ValueError, match="cannot pretrain under DeepSpeed"):
+        ensure_lenvm(smollm2_dir, PROMPTS, settings, args=DeepSpeedArgs())
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(temperature=1.0), r"temperature 1.0 \(it models 0.7\)"),
+    (dict(top_p=0.9), r"top_p 0.9 \(it models 1.0\)"),
+    (dict(max_completion_length=1024), r"max_completion_length 1024 \(its rollouts were cut at 512 tokens\)"),
+    (dict(chat_template_kwargs={"enable_thinking": False}), "chat_template_kwargs"),
+    (dict(prompts=["What is 1 + 1?"]), r"raw prompts \(it models chat prompts\)"),
+])
+def test_another_sampler_is_warned_about_and_gets_its_own_lenvm(smollm2_dir, tmp_path, change, message):
+    prompts = change.pop("prompts", PROMPTS)
+    settings = small(tmp_path, **{**RECIPE_SAMPLER, **change})
+    with pytest.warns(UserWarning, match=f"the LenVM shipped for smollm2-135m .* models another sampler .*{message}"):
+        with pytest.raises(ValueError, match="cannot pretrain under DeepSpeed"):  # it would sample and pretrain
+            ensure_lenvm(smollm2_dir, prompts, settings, args=DeepSpeedArgs())
+
+
+def test_another_trunk_under_the_embedded_name_is_refused(tiny_policy, tmp_path, monkeypatch):
+    monkeypatch.setenv("LENVM_RL_HOME", str(tmp_path))
+    (tmp_path / "smollm2-135m").symlink_to(tiny_policy)  # a converted "smollm2-135m" with other weights
+    with pytest.raises(ValueError, match="model.safetensors is not the trunk the LenVM .* was trained on"):
+        ensure_lenvm(str(tmp_path / "smollm2-135m"), PROMPTS, small(tmp_path / "cache", **RECIPE_SAMPLER))
+    assert not list((tmp_path / "cache").glob("smollm2-135m-gsm8k-*"))
+
+
+def test_the_package_data_ships_every_file_of_the_shipped_lenvms():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    pyproject = tomllib.loads((Path(lenvm_rl.__file__).parents[1] / "pyproject.toml").read_text())
+    package = PRETRAINED_DIR.parent
+    shipped = {path for pattern in pyproject["tool"]["setuptools"]["package-data"]["lenvm_rl"]
+               for path in package.glob(pattern)}  # setuptools globs the patterns the same way
+    files = {path for path in PRETRAINED_DIR.rglob("*") if path.is_file()}
+    assert SHIPPED / "value_head.safetensors" in files and files <= shipped, files - shipped

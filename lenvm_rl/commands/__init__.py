@@ -2,7 +2,8 @@
 ``TrlParser`` (underscore flags, ``--config`` YAML), and ``main(argv) -> exit status``.
 
 Every module has ``NAME``, ``HELP`` (its line in ``lenvm-rl --help``), ``make_parser(prog)`` (the command's own
-dataclass first in ``parser.dataclass_types``) and ``main(argv)``. ``lenvm_rl.cli`` dispatches on the name.
+dataclass first in ``parser.dataclass_types``) and ``main(argv)``, most from :func:`~lenvm_rl.commands.base.command`.
+``lenvm_rl.cli`` dispatches on the name.
 """
 
 import importlib

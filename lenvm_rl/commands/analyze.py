@@ -6,8 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lenvm_rl.commands.base import PROMPT_FORMAT_HELP, CLIError, ModelArguments, load_predictor, run_command
-from lenvm_rl.commands.base import make_parser as _make_parser
+from lenvm_rl.commands.base import PROMPT_FORMAT_HELP, CLIError, ModelArguments, command, load_predictor
 
 NAME = "analyze"
 HELP = "value trace, TD residuals, length tokens and an HTML view"
@@ -35,14 +34,6 @@ class AnalyzeArguments(ModelArguments):
 ARGUMENTS = AnalyzeArguments
 
 
-def make_parser(prog: str = f"lenvm-rl {NAME}"):
-    return _make_parser(ARGUMENTS, DESCRIPTION, prog=prog)
-
-
-def main(argv: list[str]) -> int:
-    return run_command(NAME, make_parser(), run, argv)
-
-
 def run(args: AnalyzeArguments) -> None:
     from lenvm_rl.decoding.pipelines import analyze_completions, read_completions
 
@@ -68,3 +59,6 @@ def run(args: AnalyzeArguments) -> None:
                             min_count=args.min_count, html_path=args.html, index=args.index)
     except ValueError as err:
         raise CLIError(str(err)) from None
+
+
+make_parser, main = command(NAME, ARGUMENTS, DESCRIPTION, run)

@@ -1,5 +1,6 @@
-"""What every ``lenvm-rl`` command shares: parsing a dataclass of arguments TRL style, the deprecated dash
-spellings, the ``--model`` arguments of a LenVM, the device, and bad input as exit status 2."""
+"""What every ``lenvm-rl`` command shares: parsing a dataclass of arguments TRL style (:func:`command` gives a
+module its ``make_parser`` and ``main``), the deprecated dash spellings, the ``--model`` arguments of a LenVM,
+the ``--prompt`` / ``--input`` prompts, the device, and bad input as exit status 2."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lenvm_rl.modeling import EMBEDDED_MODELS
+from lenvm_rl.modeling.devices import resolve_device
 
-__all__ = ["CLIError", "ModelArguments", "load_predictor", "make_parser", "parse", "prompt_text", "resolve_device",
-           "run_command"]
+__all__ = ["CLIError", "ModelArguments", "command", "gather_prompts", "load_predictor", "make_parser", "parse",
+           "prompt_text", "resolve_device", "run_command", "run_script"]
 
 DEVICE_HELP = "torch device, e.g. cpu or cuda:0; auto: cuda when available, else cpu (default: auto)"
 PROMPT_FORMAT_HELP = ("how a string prompt becomes s_0: raw (the text as is, TRL's convention) or chat (one user "
@@ -24,15 +26,6 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 class CLIError(Exception):
     """Bad input: printed as ``lenvm-rl <command>: error: <message>``, exit status 2."""
-
-
-def resolve_device(device: str) -> str:
-    """The torch device a ``--device`` value names: ``auto`` is ``cuda`` where CUDA is available, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(kw_only=True)
@@ -96,6 +89,47 @@ def run_command(name: str, parser, run, argv: list[str]) -> int:
         print(f"lenvm-rl {name}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def command(name: str, arguments: type, description: str, run) -> tuple:
+    """``(make_parser, main)`` of the command ``name`` that parses the dataclass ``arguments`` and calls ``run(args)``.
+
+    ``make_parser(prog="lenvm-rl <name>")`` is its ``TrlParser`` (:func:`make_parser`); ``main(argv)`` parses
+    ``argv`` and runs it, returning the exit status (:func:`run_command`).
+    """
+    def make_command_parser(prog: str = f"lenvm-rl {name}"):
+        return make_parser(arguments, description, prog=prog)
+
+    def main(argv: list[str]) -> int:
+        return run_command(name, make_command_parser(), run, argv)
+
+    return make_command_parser, main
+
+
+def run_script(parser, pipeline, argv: list[str]) -> int:
+    """Parse ``argv`` (and its ``--config`` YAML) with a script's ``parser`` and run its ``pipeline`` (a
+    :mod:`lenvm_rl.scripts` ``main``), then end a launched run's processes; returns 0."""
+    from lenvm_rl.scripts import end_processes
+
+    pipeline(*parse(parser, argv))
+    end_processes()
+    return 0
+
+
+def gather_prompts(args) -> list:
+    """The prompts of ``args.prompt`` (repeated ``--prompt``), then those of the ``--input`` JSONL file
+    (``args.prompt_column``); a ``CLIError`` when there is none or the file does not read."""
+    from lenvm_rl.data import load_prompts
+
+    prompts = list(args.prompt or [])
+    if args.input:
+        try:
+            prompts += load_prompts(args.input, prompt_column=args.prompt_column)
+        except (FileNotFoundError, ValueError) as err:
+            raise CLIError(f"--input: {err}") from None
+    if not prompts:
+        raise CLIError("give at least one --prompt or an --input JSONL file")
+    return prompts
 
 
 def load_predictor(args):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lenvm_rl.commands.base import make_parser as _make_parser
-from lenvm_rl.commands.base import prompt_text, run_command
+from lenvm_rl.commands.base import command, prompt_text
 
 NAME = "demo"
 HELP = "offline pipeline demo: rollouts, value pretraining, predictions"
@@ -35,14 +34,6 @@ class DemoArguments:
 ARGUMENTS = DemoArguments
 
 
-def make_parser(prog: str = f"lenvm-rl {NAME}"):
-    return _make_parser(ARGUMENTS, DESCRIPTION, prog=prog)
-
-
-def main(argv: list[str]) -> int:
-    return run_command(NAME, make_parser(), run, argv)
-
-
 def run(args: DemoArguments) -> None:
     import torch
     from transformers import AutoTokenizer
@@ -52,8 +43,7 @@ def run(args: DemoArguments) -> None:
     from lenvm_rl.data import RolloutConfig, generate_word_problems, group_by_prompt, sample_rollouts, to_messages
     from lenvm_rl.modeling import load_backbone, resolve_model_path
     from lenvm_rl.predict import LengthPredictor
-    from lenvm_rl.scripts.pretrain import PretrainScriptArguments
-    from lenvm_rl.scripts.pretrain import main as pretrain
+    from lenvm_rl.pretraining import pretrain_lenvm
     from lenvm_rl.trainers import LenVMConfig
 
     out = Path(args.output_dir)
@@ -82,9 +72,8 @@ def run(args: DemoArguments) -> None:
         per_device_train_batch_size=8, per_device_eval_batch_size=8, freeze_backbone=True,
         lr_scheduler_type="constant", logging_steps=5, save_strategy="no", report_to="none", seed=args.seed,
     )
-    script_args = PretrainScriptArguments(train_rollouts=[str(out / "train_rollouts.jsonl")],
-                                          eval_rollouts=[str(out / "eval_rollouts.jsonl")])
-    pretrain(script_args, training_args, ModelConfig(model_name_or_path=args.model))
+    pretrain_lenvm([str(out / "train_rollouts.jsonl")], training_args, ModelConfig(model_name_or_path=args.model),
+                   eval_rollouts=[str(out / "eval_rollouts.jsonl")])
 
     print("\n[3/3] predicted length at the prompt boundary vs the sampled completions")
     predictor = LengthPredictor.from_pretrained(out / "lenvm")
@@ -95,3 +84,6 @@ def run(args: DemoArguments) -> None:
         lengths = [rec["completion_length"] for rec in groups[i]]
         truth = return_consistent_length(torch.tensor([lengths]), predictor.gamma).item()
         print(f"{i:>3}  {pred.length:>9.1f}  {truth:>27.1f}  {prompt_text(prompt)}")
+
+
+make_parser, main = command(NAME, ARGUMENTS, DESCRIPTION, run)

@@ -7,8 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lenvm_rl.commands.base import CLIError, ModelArguments, run_command
-from lenvm_rl.commands.base import make_parser as _make_parser
+from lenvm_rl.commands.base import CLIError, ModelArguments, command
+from lenvm_rl.commands.serve import VLLMEngineArguments, vllm_engine_options
 
 NAME = "evaluate"
 HELP = "value MSE, prompt MRE and positionwise error on held-out rollouts"
@@ -18,7 +18,7 @@ DESCRIPTION = ("Evaluate a LenVM on rollouts, beside the constant baseline and p
 
 
 @dataclass(kw_only=True)
-class EvaluateArguments(ModelArguments):
+class EvaluateArguments(VLLMEngineArguments, ModelArguments):
     rollouts: list[str] = field(metadata={
         "help": "held-out rollout JSONL (from lenvm-rl rollout); several shards are merged"})
     baseline_rollouts: list[str] | None = field(default=None, metadata={
@@ -30,17 +30,13 @@ class EvaluateArguments(ModelArguments):
     seed: int = field(default=0, metadata={
         "help": "seed of the noise-floor resamples and the split-half partitions (default: 0)"})
     format: Literal["table", "json"] = field(default="table", metadata={"help": "output format (default: table)"})
+    backend: Literal["hf", "vllm"] = field(default="hf", metadata={
+        "help": "hf: a transformers forward, --batch_size padded sequences at a time (--device); vllm: vLLM scores "
+                "every sequence, unpadded and scheduled by vLLM (pip install 'lenvm-rl[vllm]'; --vllm_* options) "
+                "(default: hf)"})
 
 
 ARGUMENTS = EvaluateArguments
-
-
-def make_parser(prog: str = f"lenvm-rl {NAME}"):
-    return _make_parser(ARGUMENTS, DESCRIPTION, prog=prog)
-
-
-def main(argv: list[str]) -> int:
-    return run_command(NAME, make_parser(), run, argv)
 
 
 def run(args: EvaluateArguments) -> None:
@@ -64,11 +60,20 @@ def run(args: EvaluateArguments) -> None:
     try:
         records = read_rollouts(args.rollouts)
         baseline_records = read_rollouts(args.baseline_rollouts) if args.baseline_rollouts else None
-        model = LenVM.from_pretrained(args.model, gamma=args.gamma, dtype=args.dtype, device=args.device,
-                                      trust_remote_code=args.trust_remote_code)
-    except (FileNotFoundError, ValueError) as err:
+        if args.backend == "vllm":
+            from lenvm_rl.vllm.scoring import VLLMLenVM
+
+            model = VLLMLenVM.from_pretrained(args.model, gamma=args.gamma, **vllm_engine_options(args))
+        else:
+            model = LenVM.from_pretrained(args.model, gamma=args.gamma, dtype=args.dtype, device=args.device,
+                                          trust_remote_code=args.trust_remote_code)
+    except (FileNotFoundError, ValueError, ImportError) as err:
         raise CLIError(str(err)) from None
-    rows = {"LenVM": evaluate_lenvm(model, records, batch_size=args.batch_size, progress=True)}
+    try:
+        rows = {"LenVM": evaluate_lenvm(model, records, batch_size=args.batch_size, progress=True)}
+    finally:
+        if args.backend == "vllm":
+            model.close()
     if baseline_records:
         baseline = constant_baseline_value(baseline_records, model.gamma)
         rows["constant baseline"] = evaluate_constant(baseline, records, model.gamma)
@@ -91,3 +96,6 @@ def run(args: EvaluateArguments) -> None:
         print(json.dumps(report, indent=2, default=str))
     else:
         print(format_report(rows, references))
+
+
+make_parser, main = command(NAME, ARGUMENTS, DESCRIPTION, run)

@@ -6,8 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lenvm_rl.commands.base import DEVICE_HELP, PROMPT_FORMAT_HELP, CLIError, DType, run_command
-from lenvm_rl.commands.base import make_parser as _make_parser
+from lenvm_rl.commands.base import DEVICE_HELP, PROMPT_FORMAT_HELP, CLIError, DType, command, gather_prompts
 
 NAME = "generate"
 HELP = "generate with LenVM guidance (tilt or a length target)"
@@ -60,29 +59,16 @@ class GenerateArguments:
 ARGUMENTS = GenerateArguments
 
 
-def make_parser(prog: str = f"lenvm-rl {NAME}"):
-    return _make_parser(ARGUMENTS, DESCRIPTION, prog=prog)
-
-
-def main(argv: list[str]) -> int:
-    return run_command(NAME, make_parser(), run, argv)
-
-
 def run(args: GenerateArguments) -> None:
-    from lenvm_rl.data import load_prompts
     from lenvm_rl.decoding import GuidanceConfig
     from lenvm_rl.decoding.pipelines import generate_completions
 
-    prompts = list(args.prompt or [])
+    prompts = gather_prompts(args)
     try:
-        if args.input:
-            prompts += load_prompts(args.input, prompt_column=args.prompt_column)
         guidance = GuidanceConfig(constraint=args.constraint, target=args.target, beta=args.beta, top_k=args.top_k,
                                   top_p=args.top_p, min_p=args.min_p, temperature=args.temperature)
-    except (FileNotFoundError, ValueError) as err:
+    except ValueError as err:
         raise CLIError(str(err)) from None
-    if not prompts:
-        raise CLIError("give at least one --prompt or an --input JSONL file")
     if args.lenvm is None and (args.constraint is not None or args.beta != 0.0):
         raise CLIError("--constraint and --beta need a --lenvm")
     try:
@@ -94,3 +80,6 @@ def run(args: GenerateArguments) -> None:
         )
     except (FileNotFoundError, ValueError) as err:
         raise CLIError(str(err)) from None
+
+
+make_parser, main = command(NAME, ARGUMENTS, DESCRIPTION, run)

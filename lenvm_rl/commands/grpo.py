@@ -9,7 +9,7 @@ YAML; the pipeline is :func:`lenvm_rl.scripts.grpo.main`.
 
 from __future__ import annotations
 
-from lenvm_rl.commands.base import parse
+from lenvm_rl.commands.base import run_script
 
 NAME = "grpo"
 HELP = "length-aware GRPO on GSM8K with a LenVM length critic (the recipe's pipeline; --config YAML)"
@@ -30,9 +30,6 @@ def main(argv: list[str]) -> int:
 
 def run(parser, argv: list[str]) -> int:
     """Parse ``argv`` (and its ``--config`` YAML) with the recipe's ``parser`` and run the recipe's pipeline."""
-    from lenvm_rl.scripts import end_processes
     from lenvm_rl.scripts.grpo import main as run_pipeline
 
-    run_pipeline(*parse(parser, argv))
-    end_processes()
-    return 0
+    return run_script(parser, run_pipeline, argv)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from lenvm_rl.commands.base import (
     PROMPT_FORMAT_HELP,
-    CLIError,
     ModelArguments,
+    command,
+    gather_prompts,
     load_predictor,
     prompt_text,
-    run_command,
 )
-from lenvm_rl.commands.base import make_parser as _make_parser
 
 NAME = "predict"
 HELP = "predict remaining tokens at the prompt boundary"
@@ -31,34 +31,31 @@ class PredictArguments(ModelArguments):
     prompt_column: str | None = field(default=None, metadata={
         "help": "JSONL field holding the prompt (default: messages if present, else prompt)"})
     prompt_format: Literal["raw", "chat"] | None = field(default=None, metadata={"help": PROMPT_FORMAT_HELP})
+    image: list[str] | None = field(default=None, metadata={
+        "action": "extend", "help": "an image file for a vision-language LenVM: each text prompt becomes one user "
+                                    "message holding the image(s), then the text; repeat for several"})
     format: Literal["table", "jsonl"] = field(default="table", metadata={"help": "output format (default: table)"})
 
 
 ARGUMENTS = PredictArguments
 
 
-def make_parser(prog: str = f"lenvm-rl {NAME}"):
-    return _make_parser(ARGUMENTS, DESCRIPTION, prog=prog)
-
-
-def main(argv: list[str]) -> int:
-    return run_command(NAME, make_parser(), run, argv)
-
-
 def run(args: PredictArguments) -> None:
-    from lenvm_rl.data import load_prompts
+    prompts = gather_prompts(args)
+    if args.image:
+        from lenvm_rl.commands.base import CLIError
+        from lenvm_rl.data.images import image_prompt
 
-    prompts = list(args.prompt or [])
-    if args.input:
-        try:
-            prompts += load_prompts(args.input, prompt_column=args.prompt_column)
-        except (FileNotFoundError, ValueError) as err:
-            raise CLIError(f"--input: {err}") from None
-    if not prompts:
-        raise CLIError("give at least one --prompt or an --input JSONL file")
+        if not all(isinstance(p, str) for p in prompts) or not all(Path(i).is_file() for i in args.image):
+            raise CLIError("--image takes image files and goes with text prompts (put images in chat messages' "
+                           f"content instead): {args.image}")
+        prompts = [image_prompt(p, args.image) for p in prompts]
     predictor = load_predictor(args)
     predictions = predictor.predict(prompts, progress=len(prompts) > args.batch_size)
     print_predictions(prompts, predictions, predictor, args.format, sys.stdout)
+
+
+make_parser, main = command(NAME, ARGUMENTS, DESCRIPTION, run)
 
 
 def print_predictions(prompts, predictions, predictor, fmt: str, out) -> None:

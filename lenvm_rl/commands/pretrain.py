@@ -3,7 +3,7 @@ the pipeline is :func:`lenvm_rl.scripts.pretrain.main`, as in ``recipes/pretrain
 
 from __future__ import annotations
 
-from lenvm_rl.commands.base import parse
+from lenvm_rl.commands.base import run_script
 
 NAME = "pretrain"
 HELP = "pretrain a LenVM on rollouts (all TrainingArguments; see lenvm-rl pretrain --help)"
@@ -18,9 +18,6 @@ def make_parser(prog: str = f"lenvm-rl {NAME}"):
 
 
 def main(argv: list[str]) -> int:
-    from lenvm_rl.scripts import end_processes
     from lenvm_rl.scripts.pretrain import main as pretrain
 
-    pretrain(*parse(make_parser(), argv))
-    end_processes()
-    return 0
+    return run_script(make_parser(), pretrain, argv)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lenvm_rl.commands.base import DEVICE_HELP, CLIError, DType, run_command
-from lenvm_rl.commands.base import make_parser as _make_parser
+from lenvm_rl.commands.base import DEVICE_HELP, CLIError, DType, command
 
 NAME = "rollout"
 HELP = "sample n completions per prompt from a policy (resumable)"
@@ -58,14 +57,6 @@ class RolloutArguments:
 ARGUMENTS = RolloutArguments
 
 
-def make_parser(prog: str = f"lenvm-rl {NAME}"):
-    return _make_parser(ARGUMENTS, DESCRIPTION, prog=prog)
-
-
-def main(argv: list[str]) -> int:
-    return run_command(NAME, make_parser(), run, argv)
-
-
 def run(args: RolloutArguments) -> None:
     from transformers import AutoTokenizer
 
@@ -102,6 +93,9 @@ def run(args: RolloutArguments) -> None:
     mean = sum(r["completion_length"] for r in records) / len(records)
     print(f"{args.output}: {len(records)} completions, {ended} ended with EOS, "
           f"{len(records) - ended} cut at {config.max_new_tokens} tokens, mean length {mean:.1f}")
+
+
+make_parser, main = command(NAME, ARGUMENTS, DESCRIPTION, run)
 
 
 def _vllm_llm(path: str, args: RolloutArguments):

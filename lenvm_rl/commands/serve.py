@@ -4,22 +4,52 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
-from lenvm_rl.commands.base import CLIError, ModelArguments, load_predictor, run_command
-from lenvm_rl.commands.base import make_parser as _make_parser
+from lenvm_rl.commands.base import CLIError, ModelArguments, command, load_predictor
 from lenvm_rl.modeling import EMBEDDED_MODELS
 
 NAME = "serve"
 HELP = "HTTP length-prediction server (/encode, /tree_value, /predict, /health)"
 DESCRIPTION = ("Serve a LenVM over HTTP with the reference serving protocol (/encode, /tree_value, /token_value, "
-               "/candidate_value, /flush_cache, /v1/models) plus /predict and /health, batching concurrent requests. "
-               "Needs pip install 'lenvm-rl[serve]'. SIGTERM finishes in-flight requests, then exits.")
+               "/candidate_value, /flush_cache, /v1/models) plus /predict and /health, batching concurrent requests, "
+               "on our engine (--engine hf) or vLLM's (--engine vllm, with a prefix cache for /tree_value). Needs pip "
+               "install 'lenvm-rl[serve]' (and 'lenvm-rl[vllm]'). SIGTERM finishes in-flight requests, then exits.")
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class ServeArguments(ModelArguments):
+class VLLMEngineArguments:
+    """The vLLM engine of a LenVM (``lenvm-rl serve --engine vllm``, ``lenvm-rl evaluate --backend vllm``)."""
+
+    vllm_gpu_memory_utilization: float = field(default=0.9, metadata={
+        "help": "vllm: fraction of GPU memory vLLM may use (default: 0.9; on CPU set VLLM_CPU_KVCACHE_SPACE, in GiB)"})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={
+        "help": "vllm: GPUs the LenVM is split across (default: 1)"})
+    vllm_max_model_length: int | None = field(default=None, metadata={
+        "help": "vllm: longest sequence; smaller saves KV-cache memory (default: the model's)"})
+    vllm_enforce_eager: bool = field(default=False, metadata={
+        "help": "vllm: run without torch.compile and CUDA graphs (faster start-up; needed on this project's CPUs)"})
+    vllm_block_size: int | None = field(default=None, metadata={
+        "help": "vllm: tokens per KV-cache block, the grain of its prefix cache (default: vLLM's, 128 on CPU)"})
+
+
+def vllm_engine_options(args, **extra) -> dict:
+    """The keyword arguments of :func:`lenvm_rl.vllm.scoring.lenvm_engine_args` from a command's arguments;
+    ``--dtype`` unset is vLLM's ``auto``."""
+    return dict(dtype=args.dtype, max_model_len=args.vllm_max_model_length, enforce_eager=args.vllm_enforce_eager,
+                gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                tensor_parallel_size=args.vllm_tensor_parallel_size, block_size=args.vllm_block_size,
+                trust_remote_code=args.trust_remote_code, **extra)
+
+
+@dataclass(kw_only=True)
+class ServeArguments(VLLMEngineArguments, ModelArguments):
+    engine: Literal["hf", "vllm"] = field(default="hf", metadata={
+        "help": "hf: our batcher on a transformers forward (--device); vllm: vLLM's async engine (pip install "
+                "'lenvm-rl[vllm]'; its own device, --vllm_* options, --batch_size and --max_batch_tokens per step, "
+                "a prefix cache for /tree_value) (default: hf)"})
     batch_size: int = field(default=64, metadata={"help": "sequences per forward pass (default: 64)"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (default: 127.0.0.1)"})
     port: int = field(default=30010, metadata={"help": "port (default: 30010)"})
@@ -37,14 +67,6 @@ class ServeArguments(ModelArguments):
 ARGUMENTS = ServeArguments
 
 
-def make_parser(prog: str = f"lenvm-rl {NAME}"):
-    return _make_parser(ARGUMENTS, DESCRIPTION, prog=prog)
-
-
-def main(argv: list[str]) -> int:
-    return run_command(NAME, make_parser(), run, argv)
-
-
 def run(args: ServeArguments) -> None:
     from lenvm_rl.serving import require_serving_dependencies
 
@@ -59,8 +81,17 @@ def run(args: ServeArguments) -> None:
     model = load_served_model(args)
     from lenvm_rl.serving import serve
 
-    serve(model, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
+    engine = None
+    if args.engine == "vllm":
+        from lenvm_rl.predict import LengthPredictor
+        from lenvm_rl.serving.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine((model.model if isinstance(model, LengthPredictor) else model).engine_args)
+    serve(model, engine=engine, host=args.host, port=args.port, max_batch_tokens=args.max_batch_tokens,
           max_batch_size=args.batch_size, max_padding=args.max_padding)
+
+
+make_parser, main = command(NAME, ARGUMENTS, DESCRIPTION, run)
 
 
 def load_served_model(args: ServeArguments):
@@ -73,14 +104,20 @@ def load_served_model(args: ServeArguments):
     from lenvm_rl.modeling.vocabulary import check_vocabulary, saved_tokenizer
     from lenvm_rl.predict import LengthPredictor
 
-    if args.model in EMBEDDED_MODELS:  # a bare backbone (untrained head) and its tokenizer
+    if args.model in EMBEDDED_MODELS and args.engine == "hf":  # a bare backbone (untrained head) and its tokenizer
         predictor = load_predictor(args)
         model, tokenizer, untrained = predictor.model, predictor.tokenizer, True
     else:
         try:
-            model = LenVM.from_pretrained(args.model, gamma=args.gamma, dtype=args.dtype, device=args.device,
-                                          trust_remote_code=args.trust_remote_code)
-        except (FileNotFoundError, ValueError) as err:
+            if args.engine == "vllm":
+                from lenvm_rl.vllm.scoring import VLLMLenVM
+
+                model = VLLMLenVM.from_pretrained(args.model, gamma=args.gamma, **vllm_engine_options(
+                    args, max_num_seqs=args.batch_size, max_num_batched_tokens=args.max_batch_tokens))
+            else:
+                model = LenVM.from_pretrained(args.model, gamma=args.gamma, dtype=args.dtype, device=args.device,
+                                              trust_remote_code=args.trust_remote_code)
+        except (FileNotFoundError, ValueError, ImportError) as err:
             raise CLIError(f"--model {args.model}: {err}") from None
         untrained = False
         try:

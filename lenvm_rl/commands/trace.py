@@ -7,8 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lenvm_rl.commands.base import PROMPT_FORMAT_HELP, ModelArguments, load_predictor, run_command
-from lenvm_rl.commands.base import make_parser as _make_parser
+from lenvm_rl.commands.base import PROMPT_FORMAT_HELP, ModelArguments, command, load_predictor
 
 NAME = "trace"
 HELP = "per-token values along a completion"
@@ -27,17 +26,12 @@ class TraceArguments(ModelArguments):
 ARGUMENTS = TraceArguments
 
 
-def make_parser(prog: str = f"lenvm-rl {NAME}"):
-    return _make_parser(ARGUMENTS, DESCRIPTION, prog=prog)
-
-
-def main(argv: list[str]) -> int:
-    return run_command(NAME, make_parser(), run, argv)
-
-
 def run(args: TraceArguments) -> None:
     predictor = load_predictor(args)
     print_trace(predictor.trace(args.prompt, args.completion), predictor, args.format, sys.stdout)
+
+
+make_parser, main = command(NAME, ARGUMENTS, DESCRIPTION, run)
 
 
 def print_trace(trace, predictor, fmt: str, out) -> None:

@@ -308,6 +308,8 @@ def sample_rollouts(
     Prompts are raw strings or chat messages, encoded as TRL's GRPO encodes them
     (:func:`~lenvm_rl.data.encode_prompt`, with ``tools`` and ``config.chat_template_kwargs``); to sample
     string prompts under the chat template, pass them through :func:`~lenvm_rl.data.to_messages` first.
+    For a vision-language policy pass its processor as ``tokenizer``: chat messages may then hold images
+    (:mod:`lenvm_rl.data.images`), which the records keep as paths or embedded data URLs (``hf`` backend only).
 
     Resumable: prompts whose records are all in ``output_file`` are skipped (settings must match).
     ``model`` is a loaded transformers causal LM for the ``hf`` backend; for ``vllm`` it is a
@@ -322,6 +324,10 @@ def sample_rollouts(
     if not prompts:
         raise ValueError("prompts is empty: nothing to sample")
     backend = resolve_backend(config.backend, model)
+    from lenvm_rl.data.images import encode_vision_prompt, has_images, is_processor, jsonable_prompt
+
+    if backend == "vllm" and any(has_images(p) for p in prompts):
+        raise ValueError("image prompts are sampled with backend='hf' (transformers generate) here")
     if backend == "hf" and not isinstance(model, torch.nn.Module):
         raise ValueError(f"the hf backend takes a loaded transformers model, got {type(model).__name__}; load it "
                          "with lenvm_rl.modeling.load_backbone, or pass backend='vllm' for a name or path")
@@ -337,6 +343,7 @@ def sample_rollouts(
         raise ValueError("prompts mix raw strings and chat messages; TRL formats a whole dataset one way: make them "
                          "all chat messages (lenvm_rl.data.to_messages) or all strings")
     chat = formats == {"chat"}
+    prompts = [jsonable_prompt(p) for p in prompts]  # in-memory images embedded, so records are JSON
     sampler = {
         "model": model_name,
         "temperature": config.temperature, "top_p": config.top_p,
@@ -359,8 +366,12 @@ def sample_rollouts(
         return sorted(finished, key=itemgetter("prompt_index", "sample_index"))
     if backend == "vllm" and isinstance(model, (str, os.PathLike)):
         model = vllm_engine(model, seed=config.seed)  # vLLM's defaults otherwise
-    encoded = {i: encode_prompt(tokenizer, prompts[i], tools=tools, chat_template_kwargs=config.chat_template_kwargs)
-               for i in todo}
+    encoded, images = {}, {}
+    for i in todo:  # a VL policy's processor encodes as TRL does for VLMs, with the image inputs beside the ids
+        encoded[i], images[i] = (
+            encode_vision_prompt(tokenizer, prompts[i], tools=tools, chat_template_kwargs=config.chat_template_kwargs)
+            if is_processor(tokenizer) else
+            (encode_prompt(tokenizer, prompts[i], tools=tools, chat_template_kwargs=config.chat_template_kwargs), None))
     generate = _vllm_generate if backend == "vllm" else _hf_generate
     eos_ids = _eos_ids(model.generation_config.eos_token_id if backend == "hf" else
                        model.llm_engine.model_config.try_get_generation_config().get("eos_token_id"), tokenizer)
@@ -370,8 +381,9 @@ def sample_rollouts(
     tokens, start = 0, time.perf_counter()
     for first in range(0, len(todo), per_call):
         group = todo[first : first + per_call]
+        group_images = {"images": [images[i] for i in group]} if any(images.values()) else {}
         completions = generate(model, tokenizer, [encoded[i] for i in group], config, eos_ids,
-                               seed=config.seed + offset + group[0])
+                               seed=config.seed + offset + group[0], **group_images)
         records = []
         for j, i in enumerate(group):
             for k in range(config.num_completions):
@@ -389,15 +401,22 @@ def sample_rollouts(
     return sorted(read_rollouts(path), key=itemgetter("prompt_index", "sample_index"))
 
 
-def _hf_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int):
-    """Batched, left-padded ``generate``; returns ``(completion_ids, ended)`` per sample, prompt-major."""
+def _hf_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int, images=None):
+    """Batched, left-padded ``generate``; returns ``(completion_ids, ended)`` per sample, prompt-major. ``images``:
+    each prompt's image inputs (or ``None``), for a VL model."""
     device = next(model.parameters()).device
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VL processor holds one
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     input_ids, attention_mask = pad_token_ids(prompt_ids, pad_id, padding_side="left")
+    extra = {}
+    if images is not None:
+        from lenvm_rl.modeling.vision import generation_inputs
+
+        extra = generation_inputs(model.config, input_ids, images, device)
     torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **extra,
             do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0, repetition_penalty=1.0,
             max_new_tokens=config.max_new_tokens, num_return_sequences=config.num_completions,
             eos_token_id=eos_ids, pad_token_id=pad_id,

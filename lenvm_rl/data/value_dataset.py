@@ -45,14 +45,18 @@ def build_value_dataset(records: list[dict], *, censored: CensoredPolicy = "infi
     ``completion_length`` (``L``, EOS included), ``terminated`` (ended with EOS), ``prompt_index``, ``length``
     (``len(input_ids)``, for length-grouped batching), and ``prompt_encoding``: the records'
     :class:`~lenvm_rl.data.rollouts.RolloutEncoding` as JSON, which :class:`~lenvm_rl.LenVMTrainer` checks
-    against the tokenizer and records in the checkpoint (:func:`dataset_encoding`).
+    against the tokenizer and records in the checkpoint (:func:`dataset_encoding`). Records of image prompts add
+    ``images``, each row's image references (:class:`~lenvm_rl.data.images.VisionValueDataCollator` reads them).
     """
     import datasets
+
+    from lenvm_rl.data.images import IMAGES_COLUMN, image_refs, jsonable_prompt
 
     _check_censored(censored)
     if not records:
         raise ValueError("records is empty: sample rollouts first (lenvm-rl rollout)")
     rows = {k: [] for k in ("input_ids", "prompt_length", "completion_length", "terminated", "prompt_index", "length")}
+    images = []
     for record in records:
         check_record(record)
         terminated = record["finish_reason"] == "eos"
@@ -65,10 +69,13 @@ def build_value_dataset(records: list[dict], *, censored: CensoredPolicy = "infi
         rows["terminated"].append(terminated)
         rows["prompt_index"].append(record["prompt_index"])
         rows["length"].append(len(input_ids))
+        images.append(image_refs(jsonable_prompt(record.get("prompt"))))
     if not rows["input_ids"]:
         raise ValueError("every completion was cut at the length limit and censored='drop' left none; "
                          "use censored='infinite' or sample with a larger max_new_tokens")
     rows[ENCODING_COLUMN] = [json.dumps(asdict(rollout_encoding(records)))] * len(rows["input_ids"])
+    if any(images):
+        rows[IMAGES_COLUMN] = images
     return datasets.Dataset.from_dict(rows)
 
 

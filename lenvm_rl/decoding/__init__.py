@@ -2,6 +2,9 @@
 
 - :class:`LenVMLogitsProcessor`: tilting and length constraints as a ``LogitsProcessor``, scoring every
   candidate in one LenVM forward on the LenVM's own KV cache; :func:`guided_generate` wraps ``generate``;
+- :class:`SharedTrunkDecoder` (:mod:`~lenvm_rl.decoding.shared_trunk`): when the LenVM is a head on the policy's
+  own trunk, one policy forward per token scores the candidates and gives the next logits
+  (``guided_generate`` picks it by itself); ``compile=True``: static KV caches and compiled decode steps;
 - :mod:`~lenvm_rl.decoding.evaluation`: LIFEBench length score, accuracy vs length against a token budget;
 - :mod:`~lenvm_rl.decoding.analysis`: TD residuals, length tokens, an HTML view of a trace.
 
@@ -27,6 +30,7 @@ from lenvm_rl.decoding.evaluation import (
 )
 from lenvm_rl.decoding.generate import GuidedCompletion, guided_generate
 from lenvm_rl.decoding.guidance import GuidanceConfig, GuidanceStep, LenVMLogitsProcessor, check_vocabulary
+from lenvm_rl.decoding.shared_trunk import SharedTrunkDecoder, shared_trunk_mismatch
 
 __all__ = [
     "GuidanceConfig",
@@ -35,6 +39,7 @@ __all__ = [
     "LenVMLogitsProcessor",
     "LengthReport",
     "LengthToken",
+    "SharedTrunkDecoder",
     "TradeoffPoint",
     "answer_length",
     "average_over_targets",
@@ -48,6 +53,7 @@ __all__ = [
     "length_tokens",
     "lenvm_token_target",
     "plot_tradeoff",
+    "shared_trunk_mismatch",
     "tilt_point",
     "trace_html",
     "trace_td_residuals",

@@ -19,6 +19,8 @@ from lenvm_rl.data.prompts import (
 )
 from lenvm_rl.data.rollouts import _eos_ids, finish_reasons, pad_token_ids
 from lenvm_rl.decoding.guidance import GuidanceConfig, LenVMLogitsProcessor
+from lenvm_rl.decoding.scoring import static_generate_kwargs
+from lenvm_rl.decoding.shared_trunk import SharedTrunkDecoder, generation_config_extras
 from lenvm_rl.modeling import LenVM
 
 __all__ = ["GuidedCompletion", "guided_generate"]
@@ -62,6 +64,8 @@ def guided_generate(
     prompt_format: PromptFormat | None = None,
     chat_template_kwargs: dict | None = None,
     tools: list | None = None,
+    shared_trunk: bool | None = None,
+    compile: bool | dict = False,
 ) -> list[GuidedCompletion]:
     """Generate a completion per prompt with ``policy.generate``, guided by ``lenvm`` when given.
 
@@ -81,6 +85,19 @@ def guided_generate(
         do_sample: sample from the guided distribution, else greedy.
         seed: ``torch.manual_seed`` before each batch, for reproducible sampling.
         scoring: ``"cached"`` or ``"naive"``, see :class:`LenVMLogitsProcessor`.
+        shared_trunk: decode with the policy's own forward as the LenVM's candidate step
+            (:mod:`lenvm_rl.decoding.shared_trunk`: one ``K``-token forward per token instead of a policy step
+            and a LenVM step). ``None`` (default): when the LenVM is a value head on the policy's trunk
+            (:func:`~lenvm_rl.decoding.shared_trunk.shared_trunk_mismatch`), ``scoring="cached"`` and the
+            policy's ``generation_config`` adds no logits processor of its own; ``True``: required (refused
+            with the reason otherwise); ``False``: the two-model path (``policy.generate`` with the processor).
+            Both paths emit the same tokens.
+        compile: static KV caches and ``torch.compile``'d decode steps (on CUDA with CUDA graphs) for the policy
+            (``generate``'s ``cache_implementation="static"``), the LenVM's candidate step and the shared-trunk
+            step (:class:`~lenvm_rl.decoding.scoring.StaticTrunk`); ``True`` or a dict of ``torch.compile``
+            arguments. The first batch of each size compiles (seconds to minutes). The same tokens as eager
+            decoding, up to kernel round-off. Off by default: on the CPU compiling takes minutes per model and
+            batch shape and gains little per token (README, Guided decoding).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -93,18 +110,23 @@ def guided_generate(
     eos_ids = _eos_ids(policy.generation_config.eos_token_id, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = next(policy.parameters()).device
-    processor = None
+    processor = decoder = None
     if lenvm is not None:
         processor = LenVMLogitsProcessor(
             lenvm, guidance, eos_token_id=eos_ids, pad_token_id=pad_id, scoring=scoring,
-            policy_tokenizer=tokenizer, lenvm_tokenizer=lenvm_tokenizer,
+            policy_tokenizer=tokenizer, lenvm_tokenizer=lenvm_tokenizer, compile=compile,
         )
+        decoder = _shared_trunk_decoder(shared_trunk, policy, processor, do_sample)
         sampling = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=None)  # the processor applies them
+    elif shared_trunk:
+        raise ValueError("shared_trunk=True needs a lenvm")
     else:
         sampling = dict(temperature=guidance.temperature, top_k=guidance.top_k, top_p=guidance.top_p,
                         min_p=guidance.min_p or None)
     if not do_sample:
         sampling = {}
+    if compile:
+        sampling |= static_generate_kwargs(compile, device)
     string_format = resolve_prompt_format(prompt_format, lenvm, tokenizer)
     formatted = [apply_prompt_format(p, string_format) for p in prompts]
     why = lenvm is not None and formatted and prompt_mismatch(lenvm, formatted[0], tokenizer,
@@ -118,14 +140,18 @@ def guided_generate(
             encode_prompt(tokenizer, p, tools=tools, chat_template_kwargs=chat_template_kwargs)
             for p in formatted[start : start + batch_size]], pad_id, padding_side="left")
         if processor is not None:
-            processor.begin(attention_mask)
+            processor.begin(attention_mask, max_new_tokens)
         if seed is not None:
             torch.manual_seed(seed + start)
-        out = policy.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), do_sample=do_sample,
-            max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id, repetition_penalty=None,
-            logits_processor=LogitsProcessorList([processor] if processor is not None else []), **sampling,
-        )
+        if decoder is not None:
+            out = decoder.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
+                                   pad_token_id=pad_id, do_sample=do_sample)
+        else:
+            out = policy.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), do_sample=do_sample,
+                max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id, repetition_penalty=None,
+                logits_processor=LogitsProcessorList([processor] if processor is not None else []), **sampling,
+            )
         if processor is not None:
             processor.reset()  # frees the LenVM's cache
         generated = out[:, input_ids.shape[1] :].cpu()
@@ -137,3 +163,23 @@ def guided_generate(
                 length=int(lengths[row]), finish_reason="eos" if ended[row] else "length",
             ))
     return results
+
+
+def _shared_trunk_decoder(shared_trunk: bool | None, policy, processor: LenVMLogitsProcessor,
+                          do_sample: bool) -> SharedTrunkDecoder | None:
+    """The shared-trunk decoder ``shared_trunk`` asks for (see :func:`guided_generate`), or ``None``."""
+    if shared_trunk is False:
+        return None
+    if processor.scoring != "cached":
+        why = f"scoring={processor.scoring!r} re-encodes with the LenVM (the reference); the shared trunk is cached"
+    elif extras := generation_config_extras(policy, do_sample):
+        why = f"the policy's generation_config adds logits processors the shared-trunk loop does not run: {extras}"
+    else:
+        try:
+            return SharedTrunkDecoder(policy, processor)  # compares the trunks
+        except ValueError as error:
+            why = str(error)
+    if shared_trunk:
+        raise ValueError(f"shared_trunk=True: {why}; pass shared_trunk=None or False to decode with two models")
+    logger.info("guided decoding with two models (no shared trunk): %s", why)
+    return None

@@ -40,7 +40,7 @@ from lenvm_rl.core import (
     soft_equal,
     tilt,
 )
-from lenvm_rl.decoding.scoring import naive_extension_logits, score_extensions
+from lenvm_rl.decoding.scoring import StaticTrunk, compile_options, naive_extension_logits, score_extensions
 from lenvm_rl.modeling import LenVM, PrepackedLinears
 from lenvm_rl.modeling.vocabulary import check_vocabulary
 
@@ -143,7 +143,8 @@ class GuidanceStep:
 
     Under ``"equal"`` and ``"at_most"`` with EOS ids there is one more column, the end token of
     :func:`~lenvm_rl.core.add_end_candidate` (in the set once the target is reached; not scored by the
-    LenVM: its logit is ``-inf``, the terminal value)."""
+    LenVM: its logit is ``-inf``, the terminal value). The shared-trunk decoder leaves candidates out of the
+    set of every row unscored too (``-inf``)."""
 
     ids: Tensor
     logprobs: Tensor
@@ -177,6 +178,11 @@ class LenVMLogitsProcessor(LogitsProcessor):
             the same float32 math, one extra copy of the LenVM's linear weights in memory).
             ``None`` (default) turns it on when the LenVM is float32 on the CPU and oneDNN is
             available; ``True`` requires it; ``False`` keeps PyTorch's default kernels.
+        compile: score on a static KV cache with the decode step ``torch.compile``'d
+            (:class:`~lenvm_rl.decoding.scoring.StaticTrunk`; on CUDA with CUDA graphs); ``True`` or a dict of
+            ``torch.compile`` arguments. The first steps of each batch size compile (seconds to minutes); the
+            cache's size must be known: call ``begin(attention_mask, max_new_tokens=N)``. Not with
+            ``cpu_prepack``, which it turns off by default; ``scoring="cached"`` only.
 
     A processor follows one ``generate`` call at a time: it notices a new call (the inputs no longer
     extend what it has seen) and starts over. Call :meth:`begin` with the prompt attention mask
@@ -199,6 +205,7 @@ class LenVMLogitsProcessor(LogitsProcessor):
         policy_tokenizer=None,
         lenvm_tokenizer=None,
         cpu_prepack: bool | None = None,
+        compile: bool | dict = False,
         **config_kwargs,
     ):
         if config is not None and config_kwargs:
@@ -217,14 +224,22 @@ class LenVMLogitsProcessor(LogitsProcessor):
             raise ValueError("cpu_prepack=True needs a float32 LenVM on the CPU and a PyTorch built with oneDNN "
                              f"(torch.backends.mkldnn.is_available() is {torch.backends.mkldnn.is_available()}); "
                              "pass cpu_prepack=None to use it only where it applies")
-        use_prepack = PrepackedLinears.available(lenvm) if cpu_prepack is None else cpu_prepack
-        self._prepacked = PrepackedLinears(lenvm, rows=self.config.top_k + 1) if use_prepack else None
+        if compile and (cpu_prepack or scoring != "cached"):
+            raise ValueError(f"compile needs scoring='cached' and no cpu_prepack (got scoring={scoring!r}, "
+                             f"cpu_prepack={cpu_prepack!r}): the compiled step has its own kernels")
+        self.compile = compile
+        self._static = StaticTrunk(lenvm.backbone, compile_options(compile, self._device)) if compile else None
+        if compile:
+            cpu_prepack = False
+        self.cpu_prepack = PrepackedLinears.available(lenvm) if cpu_prepack is None else cpu_prepack
+        self._prepacked = PrepackedLinears(lenvm, rows=self.config.top_k + 1) if self.cpu_prepack else None
         eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         self.eos_token_ids = torch.tensor(eos, dtype=torch.long)
         self.pad_token_id = pad_token_id
         self.last_step: GuidanceStep | None = None
         self.state_logits: list[Tensor] = []  # cached scoring: LenVM logit of s_t at each step, (B,) each
         self._prompt_mask: Tensor | None = None
+        self._max_new_tokens: int | None = None
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -236,10 +251,13 @@ class LenVMLogitsProcessor(LogitsProcessor):
         self._prompt_length = 0
         self.state_logits = []
 
-    def begin(self, attention_mask: Tensor | None) -> "LenVMLogitsProcessor":
-        """Start a new generation whose prompt has this (B, P) attention mask (0 = left padding)."""
+    def begin(self, attention_mask: Tensor | None, max_new_tokens: int | None = None) -> "LenVMLogitsProcessor":
+        """Start a new generation whose prompt has this (B, P) attention mask (0 = left padding), of at most
+        ``max_new_tokens`` tokens (needed with ``compile``: it sizes the static cache)."""
         self.reset()
         self._prompt_mask = None if attention_mask is None else attention_mask.detach().long()
+        self._prompt_length = 0 if attention_mask is None else attention_mask.shape[1]
+        self._max_new_tokens = max_new_tokens
         return self
 
     @property
@@ -260,6 +278,18 @@ class LenVMLogitsProcessor(LogitsProcessor):
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        return self.guide(input_ids, scores, self._score)
+
+    @torch.no_grad()
+    def guide(self, input_ids: Tensor, scores: Tensor, score_candidates) -> Tensor:
+        """One step: the guided scores (B, V) given the policy's ``scores`` (B, V) after ``input_ids`` (B, S).
+
+        ``score_candidates(input_ids, ids, mask)`` returns the LenVM logits (B, K) of the candidates ``ids``
+        (B, K) (those out of the set, ``mask`` False, may be left ``-inf``: they never change the output):
+        :meth:`__call__` passes the LenVM's own scoring (``scoring``), the shared-trunk decoder the policy's
+        candidate forward (:mod:`lenvm_rl.decoding.shared_trunk`). The generated length counts from the
+        prompt :meth:`begin` was given (or the first ``input_ids`` seen).
+        """
         cfg = self.config
         scaled = scores / cfg.temperature
         ids, logprobs, mask = select_candidates(scaled, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p)
@@ -268,24 +298,7 @@ class LenVMLogitsProcessor(LogitsProcessor):
                 f"candidate token {int(ids.max())} is outside the LenVM's vocabulary of "
                 f"{self.lenvm.config.vocab_size} (the policy scores {scores.shape[-1]})"
             )
-        continuing = (
-            self._seen is not None
-            and input_ids.shape[0] == self._seen.shape[0]
-            and input_ids.shape[1] == self._seen.shape[1] + 1
-            and torch.equal(input_ids[:, : self._seen.shape[1]], self._seen)
-        )
-        if self._seen is None or not continuing:
-            self._start(input_ids)
-            new_ids = input_ids
-        else:
-            new_ids = input_ids[:, -1:]
-            self._key_mask = torch.cat([self._key_mask, torch.ones_like(new_ids)], dim=1)
-        self._seen = input_ids
-        with self._prepacked or nullcontext():
-            if self.scoring == "cached":
-                lenvm_logits = self._score_cached(new_ids, ids)
-            else:
-                lenvm_logits = self._score_naive(input_ids, ids)
+        lenvm_logits = score_candidates(input_ids, ids, mask)
         remaining = None
         if cfg.constraint is not None:
             remaining = remaining_target(cfg.target, input_ids.shape[1] - self._prompt_length)
@@ -313,9 +326,40 @@ class LenVMLogitsProcessor(LogitsProcessor):
         return torch.log_softmax(logprobs.masked_fill(~allowed, -math.inf), dim=-1)
 
     # ------------------------------------------------------------------ scoring
+    def _score(self, input_ids: Tensor, cand: Tensor, _mask: Tensor) -> Tensor:
+        """LenVM logits (B, K) of ``s_t + x`` by ``scoring``, on the LenVM's cache when ``input_ids`` extend it."""
+        continuing = (
+            self._seen is not None
+            and input_ids.shape[0] == self._seen.shape[0]
+            and input_ids.shape[1] == self._seen.shape[1] + 1
+            and torch.equal(input_ids[:, : self._seen.shape[1]], self._seen)
+        )
+        if self._seen is None or not continuing:
+            self._start(input_ids)
+            new_ids = input_ids
+        else:
+            new_ids = input_ids[:, -1:]
+            self._key_mask = torch.cat([self._key_mask, torch.ones_like(new_ids)], dim=1)
+        self._seen = input_ids
+        with self._prepacked or nullcontext():
+            if self.scoring == "cached":
+                return self._score_cached(new_ids, cand)
+            return self._score_naive(input_ids, cand)
+
     def _score_cached(self, new_ids: Tensor, cand: Tensor) -> Tensor:
         """LenVM logits (B, K) of ``s_t + x``: ``new_ids`` (B, m) extend the cache, candidates ride along."""
-        out = score_extensions(self.lenvm, new_ids, cand, self._key_mask, cache=self._cache, use_cache=True)
+        static = {}
+        if self._static is not None:
+            prefill = self._cache is None
+            if prefill:
+                if self._max_new_tokens is None:
+                    raise ValueError("compile needs the generation's length: call begin(attention_mask, "
+                                     "max_new_tokens=N) before generate")
+                self._cache = self._static.new_cache(cand.shape[0],
+                                                     self._prompt_length + self._max_new_tokens + cand.shape[1] + 1)
+            static = self._static.forward_kwargs(self._cache, step=not prefill)
+        out = score_extensions(self.lenvm, new_ids, cand, self._key_mask, cache=self._cache, use_cache=True,
+                               **static)
         self._cache = out.cache
         self.state_logits.append(out.new_logits[:, -1].float().cpu())
         return out.candidate_logits

@@ -28,6 +28,7 @@ import inspect
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedModel
 
 from lenvm_rl.core import logits_to_value
 from lenvm_rl.data.prompts import PROMPT_FORMATS
 from lenvm_rl.data.rollouts import pad_token_ids
 from lenvm_rl.modeling.embedded import EMBEDDED_MODELS, resolve_model_path
+from lenvm_rl.modeling.vision import batch_vision_rows, is_vision_language, vision_position_ids
 
 __all__ = ["VALUE_HEAD_FILE", "LenVM", "LenVMOutput", "ValueHead", "load_backbone"]
 
@@ -120,7 +122,7 @@ class LenVM(nn.Module):
         lm_head = self._causal_lm.get_output_embeddings()
         if lm_head is not None and lm_head.weight is not self._causal_lm.get_input_embeddings().weight:
             lm_head.requires_grad_(False)
-        hidden_size = self.config.hidden_size
+        hidden_size = self.config.get_text_config().hidden_size  # a VL config keeps it in its text_config
         self.v_head = (v_head or ValueHead(hidden_size)).float()
         if self.v_head.fc.in_features != hidden_size:
             raise ValueError(
@@ -221,7 +223,8 @@ class LenVM(nn.Module):
         # save_pretrained writes `architectures` from the class; the serving code wants the LenVM name.
         # A PEFT adapter directory gets the config too, so gamma travels with the adapter.
         config = self.config.to_dict()
-        config["architectures"] = [type(self._causal_lm).__name__.replace("ForCausalLM", "ForLengthValueModel")]
+        config["architectures"] = [re.sub("For(CausalLM|ConditionalGeneration)$", "ForLengthValueModel",
+                                          type(self._causal_lm).__name__)]
         (save_directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         head = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k.startswith("v_head.")}
         save_file(head, save_directory / VALUE_HEAD_FILE, metadata={"format": "pt"})
@@ -258,6 +261,7 @@ class LenVM(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache=None,
         use_cache: bool = False,
+        **images,
     ) -> LenVMOutput:
         """Per-token values on a padded batch (left, right or mixed padding).
 
@@ -268,6 +272,8 @@ class LenVM(nn.Module):
             position_ids: (B, S), overrides the derived positions.
             cache / use_cache: as in ``transformers`` (a ``Cache``); run the trunk on a KV cache, e.g.
                 to score one-token extensions of a cached prefix.
+            **images: a vision-language backbone's image inputs, ``pixel_values`` and ``image_grid_thw`` as its
+                processor returns them for the batch (see :mod:`lenvm_rl.modeling.vision`).
 
         Returns:
             :class:`LenVMOutput` with ``values`` and ``logits`` of shape (B, S), float32, 0 at
@@ -275,7 +281,8 @@ class LenVM(nn.Module):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden_states, cache = self.trunk(input_ids, attention_mask, position_ids, cache=cache, use_cache=use_cache)
+        hidden_states, cache = self.trunk(input_ids, attention_mask, position_ids, cache=cache, use_cache=use_cache,
+                                          **images)
         out = self.head(hidden_states, attention_mask[:, -input_ids.shape[1] :])
         out.cache = cache
         return out
@@ -287,13 +294,15 @@ class LenVM(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache=None,
         use_cache: bool = False,
+        **images,
     ) -> tuple[torch.Tensor, object | None]:
         """The backbone's final hidden states (B, S, H) and its updated cache (``None`` unless ``use_cache``).
 
         Arguments as in :meth:`forward`. With :meth:`head` this is the forward pass split in two, so a
         caller can run the trunk once and the head many times (e.g. refitting the head on fixed states).
         """
-        return run_trunk(self.backbone, input_ids, attention_mask, position_ids, cache=cache, use_cache=use_cache)
+        return run_trunk(self.backbone, input_ids, attention_mask, position_ids, cache=cache, use_cache=use_cache,
+                         **images)
 
     def head(self, hidden_states: torch.Tensor, mask: torch.Tensor) -> LenVMOutput:
         """The value head on hidden states (B, S, H): ``values``, ``logits`` (B, S) float32, 0 where ``mask`` is 0."""
@@ -304,13 +313,15 @@ class LenVM(nn.Module):
 
     @torch.inference_mode()
     def score(
-        self, sequences: list[list[int]], *, batch_size: int = 16, progress: bool = False
+        self, sequences: list[list[int]], *, batch_size: int = 16, progress: bool = False,
+        images: list[dict | None] | None = None,
     ) -> list[LenVMOutput]:
         """No-grad values and logits for every token of many token sequences of any lengths.
 
         Sequences are sorted by length so each batch carries little padding, run ``batch_size`` at
         a time, and returned in input order: ``result[i].values`` and ``result[i].logits`` are
-        float32 (len(sequences[i]),) CPU tensors whose entry ``j`` belongs to token ``j``.
+        float32 (len(sequences[i]),) CPU tensors whose entry ``j`` belongs to token ``j``. ``images[i]``
+        holds the image inputs of ``sequences[i]`` (``pixel_values``, ``image_grid_thw``) or ``None``.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -325,7 +336,8 @@ class LenVM(nn.Module):
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         for batch in tqdm(batches, desc="LenVM scoring", unit="batch", disable=not progress):
             input_ids, attention_mask = pad_token_ids([sequences[i] for i in batch], 0)
-            out = self(input_ids.to(device), attention_mask.to(device))
+            batch_images = batch_vision_rows([images[i] for i in batch], device) if images is not None else {}
+            out = self(input_ids.to(device), attention_mask.to(device), **batch_images)
             values, logits = out.values.cpu(), out.logits.cpu()
             for row, i in enumerate(batch):
                 n = len(sequences[i])
@@ -349,21 +361,28 @@ def run_trunk(
     position_ids: torch.Tensor | None = None,
     cache=None,
     use_cache: bool = False,
+    **images,
 ) -> tuple[torch.Tensor, object | None]:
     """A causal LM's trunk (no LM head): final hidden states (B, S, H) and the cache (``None`` unless ``use_cache``).
 
     Positions are derived from ``attention_mask`` (``cumsum - 1``) unless given, so a sequence gets the
-    same states whatever its padding side. A PEFT-wrapped model runs with its active adapters.
+    same states whatever its padding side. A PEFT-wrapped model runs with its active adapters. A
+    vision-language model takes its ``images`` inputs and its own 3-D positions
+    (:func:`lenvm_rl.modeling.vision.vision_position_ids`).
     """
-    if position_ids is None:
+    causal_lm = base_causal_lm(model)
+    if images or is_vision_language(causal_lm.config):
+        position_ids = vision_position_ids(causal_lm, input_ids, attention_mask, position_ids, cache, **images)
+    elif position_ids is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-    trunk = base_causal_lm(model).base_model
+    trunk = causal_lm.base_model
     cache_arg = _cache_argument(type(trunk))
     outputs = trunk(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
         use_cache=use_cache,
+        **images,
         **{cache_arg: cache},
     )
     return outputs.last_hidden_state, outputs[cache_arg] if use_cache else None
@@ -399,13 +418,15 @@ def _cache_argument(trunk_class: type) -> str:
 
 
 def load_backbone(name_or_path, *, dtype=None, trust_remote_code: bool = False) -> PreTrainedModel:
-    """A causal LM from a short name, a local directory or a Hub id; safetensors only."""
+    """A causal LM (or a vision-language model, e.g. Qwen2.5-VL) from a short name, a local directory or a Hub id;
+    safetensors only."""
     path = _model_dir(name_or_path)
     kwargs = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    auto_class = AutoModelForImageTextToText if is_vision_language(path) else AutoModelForCausalLM
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return auto_class.from_pretrained(path, **kwargs)
     except OSError as err:
         raise FileNotFoundError(f"could not load the backbone from {path}: {err}") from err
 

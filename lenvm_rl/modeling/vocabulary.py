@@ -125,7 +125,7 @@ def _side(side) -> _Vocabulary | None:
         saved = saved_tokenizer(side.config.name_or_path)
         if saved is not None:
             return _Vocabulary(name, vocab=saved.get_vocab())
-        return _Vocabulary(name, rows=side.config.vocab_size)
+        return _Vocabulary(name, rows=side.config.get_text_config().vocab_size)  # a VL config: its text_config
     tokenizer = _tokenizer(side)
     name = getattr(side, "name_or_path", None) or getattr(tokenizer, "name_or_path", None) or type(side).__name__
     return _Vocabulary(name, vocab=tokenizer.get_vocab())

@@ -10,9 +10,11 @@ LenVM, the held-out evaluation), :class:`~lenvm_rl.trainers.LengthAwareGRPOConfi
    (:func:`~lenvm_rl.data.load_math_problems`).
 2. Sample the policy on the held-out prompts (:func:`~lenvm_rl.evaluation.sample_and_evaluate_policy`).
 3. Get the length critic: ``--lenvm PATH`` (a LenVM checkpoint), or ``--lenvm auto``
-   (:func:`~lenvm_rl.lenvm_cache.ensure_lenvm`: sampled at the GRPO temperature and
-   ``max_completion_length`` on training prompts, pretrained, cached under ``cache_dir()/lenvm-auto/<key>``;
-   the held-out samples of step 2 are its evaluation set).
+   (:func:`~lenvm_rl.lenvm_cache.ensure_lenvm`: the LenVM the package ships for the embedded policy when the
+   run samples as its data was sampled, unless ``--lenvm_auto_retrain``; else one sampled at the GRPO
+   temperature and ``max_completion_length`` on training prompts, pretrained, cached under
+   ``cache_dir()/lenvm-auto/<key>``). Print its prediction of the held-out samples' lengths of step 2 (value
+   MSE, prompt MRE, positionwise RE) beside the constant predictor of its training rollouts.
 4. Train the trainer of the config class (:data:`TRAINERS`): :class:`~lenvm_rl.trainers.LengthAwareGRPOTrainer`
    (the LenVM as ``length_critic``) or :class:`~lenvm_rl.trainers.PPOTrainer` (the LenVM as ``value_model``)
    with the rewards ``correctness_reward_weight * gsm8k_correctness_reward + format_reward_weight *
@@ -25,8 +27,8 @@ Under ``accelerate launch`` with several processes, sampling (the ``auto`` rollo
 evaluations) runs on the main process while the others wait at a barrier; LenVM pretraining and
 GRPO use every process. Models sampled on the main process are loaded whole, outside DeepSpeed
 ZeRO-3's partitioned initialisation; so is the frozen critic, on every process. Under DeepSpeed
-``--lenvm auto`` only reuses a cached LenVM (accelerate allows one DeepSpeed ``Accelerator`` per process,
-and GRPO needs it).
+``--lenvm auto`` only uses a shipped or cached LenVM (accelerate allows one DeepSpeed ``Accelerator`` per
+process, and GRPO needs it).
 """
 
 from __future__ import annotations
@@ -115,8 +117,9 @@ class GRPOScriptArguments:
 
     lenvm: str | None = field(default=None, metadata={
         "help": "Length critic of --length_estimator lenvm (optional otherwise: it adds the length metrics): a LenVM "
-                f"checkpoint directory, or '{AUTO}' to pretrain one on rollouts of the policy (cached, see the "
-                "lenvm_auto_* options)."})
+                f"checkpoint directory, or '{AUTO}': the one the package ships for the embedded smollm2-135m when the "
+                "run samples like its data (temperature 0.7, chat prompts), else one pretrained on rollouts of the "
+                "policy (cached, see the lenvm_auto_* options)."})
     lenvm_auto_prompts: int = _auto_field("prompts")
     lenvm_auto_samples: int = _auto_field("samples")
     lenvm_auto_epochs: float = _auto_field("epochs")
@@ -124,6 +127,7 @@ class GRPOScriptArguments:
     lenvm_auto_batch_size: int = _auto_field("batch_size")
     lenvm_auto_freeze_backbone: bool = _auto_field("freeze_backbone")
     lenvm_auto_cache_dir: str | None = _auto_field("cache_dir")
+    lenvm_auto_retrain: bool = _auto_field("retrain")
 
     def __post_init__(self):
         if self.dataset == WORD_PROBLEMS and self.train_limit is None:
@@ -173,7 +177,12 @@ def main(script_args: GRPOScriptArguments, training_args, model_args) -> dict:
     from accelerate import PartialState
     from transformers import AutoTokenizer
 
-    from lenvm_rl.lenvm_cache import ensure_lenvm, lenvm_cache_dir, refuse_pretraining_under_deepspeed
+    from lenvm_rl.lenvm_cache import (
+        ensure_lenvm,
+        lenvm_cache_dir,
+        pretrained_lenvm,
+        refuse_pretraining_under_deepspeed,
+    )
     from lenvm_rl.modeling import resolve_model_path
 
     state = PartialState()
@@ -182,13 +191,14 @@ def main(script_args: GRPOScriptArguments, training_args, model_args) -> dict:
     model_name = model_args.model_name_or_path or DEFAULT_POLICY
     policy_path = resolve_model_path(model_name)  # the embedded model converts once; other processes wait
     settings = lenvm_auto_settings(script_args, training_args, model_args)
-    if script_args.lenvm == AUTO:  # before any work: under DeepSpeed only a cached LenVM will do
-        refuse_pretraining_under_deepspeed(training_args, lenvm_cache_dir(
-            policy_path, [], settings, prompts_source=prompts_source(script_args)))
     tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=training_args.trust_remote_code)
 
     # 1. data
     train_dataset, eval_prompts, eval_answers = load_problems(script_args)
+    if script_args.lenvm == AUTO and pretrained_lenvm(policy_path, train_dataset["prompt"], settings) is None:
+        # before any sampling: under DeepSpeed only a shipped or cached LenVM will do
+        refuse_pretraining_under_deepspeed(training_args, lenvm_cache_dir(
+            policy_path, train_dataset["prompt"], settings, prompts_source=prompts_source(script_args)))
     state.print(f"== {recipe.name}: {model_name}, {len(train_dataset)} training prompts from "
                 f"{script_args.dataset}, {len(eval_prompts)} held-out x {script_args.eval_samples} samples; "
                 f"length_estimator={training_args.length_estimator}, length_coef={training_args.length_coef} ==")
@@ -203,20 +213,24 @@ def main(script_args: GRPOScriptArguments, training_args, model_args) -> dict:
             rows["before"] = _evaluate(policy, tokenizer, *held_out, samples / "before.jsonl", script_args,
                                        training_args, model_name)
 
-    # 3. the LenVM
+    # 3. the LenVM, and how well it predicts the lengths of those held-out samples
     lenvm = script_args.lenvm
     if lenvm == AUTO:
         lenvm = ensure_lenvm(policy_path, train_dataset["prompt"], settings, args=training_args,
                              prompts_source=prompts_source(script_args), model=policy, tokenizer=tokenizer,
-                             model_name=model_name, eval_rollouts=samples / "before.jsonl" if eval_prompts else None)
+                             model_name=model_name)
     del policy
+    critic, lenvm_rows = _load_lenvm(lenvm, model_args, training_args), {}
+    with _main_process_sampling(state, training_args) as sampling:
+        if sampling and eval_prompts and critic is not None:
+            lenvm_rows = _evaluate_lenvm(critic, lenvm, samples / "before.jsonl", script_args, training_args)
 
     # 4. train and save
-    trainer = _build_trainer(recipe, policy_path, lenvm, train_dataset, tokenizer, script_args, training_args,
+    trainer = _build_trainer(recipe, policy_path, critic, train_dataset, tokenizer, script_args, training_args,
                              model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    del trainer  # free the optimiser state before the evaluation copy is loaded
+    del trainer, critic  # free the optimiser state before the evaluation copy is loaded
 
     # 5. evaluate after: the saved policy, so the table describes exactly the files written (a ZeRO-3 run's
     # policy is sharded across processes; the saved copy is whole)
@@ -227,7 +241,7 @@ def main(script_args: GRPOScriptArguments, training_args, model_args) -> dict:
             rows["after"] = _evaluate(policy, tokenizer, *held_out, samples / "after.jsonl", script_args,
                                       training_args, str(training_args.output_dir))
             del policy
-            report = _write_report(rows, model_name, lenvm, script_args, training_args)
+            report = _write_report(rows, lenvm_rows, model_name, lenvm, script_args, training_args)
     return report
 
 
@@ -239,19 +253,25 @@ def _recipe(training_args) -> Recipe:
     raise TypeError(f"no trainer for {type(training_args).__name__}: the recipe runs {[c.__name__ for c in TRAINERS]}")
 
 
-def _build_trainer(recipe: Recipe, policy_path, lenvm, train_dataset, tokenizer, script_args, training_args,
+def _load_lenvm(lenvm, model_args, training_args):
+    """The LenVM at ``lenvm`` (None for none) on this process's device, loaded whole on every process: it only
+    scores."""
+    from lenvm_rl.modeling import LenVM
+
+    if lenvm is None:
+        return None
+    with whole_model_loading(training_args):
+        return LenVM.from_pretrained(lenvm, dtype=model_args.dtype, device=training_args.device,
+                                     trust_remote_code=training_args.trust_remote_code)
+
+
+def _build_trainer(recipe: Recipe, policy_path, critic, train_dataset, tokenizer, script_args, training_args,
                    model_args):
-    """The recipe's trainer with the GSM8K rewards and the LenVM (loaded whole on every process: it only scores)."""
+    """The recipe's trainer with the GSM8K rewards and the LenVM ``critic`` (or None)."""
     from trl import get_peft_config
 
-    from lenvm_rl.modeling import LenVM
     from lenvm_rl.rewards import gsm8k_correctness_reward, gsm8k_format_reward
 
-    critic = None
-    if lenvm is not None:
-        with whole_model_loading(training_args):
-            critic = LenVM.from_pretrained(lenvm, dtype=model_args.dtype,
-                                           trust_remote_code=training_args.trust_remote_code)
     training_args.model_init_kwargs = {
         "use_safetensors": True, "dtype": model_args.dtype, "revision": model_args.model_revision,
         "attn_implementation": model_args.attn_implementation, **(training_args.model_init_kwargs or {})}
@@ -361,19 +381,50 @@ def _eval_temperature(script_args, training_args) -> float:
     return script_args.eval_temperature or training_args.temperature
 
 
-def _write_report(rows: dict, model_name: str, lenvm, script_args, training_args) -> dict:
-    """Print the before/after table and write it to ``output_dir/policy_eval.json`` (NaN standard errors as null)."""
+def _evaluate_lenvm(critic, lenvm, path: Path, script_args, training_args) -> dict:
+    """Print the LenVM's prediction of the held-out samples at ``path`` beside the constant predictor of its training
+    rollouts (:func:`~lenvm_rl.lenvm_cache.training_constant`, where known); returns the rows."""
+    from lenvm_rl.data import read_rollouts
+    from lenvm_rl.evaluation import evaluate_constant, evaluate_lenvm, format_report
+    from lenvm_rl.lenvm_cache import training_constant
+
+    print(f"== the LenVM {lenvm} on the held-out samples {path} ==")
+    if _eval_temperature(script_args, training_args) != training_args.temperature:
+        print(f"not evaluated: they were sampled at --eval_temperature {script_args.eval_temperature}, the LenVM "
+              f"models the trainer's --temperature {training_args.temperature}")
+        return {}
+    records = read_rollouts(path)
+    rows = {"LenVM": evaluate_lenvm(critic, records)}
+    constant = training_constant(lenvm, critic.gamma)
+    if constant is not None:
+        rows["constant baseline"] = evaluate_constant(constant, records, critic.gamma)
+    print(format_report(rows))
+    if constant is None:
+        print("(no constant baseline: the LenVM's training rollouts are unknown here; lenvm-rl evaluate "
+              "--baseline_rollouts adds it)")
+    return rows
+
+
+def _write_report(rows: dict, lenvm_rows: dict, model_name: str, lenvm, script_args, training_args) -> dict:
+    """Print the before/after table and write it, with the LenVM's evaluation ``lenvm_rows``, to
+    ``output_dir/policy_eval.json`` (NaN values as null)."""
     from lenvm_rl.evaluation import format_policy_table
 
     print(format_policy_table(rows))
-    finite = {name: {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in vars(row).items()}
-              for name, row in rows.items()}
     report = {
         "policy": model_name, "dataset": script_args.dataset, "lenvm": None if lenvm is None else str(lenvm),
         "eval_samples": script_args.eval_samples, "temperature": _eval_temperature(script_args, training_args),
-        "max_completion_length": training_args.max_completion_length, "rows": finite,
+        "max_completion_length": training_args.max_completion_length,
+        "rows": {name: _finite(vars(row)) for name, row in rows.items()},
+        "lenvm_rows": {name: _finite(vars(row)) for name, row in lenvm_rows.items()},
     }
     path = Path(training_args.output_dir) / "policy_eval.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"written: {path}")
     return report
+
+
+def _finite(fields: dict) -> dict:
+    """``fields`` with NaN as None, in nested dicts too (JSON has no NaN)."""
+    return {key: _finite(value) if isinstance(value, dict) else None if isinstance(value, float) and math.isnan(value)
+            else value for key, value in fields.items()}

@@ -3,7 +3,9 @@
 - :func:`create_app` / :func:`serve`: the FastAPI app (``/encode``, ``/tree_value``, ``/token_value``,
   ``/candidate_value``, ``/flush_cache``, ``/v1/models``, ``/predict``, ``/health``) and its uvicorn runner;
   they need ``pip install 'lenvm-rl[serve]'``, and only ``/predict`` needs a tokenizer;
-- :class:`~lenvm_rl.serving.batcher.DynamicBatcher`: length-sorted dynamic batching under a token budget;
+- :class:`~lenvm_rl.serving.batcher.DynamicBatcher`: length-sorted dynamic batching under a token budget (the
+  ``hf`` engine), or :class:`~lenvm_rl.serving.vllm_engine.VLLMEngine`: vLLM's async engine with its prefix cache
+  (``--engine vllm``, ``pip install 'lenvm-rl[vllm]'``);
 - :func:`~lenvm_rl.decoding.scoring.score_extensions`: ``z`` of many one-token extensions in one forward;
 - :class:`~lenvm_rl.serving.client.LenVMClient`: a small client for the protocol, and
   :func:`~lenvm_rl.serving.client.launch_server` to run a server in a subprocess.

@@ -1,4 +1,6 @@
-"""The LenVM HTTP server: FastAPI endpoints over a :class:`~lenvm_rl.serving.batcher.DynamicBatcher`.
+"""The LenVM HTTP server: FastAPI endpoints over an engine, our :class:`~lenvm_rl.serving.batcher.DynamicBatcher`
+(``--engine hf``, the default) or vLLM's async engine (:class:`~lenvm_rl.serving.vllm_engine.VLLMEngine`,
+``--engine vllm``); both answer every endpoint the same way.
 
 Endpoints (request bodies in :mod:`lenvm_rl.serving.validation`):
 
@@ -6,15 +8,17 @@ Endpoints (request bodies in :mod:`lenvm_rl.serving.validation`):
   sequence, a list for a batch and a single object for a flat ``input_ids``; ``z`` is the value head's
   raw output, ``V = -sigmoid(z)``, ``length = ln(1 + V) / ln(gamma)``.
 - ``POST|PUT /tree_value``: one ``{"embedding": [z(prefix + c_1), ..., z(prefix + c_k)], "meta_info":
-  {"prompt_tokens": len(prefix) + k}}`` per prefix, all candidates in one forward, none cached; a list,
-  or one object for a single prefix (flat, or a batch of one, as the reference server answers).
+  {"prompt_tokens": len(prefix) + k}}`` per prefix; a list, or one object for a single prefix (flat, or a batch
+  of one, as the reference server answers). ``hf``: all candidates in one forward, nothing cached; ``vllm``: one
+  last-token request per extension, the prefix read from vLLM's prefix cache.
 - ``POST|PUT /token_value`` and ``/candidate_value``: the same ``z`` as ``/encode`` and ``/tree_value`` in
   the reference's other shape, ``{"values": [[z, ...], ...], "meta_info": ...}``: ``values`` always a
   list of lists, ``meta_info`` one object for a single request and a list otherwise.
-- ``GET|POST /flush_cache``: ``{"success": true, ...}``; the server keeps no prefix cache to flush.
+- ``GET|POST /flush_cache``: ``{"success": true, ...}``; ``hf`` keeps no prefix cache, ``vllm`` empties its own.
 - ``POST /predict``: ``{"gamma": g, "untrained": bool, "predictions": [{"value": V, "length": l,
   "prompt_tokens": n}, ...]}`` at the prompt boundary; it needs a tokenizer (HTTP 400 without one).
-- ``GET /health``: ``{"status": "ok", ...}`` with the model, its limits and batching counters.
+- ``GET /health``: ``{"status": "ok", "engine": "hf" or "vllm", ...}`` with the model, its limits and the
+  engine's counters.
 - ``GET /v1/models``: the OpenAI-style model list that the reference launch scripts wait on.
 
 Only ``/predict`` needs a tokenizer: the reference protocol sends token ids.
@@ -22,7 +26,7 @@ Only ``/predict`` needs a tokenizer: the reference protocol sends token ids.
 Bad requests get ``{"error": {"message": ..., "type": ..., "code": status}}`` with a 4xx status, and a
 request the model fails on gets a 500 in the same shape (it alone: see the batcher); the server keeps
 serving. On SIGTERM uvicorn stops accepting, finishes in-flight requests, then the
-batcher finishes its queue and ends.
+engine finishes its queue and ends.
 """
 
 from __future__ import annotations
@@ -36,12 +40,14 @@ import torch
 
 from lenvm_rl.core import logits_to_length, logits_to_value
 from lenvm_rl.modeling import LenVM
+from lenvm_rl.modeling.vision import placeholder_token_ids
 from lenvm_rl.predict import LengthPredictor
 from lenvm_rl.serving import require_serving_dependencies
-from lenvm_rl.serving.batcher import DynamicBatcher
+from lenvm_rl.serving.batcher import DynamicBatcher, EngineStopped
 from lenvm_rl.serving.validation import (
     RequestError,
     check_budget,
+    check_placeholders,
     parse_body,
     parse_encode,
     parse_predict,
@@ -84,6 +90,7 @@ def _values(logits: list[torch.Tensor], tokens: list[int], single: bool) -> dict
 def create_app(
     model: LenVM | LengthPredictor,
     *,
+    engine=None,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     max_batch_size: int = 64,
     max_wait_s: float = 0.002,
@@ -94,6 +101,10 @@ def create_app(
     Args:
         model: the LenVM, with its tokenizer when given as a :class:`LengthPredictor`; only ``/predict``
             needs the tokenizer, and a bare :class:`LenVM` serves every other endpoint.
+        engine: what runs the LenVM (see :mod:`lenvm_rl.serving.batcher`); by default a :class:`DynamicBatcher`
+            on ``model`` with the batching arguments below, which only it reads. A
+            :class:`~lenvm_rl.serving.vllm_engine.VLLMEngine` comes with a :class:`~lenvm_rl.vllm.VLLMLenVM`
+            ``model`` (the config and records of the checkpoint it serves).
         max_batch_tokens: padded tokens per forward pass; a request holding more gets a 413.
         max_batch_size: rows (sequences or prefixes) per forward pass; 1 turns batching off.
         max_wait_s: how long the batcher waits for more requests after the first of a batch.
@@ -101,22 +112,23 @@ def create_app(
     """
     predictor = model if isinstance(model, LengthPredictor) else None
     lenvm = predictor.model if predictor is not None else model
-    vocab_size = lenvm.config.vocab_size
-    batcher = DynamicBatcher(lenvm, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                             max_wait_s=max_wait_s, max_padding=max_padding)
-    parameter = next(lenvm.parameters())
+    vocab_size = lenvm.config.get_text_config().vocab_size  # a VL config keeps it in its text_config
+    placeholders = placeholder_token_ids(lenvm.config)  # a VL LenVM's image tokens: refused, no pixels come
+    if engine is None:
+        engine = DynamicBatcher(lenvm, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                                max_wait_s=max_wait_s, max_padding=max_padding)
     created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher.start()
+        engine.start()
         try:
             yield
         finally:
-            await asyncio.to_thread(batcher.stop)
+            await asyncio.to_thread(engine.stop)
 
     app = FastAPI(title="lenvm-rl serve", summary="LenVM length prediction", lifespan=lifespan)
-    app.state.batcher = batcher
+    app.state.engine = engine
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError):
@@ -140,19 +152,20 @@ def create_app(
 
     async def run(kind: str, rows: list) -> list[torch.Tensor]:
         try:
-            future = batcher.submit(kind, rows)
-        except RuntimeError as err:  # stopping
+            return await engine.run(kind, rows)
+        except EngineStopped as err:
             raise RequestError(str(err), status=503) from None
-        return await asyncio.wrap_future(future)
 
     async def run_encode(request: Request) -> tuple[list[torch.Tensor], list[int], bool]:
         sequences, single = parse_encode(await read_body(request), vocab_size=vocab_size,
                                          max_tokens=max_batch_tokens)
+        check_placeholders(sequences, placeholders)
         return await run("encode", sequences), [len(seq) for seq in sequences], single
 
     async def run_tree(request: Request) -> tuple[list[torch.Tensor], list[int], bool]:
         rows, single = parse_tree_value(await read_body(request), vocab_size=vocab_size,
                                         max_tokens=max_batch_tokens)
+        check_placeholders([prefix + cands for prefix, cands in rows], placeholders)
         return await run("tree", rows), [len(prefix) + len(cands) for prefix, cands in rows], single
 
     @app.api_route("/encode", methods=["POST", "PUT"])
@@ -173,7 +186,8 @@ def create_app(
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache():
-        return {"success": True, "message": "Cache flushed (this server keeps no prefix cache)."}
+        success, message = await engine.flush_cache()
+        return {"success": success, "message": message}
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -205,24 +219,17 @@ def create_app(
 
     @app.get("/health")
     async def health():
-        stats = batcher.stats
+        running = engine.running
         body = {
-            "status": "ok" if batcher.running else "unavailable",
+            "status": "ok" if running else "unavailable",
             "model": str(lenvm.config.name_or_path),
             "gamma": lenvm.gamma,
             "vocab_size": vocab_size,
-            "device": str(parameter.device),
-            "dtype": str(parameter.dtype).removeprefix("torch."),
             "max_batch_tokens": max_batch_tokens,
-            "max_batch_size": max_batch_size,
-            "max_padding": max_padding,
             "predict": predictor is not None,
-            "batches": stats.batches,
-            "rows": stats.rows,
-            "requests": stats.requests,
-            "max_rows_per_batch": stats.max_rows,
+            **engine.health(),
         }
-        return JSONResponse(body, status_code=200 if batcher.running else 503)
+        return JSONResponse(body, status_code=200 if running else 503)
 
     return app
 

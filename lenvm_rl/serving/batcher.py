@@ -13,11 +13,17 @@ Failures stay with the requests they belong to. A forward pass that raises is re
 so one bad request fails alone; any other error of a round fails that round's requests; the worker
 keeps serving either way. A request becomes uncancellable once the worker takes it, so a client that
 goes away mid-batch cannot break the delivery of the results. :meth:`DynamicBatcher.submit` refuses
-requests once :meth:`DynamicBatcher.stop` began, and every request it accepted gets an answer.
+requests once :meth:`DynamicBatcher.stop` began (:class:`EngineStopped`), and every request it accepted gets an
+answer.
+
+The server talks to an engine through ``start``, ``stop``, ``running``, ``async run(kind, rows)``, ``async
+flush_cache()`` and ``health()``: this batcher (``--engine hf``) or
+:class:`~lenvm_rl.serving.vllm_engine.VLLMEngine` (``--engine vllm``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -31,11 +37,15 @@ import torch
 from lenvm_rl.decoding.scoring import tree_values
 from lenvm_rl.modeling import LenVM
 
-__all__ = ["DynamicBatcher", "row_tokens"]
+__all__ = ["DynamicBatcher", "EngineStopped", "row_tokens"]
 
 logger = logging.getLogger(__name__)
 
 Kind = Literal["encode", "tree"]
+
+
+class EngineStopped(RuntimeError):
+    """The engine takes no requests: it was stopped, or never started (the server answers HTTP 503)."""
 
 
 def row_tokens(kind: Kind, row) -> int:
@@ -127,14 +137,29 @@ class DynamicBatcher:
         job = _Job(kind, rows, Future(), results=[None] * len(rows), pending=len(rows))
         with self._lock:
             if self._stopping:
-                raise RuntimeError("the batcher was stopped: it takes no new requests")
+                raise EngineStopped("the batcher was stopped: it takes no new requests")
             if not self.running:
-                raise RuntimeError("the batcher is not running; call start() first")
+                raise EngineStopped("the batcher is not running; call start() first")
             if rows:
                 self._queue.put(job)
         if not rows:
             job.future.set_result([])
         return job.future
+
+    async def run(self, kind: Kind, rows: list) -> list[torch.Tensor]:
+        """:meth:`submit`, awaited: one float32 CPU tensor of logits per row, in order."""
+        return await asyncio.wrap_future(self.submit(kind, rows))
+
+    async def flush_cache(self) -> tuple[bool, str]:
+        return True, "Cache flushed (this server keeps no prefix cache)."
+
+    def health(self) -> dict:
+        """What ``/health`` reports of the engine: its device, dtype, limits and batching counters."""
+        parameter = next(self.model.parameters())
+        return {"engine": "hf", "device": str(parameter.device), "dtype": str(parameter.dtype).removeprefix("torch."),
+                "max_batch_size": self.max_batch_size, "max_padding": self.max_padding, "prefix_cache": False,
+                "batches": self.stats.batches, "rows": self.stats.rows, "requests": self.stats.requests,
+                "max_rows_per_batch": self.stats.max_rows}
 
     # ------------------------------------------------------------------ worker
     def _collect(self, first: _Job | None) -> tuple[list[_Job], bool]:

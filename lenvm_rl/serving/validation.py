@@ -3,7 +3,9 @@
 The request bodies follow the reference serving protocol (the LenVM SGLang fork):
 
 - ``/encode``: ``{"input_ids": [[...], ...]}`` (a batch) or ``{"input_ids": [...]}`` (one sequence);
-  ``bypass_cache`` and other SGLang fields are accepted and ignored.
+  ``bypass_cache`` and other SGLang fields are accepted and ignored. The fork's image requests (``{"text": ...,
+  "image_data": "data:image/png;base64,..."}``) are refused with a 422: this engine batches token ids and runs
+  no vision encoder, so neither ``image_data`` nor image placeholder ids of a vision-language LenVM are served.
 - ``/tree_value`` and ``/candidate_value``: ``{"input_ids": [prefix, ...], "candidate_ids": [[c_1, ..., c_k],
   ...]}``, or one flat ``prefix`` with one flat candidate list.
 - ``/token_value`` takes the body of ``/encode``.
@@ -15,7 +17,13 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["RequestError", "check_budget", "parse_body", "parse_encode", "parse_predict", "parse_tree_value"]
+__all__ = ["RequestError", "check_budget", "check_placeholders", "parse_body", "parse_encode", "parse_predict",
+           "parse_tree_value"]
+
+IMAGE_FIELDS = ("image_data", "video_data")
+"""The reference fork's multimodal request fields, which this server refuses."""
+IMAGE_ADVICE = ("this server scores token ids only and runs no vision encoder; score image prompts in Python "
+                "(LengthPredictor.predict / trace) or with lenvm-rl predict --image")
 
 
 class RequestError(Exception):
@@ -74,8 +82,23 @@ def check_budget(tokens: int, budget: int) -> None:
                            "(--max_batch_tokens); split it into smaller requests", status=413)
 
 
+def _refuse_images(body: dict) -> None:
+    for name in IMAGE_FIELDS:
+        if body.get(name) is not None:
+            raise RequestError(f"{name} is not supported: {IMAGE_ADVICE}")
+
+
+def check_placeholders(sequences: list[list[int]], placeholder_ids: set[int]) -> None:
+    """Refuse sequences holding image placeholder ids (a vision-language LenVM's), whose pixels cannot be sent."""
+    for i, seq in enumerate(sequences):
+        found = placeholder_ids.intersection(seq)
+        if found:
+            raise RequestError(f"sequence {i} holds image placeholder token ids {sorted(found)}: {IMAGE_ADVICE}")
+
+
 def parse_encode(body: dict, *, vocab_size: int, max_tokens: int) -> tuple[list[list[int]], bool]:
     """Sequences of an ``/encode`` request and whether it was a single flat sequence."""
+    _refuse_images(body)
     if "input_ids" not in body and "text" in body:
         raise RequestError("this server takes input_ids only; tokenize the text, or call /predict with prompts")
     sequences, single = _batch(body, "input_ids", vocab_size)
@@ -90,6 +113,7 @@ def parse_tree_value(
 
     A single prefix, flat or a batch of one, is answered with one object, as the reference server does.
     """
+    _refuse_images(body)
     prefixes, single = _batch(body, "input_ids", vocab_size)
     candidates, single_candidates = _batch(body, "candidate_ids", vocab_size)
     if single != single_candidates:

@@ -10,7 +10,7 @@ core function and its inputs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -46,6 +46,8 @@ class RolloutBatch:
             it; else ``None``.
         old_per_token_logps, ref_per_token_logps: (B, T) TRL's sampling-policy and reference log-probs, or
             ``None`` where TRL skipped them.
+        images: the image inputs of a VL policy's batch as TRL passes them (``pixel_values``, ``image_grid_thw``,
+            ``num_images``); empty for text.
     """
 
     mode: str
@@ -65,6 +67,7 @@ class RolloutBatch:
     all_final_values: Tensor | None = None
     old_per_token_logps: Tensor | None = None
     ref_per_token_logps: Tensor | None = None
+    images: dict = field(default_factory=dict)
 
     @property
     def unscorable(self) -> Tensor:

@@ -252,7 +252,8 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
 
     TRL internals relied on (checked against TRL 1.16.0 by ``tests/trainers/test_trl_private_api.py``):
     ``GRPOTrainer._generate_and_score_completions(inputs)`` (its output keys ``prompt_ids``, ``prompt_mask``,
-    ``completion_ids``, ``completion_mask``, ``tool_mask``, ``advantages``), ``_generate(prompts)`` (its result's
+    ``completion_ids``, ``completion_mask``, ``tool_mask``, ``advantages``, and for image prompts ``pixel_values``,
+    ``image_grid_thw``, ``num_images``), ``_generate(prompts)`` (its result's
     items 1 and 2: completion ids and tool mask), ``_calculate_rewards(inputs, prompts, completions,
     completion_ids_list)`` (gathered, NaN for None), ``_metrics``, and the attributes ``eos_token_ids``,
     ``reward_weights``, ``num_generations``, ``num_generations_eval``, ``chat_template`` and
@@ -429,7 +430,8 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
             num_generations=self.num_generations if mode == "train" else self.num_generations_eval,
             local=slice(rank * len(lengths), (rank + 1) * len(lengths)), grpo_advantages=output["advantages"],
             old_per_token_logps=output.get("old_per_token_logps"),
-            ref_per_token_logps=output.get("ref_per_token_logps"))
+            ref_per_token_logps=output.get("ref_per_token_logps"),
+            images={key: output[key] for key in ("pixel_values", "image_grid_thw", "num_images") if key in output})
         batch.critic_out = self._score_length(batch)
         if self._twin_bootstraps:
             batch.all_final_values = self.accelerator.gather(batch.critic_out.final_values)
@@ -440,7 +442,7 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         if self.length_critic is None:
             return None
         return self.length_critic(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
-                                  terminated=batch.terminated, action_mask=batch.action_mask)
+                                  terminated=batch.terminated, action_mask=batch.action_mask, **batch.images)
 
     def _task_advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict]:
         """The task advantage beside which the length term goes, and the tensors the loss reads besides TRL's (by
@@ -492,7 +494,7 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
         losses = self.length_critic.refit(batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                                           batch.completion_mask, targets, batch.action_mask,
                                           optimizer=self.critic_optimizer, steps=self.args.length_critic_refit_steps,
-                                          reduce_gradients=reduce)
+                                          reduce_gradients=reduce, **batch.images)
         loss = self.accelerator.reduce(torch.tensor(losses[-1], device=self.accelerator.device), reduction="mean")
         self._metrics[batch.mode]["length/critic_refit_loss"].append(loss.item())
 

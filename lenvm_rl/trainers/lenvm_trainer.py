@@ -20,6 +20,7 @@ from lenvm_rl.data.prompts import format_mismatch
 from lenvm_rl.data.samplers import ShuffledLengthGroupedSampler
 from lenvm_rl.data.value_dataset import ValueDataCollator, dataset_encoding
 from lenvm_rl.modeling import LenVM
+from lenvm_rl.modeling.vision import freeze_vision_tower, is_vision_language, vision_inputs
 from lenvm_rl.modeling.vocabulary import check_vocabulary, vocabulary_hash
 from lenvm_rl.trainers.hardware import warn_if_slow_bf16
 
@@ -65,6 +66,9 @@ class LenVMConfig(TrainingArguments):
                 "(see --boundary_weight): at 200 prompts x 8 samples a head on the frozen policy beat the full "
                 "fine-tune of the reference recipe (held-out prompt MRE 21.7 against 29.7 per cent), and at 7,473 "
                 "prompts x 1 it scored 20.0 per cent (mean of 3 seeds)."})
+    freeze_vision_tower: bool = field(default=True, metadata={
+        "help": "Vision-language backbones: keep the vision encoder and its merger frozen, as the reference's "
+                "Qwen2.5-VL recipe does; the language model and the head train. No effect on text backbones."})
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (reference: 2e-5)."})
     train_sampling_strategy: str = field(default="group_by_length", metadata={
         "help": "'group_by_length' (default: shuffled, then length-grouped batches), 'random', 'sequential' "
@@ -99,8 +103,10 @@ class LenVMTrainer(Trainer):
         model: the LenVM (its ``gamma`` sets the targets).
         args: a :class:`LenVMConfig`.
         train_dataset / eval_dataset: from :func:`lenvm_rl.data.build_value_dataset`.
-        processing_class: the tokenizer; saved with checkpoints, and its pad id pads batches.
-        data_collator: defaults to :class:`~lenvm_rl.data.ValueDataCollator`.
+        processing_class: the tokenizer; saved with checkpoints, and its pad id pads batches. A vision-language
+            LenVM takes its processor (saved beside the checkpoint, as the reference layout has it).
+        data_collator: defaults to :class:`~lenvm_rl.data.ValueDataCollator`, for a vision-language LenVM
+            :class:`~lenvm_rl.data.images.VisionValueDataCollator`.
 
     Checkpoints are written in the reference layout (backbone + ``value_head.safetensors``) and
     resume with ``trainer.train(resume_from_checkpoint=...)``. They record how the training prompts became
@@ -119,8 +125,16 @@ class LenVMTrainer(Trainer):
             raise TypeError(f"args must be a LenVMConfig, got {type(args).__name__}")
         if args.freeze_backbone:
             model.backbone.requires_grad_(False)
+        if args.freeze_vision_tower:
+            freeze_vision_tower(model.backbone)
         _record_encoding(model, processing_class, train_dataset, eval_dataset)
-        if data_collator is None:
+        if data_collator is None and is_vision_language(model.config):
+            from lenvm_rl.data.images import VisionValueDataCollator
+
+            pad_id = getattr(getattr(processing_class, "tokenizer", None), "pad_token_id", None)
+            data_collator = VisionValueDataCollator(gamma=model.gamma, pad_token_id=pad_id or 0, censored=args.censored,
+                                                    processor=processing_class, config=model.config)
+        elif data_collator is None:
             pad_id = getattr(processing_class, "pad_token_id", None)
             data_collator = ValueDataCollator(gamma=model.gamma, pad_token_id=pad_id or 0, censored=args.censored)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -154,7 +168,7 @@ class LenVMTrainer(Trainer):
         return count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(inputs["input_ids"], inputs["attention_mask"])
+        outputs = model(inputs["input_ids"], inputs["attention_mask"], **vision_inputs(inputs))
         targets, target_mask = inputs["targets"], inputs["target_mask"]
         if self.args.lam < 1.0:
             targets, target_mask = lambda_return_targets(
@@ -179,7 +193,7 @@ class LenVMTrainer(Trainer):
         """Evaluation: the token-mean value MSE of the batch, whatever the training loss."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            outputs = model(inputs["input_ids"], inputs["attention_mask"])
+            outputs = model(inputs["input_ids"], inputs["attention_mask"], **vision_inputs(inputs))
             loss = value_regression_loss(outputs.values, inputs["targets"], inputs["target_mask"])
         return loss.detach(), None, None
 

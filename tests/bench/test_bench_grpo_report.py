@@ -100,7 +100,7 @@ def output_dir(tmp_path_factory, smollm2_tokenizer):
 
 @pytest.fixture(autouse=True)
 def held_out_answers(monkeypatch):
-    monkeypatch.setattr(bench, "gsm8k_problems", lambda train_prompts, eval_prompts: (None, [], ANSWERS))
+    monkeypatch.setattr(bench, "gsm8k_problems", lambda data, train_prompts, eval_prompts: (None, [], ANSWERS))
 
 
 def test_seeds_report_end_to_end(output_dir, smollm2_dir, tmp_path, capsys):

@@ -75,6 +75,11 @@ def test_main_end_to_end_then_reuses_the_cached_lenvm(tiny_policy_dir, tmp_path,
     check_report(tmp_path / "run1")
     (folder,) = [p for p in cache.iterdir() if p.is_dir()]
     assert report["lenvm"] == str(folder / "lenvm")
+    # the LenVM's prediction of the "before" samples, beside the constant of its own rollouts (all cut at 8 tokens)
+    assert f"== the LenVM {folder / 'lenvm'} on the held-out samples" in first
+    assert "2 prompts / 4 completions / 4 censored" in first and "constant baseline" in first
+    assert list(report["lenvm_rows"]) == ["LenVM", "constant baseline"]
+    assert report["lenvm_rows"]["LenVM"]["num_completions"] == 4 and report["lenvm_rows"]["LenVM"]["prompt_mre"] > 0
     assert len((folder / "rollouts.jsonl").read_text().splitlines()) == 8
     marker = json.loads((folder / "lenvm" / "lenvm_auto.json").read_text())
     assert marker["key"] == folder.name and marker["settings"]["samples"] == 2
@@ -168,13 +173,27 @@ def test_shipped_cpu_config_parses():
     assert training_args.generation_batch_size % training_args.num_generations == 0
     # the command line overrides the file
     script_args, training_args, _ = make_parser().parse_args_and_config(
-        ["--config", str(CPU_CONFIG), "--max_steps", "3", "--dataset", "../shared/data/gsm8k", "--train_limit", "5"])
-    assert training_args.max_steps == 3 and script_args.dataset == "../shared/data/gsm8k"
+        ["--config", str(CPU_CONFIG), "--max_steps", "3", "--dataset", "tests/data/gsm8k", "--train_limit", "5"])
+    assert training_args.max_steps == 3 and script_args.dataset == "tests/data/gsm8k"
+
+
+def test_the_cpu_config_samples_like_the_shipped_lenvm_unless_retrained():
+    from lenvm_rl.lenvm_cache import PRETRAINED_DIR, pretrained_lenvm
+    from lenvm_rl.scripts.grpo import lenvm_auto_settings
+
+    args = make_parser().parse_args_and_config(["--config", str(CPU_CONFIG)])
+    settings = lenvm_auto_settings(*args)
+    assert not settings.retrain and (settings.temperature, settings.max_completion_length) == (0.7, 128)
+    prompts = load_problems(args[0])[0]["prompt"]
+    assert pretrained_lenvm(args[2].model_name_or_path, prompts, settings) == PRETRAINED_DIR / "smollm2-135m-gsm8k"
+    args = make_parser().parse_args_and_config(["--config", str(CPU_CONFIG), "--lenvm_auto_retrain", "true"])
+    assert lenvm_auto_settings(*args).retrain
+    assert pretrained_lenvm(args[2].model_name_or_path, prompts, lenvm_auto_settings(*args)) is None
 
 
 def test_help_lists_the_recipe_options():
     text = make_parser().format_help()
-    for option in ("--dataset", "--eval_prompts", "--eval_samples", "--lenvm", "--lenvm_auto_prompts",
+    for option in ("--dataset", "--eval_prompts", "--eval_samples", "--lenvm", "--lenvm_auto_prompts", "--lenvm_auto_retrain",
                    "--correctness_reward_weight", "--format_reward_weight", "--length_coef", "--model_name_or_path"):
         assert option in text
 

@@ -107,6 +107,45 @@ def test_single_process_lora_with_activation_checkpointing_and_derived_gamma(wor
     assert LenVM.from_pretrained(out).gamma == pytest.approx(0.01 ** (1 / 12), rel=1e-6)
 
 
+def test_pretraining_is_a_library_function(workdir):
+    from trl import ModelConfig
+
+    from lenvm_rl.pretraining import pretrain_lenvm
+    from lenvm_rl.trainers import LenVMConfig
+
+    out, backbone = workdir / "library", ModelConfig(model_name_or_path=str(workdir / "backbone"))
+    options = dict(max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3, use_cpu=True, report_to="none",
+                   save_strategy="no", disable_tqdm=True, freeze_backbone=True)
+    report = pretrain_lenvm([str(workdir / "train.jsonl")], LenVMConfig(output_dir=str(out), **options), backbone,
+                            eval_rollouts=[str(workdir / "eval.jsonl")], gamma=0.8)
+    assert set(report) == {"LenVM", "constant baseline"} and report["LenVM"]["num_completions"] == 8
+    assert LenVM.from_pretrained(out).gamma == 0.8 and (out / "eval_report.json").is_file()
+    # without held-out rollouts: no report, gamma from the training lengths
+    assert pretrain_lenvm([str(workdir / "train.jsonl")], LenVMConfig(output_dir=str(out / "2"), **options),
+                          backbone) == {}
+    assert LenVM.from_pretrained(out / "2").gamma == pytest.approx(0.01 ** (1 / 12), rel=1e-6)
+
+
+def test_the_library_never_imports_its_entry_points():
+    # lenvm_rl.scripts, lenvm_rl.commands and lenvm_rl.cli (and lenvm_rl.benchmarking, the bench scripts' options)
+    # parse arguments and call the library, never the reverse
+    import ast
+
+    package = REPO / "lenvm_rl"
+    entry_points = ("lenvm_rl.scripts", "lenvm_rl.commands", "lenvm_rl.cli", "lenvm_rl.__main__",
+                    "lenvm_rl.benchmarking")
+    arrows = []
+    for path in sorted(package.rglob("*.py")):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        if module.startswith(entry_points):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            arrows += [f"{module} -> {name}" for name in names if name.startswith(entry_points)]
+    assert not arrows, arrows
+
+
 def test_help_explains_every_option():
     result = run([sys.executable, str(RECIPE), "--help"])
     for option in ("--train_rollouts", "--eval_rollouts", "--gamma", "--loss_type", "--lam", "--censored",

@@ -1,6 +1,7 @@
-"""`lenvm-rl serve` as a real server in a subprocess on a loopback port, with a tiny random LenVM.
+"""`lenvm-rl serve` as a real server in a subprocess on a loopback port, with a tiny random LenVM, on each engine
+(``hf``, and ``vllm`` where vLLM is installed: see serving_fixtures).
 
-One server serves the whole module (start-up dominates the time); the SIGTERM test runs last and stops it.
+One server per engine serves the whole module (start-up dominates the time); the SIGTERM test runs last and stops it.
 """
 
 import json
@@ -12,31 +13,36 @@ import time
 
 import pytest
 import torch
+from serving_fixtures import ENGINES, engine_checkpoint, engine_server, vllm_tiny_checkpoint  # noqa: F401
 
 from lenvm_rl import LengthPredictor, LenVM
 from lenvm_rl.decoding.scoring import naive_extension_logits
-from lenvm_rl.serving.client import ServerError, launch_server
+from lenvm_rl.serving.client import ServerError
 
 BUDGET = 256  # --max-batch-tokens: small, so an over-budget request is cheap to build
 ATOL = 1e-5
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint, tmp_path_factory):
+def checkpoint(engine, request):
+    return engine_checkpoint(request, engine)
+
+
+@pytest.fixture(scope="module")
+def server(engine, checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    with open(log, "w") as log_file:
-        try:
-            with launch_server(tiny_checkpoint, "--max-batch-tokens", str(BUDGET), log_file=log_file,
-                               startup_timeout=120) as client:
-                yield client
-        except Exception:
-            print(log.read_text())
-            raise
+    with engine_server(checkpoint, engine, "--max-batch-tokens", str(BUDGET), log=log) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
-def lenvm(tiny_checkpoint):
-    return LenVM.from_pretrained(tiny_checkpoint).eval()
+def lenvm(checkpoint):
+    return LenVM.from_pretrained(checkpoint).eval()
 
 
 def encoded(lenvm, seq):
@@ -100,7 +106,7 @@ def test_token_value_and_candidate_value_in_the_reference_shape(server, lenvm):
     torch.testing.assert_close(torch.tensor(single["values"][0]), want[0], atol=ATOL, rtol=ATOL)
 
 
-def test_put_and_the_model_list_as_the_reference_server(server, lenvm, tiny_checkpoint):
+def test_put_and_the_model_list_as_the_reference_server(server, lenvm, checkpoint):
     for path, body in (("/encode", {"input_ids": [[5, 6, 7]]}), ("/token_value", {"input_ids": [[5, 6, 7]]}),
                        ("/tree_value", {"input_ids": [[5, 6]], "candidate_ids": [[7]]}),
                        ("/candidate_value", {"input_ids": [[5, 6]], "candidate_ids": [[7]]})):
@@ -110,12 +116,12 @@ def test_put_and_the_model_list_as_the_reference_server(server, lenvm, tiny_chec
     models = server.request("/v1/models")  # the reference launch script polls it until the server is up
     assert models["object"] == "list"
     (card,) = models["data"]
-    assert card["id"] == str(tiny_checkpoint) and card["object"] == "model" and card["owned_by"] == "lenvm-rl"
+    assert card["id"] == str(checkpoint) and card["object"] == "model" and card["owned_by"] == "lenvm-rl"
 
 
-def test_predict_equals_length_predictor(server, tiny_checkpoint):
+def test_predict_equals_length_predictor(server, checkpoint):
     prompts = ["How many legs do 3 spiders have?", [{"role": "user", "content": "Hi"}]]
-    local = LengthPredictor.from_pretrained(tiny_checkpoint).predict(prompts)
+    local = LengthPredictor.from_pretrained(checkpoint).predict(prompts)
     got = server.predict(prompts)
     assert [set(p) for p in got] == [{"value", "length", "prompt_tokens"}] * 2
     for g, w in zip(got, local):
@@ -124,7 +130,7 @@ def test_predict_equals_length_predictor(server, tiny_checkpoint):
         local[0].value, abs=ATOL)
 
 
-def test_concurrent_requests_each_get_their_own_answers(server, lenvm):
+def test_concurrent_requests_each_get_their_own_answers(server, lenvm, engine):
     threads, rounds = 12, 4
     errors = []
 
@@ -153,7 +159,8 @@ def test_concurrent_requests_each_get_their_own_answers(server, lenvm):
     assert not errors, errors
     health = server.health()
     assert health["requests"] - before == threads * rounds
-    assert health["max_rows_per_batch"] > 1  # concurrent requests did share forward passes
+    # concurrent requests did share forward passes (ours), or were in vLLM's continuous batch together
+    assert health["max_rows_per_batch" if engine == "hf" else "max_rows_in_flight"] > 1
 
 
 BAD_REQUESTS = [
@@ -195,13 +202,44 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, lenvm):
         torch.testing.assert_close(torch.tensor(z), encoded(lenvm, [5, 6, 7]), atol=ATOL, rtol=ATOL)
 
 
-def test_flush_cache_and_health(server):
+def test_flush_cache_and_health(server, engine):
     assert server.request("/flush_cache", method="POST")["success"] is True
     assert server.request("/flush_cache", data=b"")["success"] is True  # the reference client posts no body
     assert server.request("/flush_cache", method="GET")["success"] is True
     health = server.health()
     assert health["status"] == "ok" and health["max_batch_tokens"] == BUDGET and health["gamma"] == 0.99
     assert health["vocab_size"] == 49152 and health["predict"] is True
+    assert health["engine"] == engine and health["prefix_cache"] is (engine == "vllm")
+    assert (health["device"], health["dtype"]) == ("cpu", "float32")
+
+
+def test_tree_value_reads_the_prefix_encode_left_in_the_cache(server, lenvm, engine):
+    """vLLM: a prefix sent to /encode is cached whole blocks (32 tokens here) at a time; each extension of it in
+    /tree_value reads them instead of running them again, and still gets the re-encoded z. Our engine caches
+    nothing."""
+    rng = random.Random(7)
+    prefix, candidates = random_ids(rng, 70), random_ids(rng, 4)
+    server.flush_cache()
+    server.encode([prefix])
+    before = server.health()
+    (got,) = server.tree_value([prefix], [candidates])
+    torch.testing.assert_close(torch.tensor(got), naive_extension_logits(lenvm, [prefix], [candidates])[0],
+                               atol=ATOL, rtol=ATOL)
+    if engine == "vllm":
+        after = server.health()
+        assert after["prompt_tokens"] - before["prompt_tokens"] == 4 * 71
+        assert after["cached_tokens"] - before["cached_tokens"] == 4 * 64  # two whole blocks per extension
+
+
+def test_a_row_over_the_engines_model_length_gets_a_422(server, lenvm, engine):
+    body = {"input_ids": [[5] * 220]}  # within the token budget; over --vllm_max_model_length 200
+    if engine == "hf":
+        assert len(server.request("/encode", body)[0]["embedding"]) == 220
+        return
+    with pytest.raises(ServerError) as info:
+        server.request("/encode", body)
+    assert info.value.status == 422 and "max_model_len of 200" in info.value.body["error"]["message"]
+    assert server.encode([[5, 6, 7]])  # and it keeps serving
 
 
 def test_sigterm_finishes_the_request_in_flight(server, lenvm):

@@ -1,4 +1,5 @@
-"""`lenvm-rl serve` without a tokenizer, with `--tokenizer`, and a request the model fails on.
+"""`lenvm-rl serve` without a tokenizer, with `--tokenizer` (on each engine: see serving_fixtures), and a request
+the model fails on (our engine: a fault cannot be injected into vLLM's worker process).
 
 Real servers on loopback: the CLI in a subprocess, and an app under uvicorn in a thread for the injected fault.
 """
@@ -9,11 +10,12 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from serving_fixtures import ENGINES, engine_checkpoint, engine_server, vllm_tiny_checkpoint  # noqa: F401
 
 from lenvm_rl import LengthPredictor, LenVM
 from lenvm_rl.decoding.scoring import naive_extension_logits
 from lenvm_rl.serving import create_app
-from lenvm_rl.serving.client import LenVMClient, ServerError, free_port, launch_server
+from lenvm_rl.serving.client import LenVMClient, ServerError, free_port
 
 ATOL = 1e-5
 
@@ -23,29 +25,29 @@ def lenvm(tiny_checkpoint):
     return LenVM.from_pretrained(tiny_checkpoint).eval()
 
 
-@pytest.fixture(scope="module")
-def bare_checkpoint(lenvm, tmp_path_factory):
-    """The tiny LenVM saved alone: weights, config and value head, no tokenizer files."""
-    path = tmp_path_factory.mktemp("bare-lenvm")
-    lenvm.save_pretrained(path)
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    return request.param
+
+
+@pytest.fixture
+def checkpoint(engine, request):
+    return engine_checkpoint(request, engine)
+
+
+@pytest.fixture
+def bare_checkpoint(checkpoint, tmp_path):
+    """The engine's tiny LenVM saved alone: weights, config and value head, no tokenizer files."""
+    path = tmp_path / "bare-lenvm"
+    LenVM.from_pretrained(checkpoint).save_pretrained(path)
     assert not any(p.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")) for p in path.iterdir())
     return path
 
 
-@contextmanager
-def logged_server(model, *args, log):
-    with open(log, "w") as log_file:
-        try:
-            with launch_server(model, *args, log_file=log_file, startup_timeout=120) as client:
-                yield client
-        except Exception:
-            print(log.read_text())
-            raise
-
-
-def test_a_checkpoint_without_tokenizer_serves_token_ids_and_predict_names_the_tokenizer(bare_checkpoint, lenvm,
+def test_a_checkpoint_without_tokenizer_serves_token_ids_and_predict_names_the_tokenizer(bare_checkpoint, engine,
                                                                                         tmp_path):
-    with logged_server(bare_checkpoint, log=tmp_path / "server.log") as server:
+    lenvm = LenVM.from_pretrained(bare_checkpoint).eval()
+    with engine_server(bare_checkpoint, engine, log=tmp_path / "server.log") as server:
         (z,) = server.encode([[5, 6, 7]])
         torch.testing.assert_close(torch.tensor(z), lenvm.score([[5, 6, 7]])[0].logits, atol=ATOL, rtol=ATOL)
         (tree,) = server.tree_value([[5, 6]], [[7, 8]])
@@ -60,10 +62,10 @@ def test_a_checkpoint_without_tokenizer_serves_token_ids_and_predict_names_the_t
     assert "holds no tokenizer" in (tmp_path / "server.log").read_text()
 
 
-def test_tokenizer_flag_serves_predict_for_a_checkpoint_without_one(bare_checkpoint, tiny_checkpoint, tmp_path):
+def test_tokenizer_flag_serves_predict_for_a_checkpoint_without_one(bare_checkpoint, checkpoint, engine, tmp_path):
     prompts = ["How many legs do 3 spiders have?", [{"role": "user", "content": "Hi"}]]
-    local = LengthPredictor.from_pretrained(tiny_checkpoint).predict(prompts)
-    with logged_server(bare_checkpoint, "--tokenizer", str(tiny_checkpoint), log=tmp_path / "server.log") as server:
+    local = LengthPredictor.from_pretrained(checkpoint).predict(prompts)
+    with engine_server(bare_checkpoint, engine, "--tokenizer", str(checkpoint), log=tmp_path / "server.log") as server:
         got = server.predict(prompts)
     for g, w in zip(got, local):
         assert g["value"] == pytest.approx(w.value, abs=ATOL) and g["length"] == pytest.approx(w.length, rel=1e-4)
