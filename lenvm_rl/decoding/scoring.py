@@ -134,8 +134,8 @@ class StaticTrunk:
     and every forward sees all of it through the 4D mask of :func:`extension_forward` (``width``), so a
     decode step (the chosen token and the candidates) has the same shapes at every step: the compiled
     graph (on CUDA, a CUDA graph) is captured once per batch size and bucket and replayed. A prefill runs
-    eagerly. Cropping a static cache moves its write position back, and
-    :func:`keep_candidate` works on it in place. One object serves one generation at a time (it reuses its cache).
+    eagerly. Cropping a static cache moves its write position back, and :func:`keep_candidate` works on it in
+    place. One object serves one generation at a time (it reuses its cache).
 
     Args:
         model: the causal LM whose trunk runs (a :class:`LenVM`'s backbone, or the policy).

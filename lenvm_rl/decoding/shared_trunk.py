@@ -46,9 +46,10 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 _GENERATION_EXTRAS = ("bad_words_ids", "begin_suppress_tokens", "encoder_repetition_penalty",
                       "exponential_decay_length_penalty", "forced_bos_token_id", "forced_eos_token_id",
                       "guidance_scale", "min_length", "min_new_tokens", "no_repeat_ngram_size", "remove_invalid_values",
-                      "renormalize_logits", "repetition_penalty", "sequence_bias", "suppress_tokens",
-                      "watermarking_config", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h")
-"""``GenerationConfig`` fields that add a logits processor to ``generate``, which the shared-trunk loop does not run."""
+                      "renormalize_logits", "sequence_bias", "suppress_tokens", "watermarking_config", "typical_p",
+                      "epsilon_cutoff", "eta_cutoff", "top_h")
+"""``GenerationConfig`` fields that add a logits processor to ``generate``, which the shared-trunk loop does not run
+(``guided_generate`` passes the repetition penalty, temperature, top-k, top-p and min-p itself)."""
 
 
 def _architecture(config) -> dict:
@@ -100,8 +101,8 @@ def shared_trunk_mismatch(policy, lenvm) -> str | None:
 def generation_config_extras(policy, do_sample: bool) -> list[str]:
     """The ``policy.generation_config`` settings that make ``generate`` run logits processors beyond the LenVM's.
 
-    ``guided_generate`` passes the candidate set and temperature itself; any other processor (a repetition
-    penalty, banned words, a minimum length, ...) runs in ``generate`` and not in :class:`SharedTrunkDecoder`.
+    ``guided_generate`` passes the candidate set, temperature and (no) repetition penalty itself; any other
+    processor (banned words, a minimum length, ...) runs in ``generate`` and not in :class:`SharedTrunkDecoder`.
     """
     config, default = policy.generation_config, GenerationConfig()
     fields = _GENERATION_EXTRAS if do_sample else _GENERATION_EXTRAS[:-4]  # the last four warp sampling only

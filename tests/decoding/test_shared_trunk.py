@@ -196,3 +196,17 @@ def test_keep_candidate_leaves_the_cache_of_the_chosen_token_run_alone(arch):
     for got, want in zip(cache.layers, alone.cache.layers):
         torch.testing.assert_close(got.keys[:, :, :, :], want.keys, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-4)
+
+
+def test_a_repetition_penalty_in_the_generation_config_keeps_the_shared_trunk(policy, head_on_policy):
+    """guided_generate turns generate's repetition penalty off on both paths (Qwen2.5-Instruct ships one)."""
+    penalised = copy.deepcopy(policy)
+    penalised.generation_config.repetition_penalty = 3.0
+    kwargs = dict(lenvm=head_on_policy, guidance=GuidanceConfig(beta=-1.0, top_k=8), max_new_tokens=8, batch_size=4)
+    two = guided_generate(penalised, tiny_tokenizer(), PROMPTS, shared_trunk=False, **kwargs)
+    calls, handle = _trunk_calls(head_on_policy.backbone)
+    try:
+        shared = guided_generate(penalised, tiny_tokenizer(), PROMPTS, **kwargs)
+    finally:
+        handle.remove()
+    assert calls == [] and [c.token_ids for c in shared] == [c.token_ids for c in two]
