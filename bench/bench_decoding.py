@@ -399,6 +399,7 @@ def tradeoff(args) -> None:
 
 
 def main() -> None:
+    global GSM8K_TEST
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func in (("speed", speed), ("length-score", length_score), ("tradeoff", tradeoff)):
@@ -415,6 +416,8 @@ def main() -> None:
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--offset", type=int, default=200, help="first GSM8K test row (held out)")
         p.add_argument("--num-prompts", type=int, default=20)
+        p.add_argument("--data", default=GSM8K_TEST,
+                       help="GSM8K: the Hub id (default) or a local test.jsonl / folder (offline machines)")
         add_device_arguments(p)
     sub.choices["speed"].add_argument("--prefix", type=int, default=256)
     sub.choices["speed"].add_argument("--tokens", type=int, default=32)
@@ -443,6 +446,7 @@ def main() -> None:
     sub.choices["tradeoff"].add_argument("--max-new-tokens", type=int, default=512)
     sub.choices["tradeoff"].add_argument("--png", default=None)
     args = resolve_device_arguments(parser.parse_args())
+    GSM8K_TEST = args.data  # read by gsm8k() and prefix_ids()
     torch.set_num_threads(args.threads)
     print(environment_header(args.device, args.dtype), flush=True)
     args.func(args)
