@@ -78,10 +78,11 @@ def test_the_wheel_holds_the_package_and_nothing_else(dist):
 
 def test_the_sdist_holds_the_package_readme_and_build_settings_only(dist):
     source, sdist_names, _, _, _ = dist
-    needed = package_files(source) | {"pyproject.toml", "README.md", "MANIFEST.in", "PKG-INFO"}
+    needed = package_files(source) | {"pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "PKG-INFO"}
     assert needed <= sdist_names, sorted(needed - sdist_names)
     assert {name.split("/")[0] for name in sdist_names} <= {"lenvm_rl", "lenvm_rl.egg-info", "pyproject.toml",
-                                                          "README.md", "MANIFEST.in", "PKG-INFO", "setup.cfg"}
+                                                          "README.md", "LICENSE", "MANIFEST.in", "PKG-INFO",
+                                                          "setup.cfg"}
     assert not [name for name in sdist_names if "results" in name or name.startswith(("tests", "bench"))]
 
 
