@@ -169,7 +169,7 @@ def main():
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64], help="client threads")
     parser.add_argument("--prompts", type=int, default=64, help="requests per level and server")
     parser.add_argument("--offset", type=int, default=0, help="first GSM8K test question")
-    parser.add_argument("--gsm8k", default=bench_decoding.GSM8K_TEST,
+    parser.add_argument("--data", default=bench_decoding.GSM8K_TEST,
                         help="GSM8K test questions: a Hub id or a GSM8K-format JSONL file (default: %(default)s)")
     parser.add_argument("--predict-batch-size", type=int, default=16, help="in-process LengthPredictor batch")
     parser.add_argument("--prefix", type=int, default=256, help="/tree_value prefix tokens")
@@ -190,7 +190,7 @@ def main():
     args = resolve_device_arguments(parser.parse_args())
 
     print(environment_header(args.device, args.dtype), flush=True)
-    bench_decoding.GSM8K_TEST = args.gsm8k  # read by gsm8k() and prefix_ids()
+    bench_decoding.GSM8K_TEST = args.data  # read by gsm8k() and prefix_ids()
     questions, _ = gsm8k(args.offset, args.prompts)
     predictor = LengthPredictor.from_pretrained(args.model, batch_size=args.predict_batch_size, dtype=args.dtype,
                                                 device=args.device)
