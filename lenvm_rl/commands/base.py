@@ -14,8 +14,8 @@ from typing import Literal
 from lenvm_rl.modeling import EMBEDDED_MODELS
 from lenvm_rl.modeling.devices import resolve_device
 
-__all__ = ["CLIError", "ModelArguments", "command", "gather_prompts", "load_predictor", "make_parser", "parse",
-           "prompt_text", "resolve_device", "run_command", "run_script"]
+__all__ = ["CLIError", "ModelArguments", "PromptArguments", "command", "gather_prompts", "load_predictor",
+           "make_parser", "parse", "prompt_text", "resolve_device", "run_command", "run_script"]
 
 DEVICE_HELP = "torch device, e.g. cpu or cuda:0; auto: cuda when available, else cpu (default: auto)"
 PROMPT_FORMAT_HELP = ("how a string prompt becomes s_0: raw (the text as is, TRL's convention) or chat (one user "
@@ -26,6 +26,20 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 class CLIError(Exception):
     """Bad input: printed as ``lenvm-rl <command>: error: <message>``, exit status 2."""
+
+
+@dataclass(kw_only=True)
+class PromptArguments:
+    """The prompts a command reads (predict, generate): repeated ``--prompt`` and an ``--input`` JSONL file,
+    gathered by :func:`gather_prompts`."""
+
+    prompt: list[str] | None = field(default=None, metadata={
+        "action": "extend", "help": "a prompt (text, see --prompt_format); repeat for several"})
+    input: str | None = field(default=None, metadata={
+        "help": "JSONL file, one object per line with 'prompt' (text) or 'messages' (chat)"})
+    prompt_column: str | None = field(default=None, metadata={
+        "help": "JSONL field holding the prompt (default: messages if present, else prompt)"})
+    prompt_format: Literal["raw", "chat"] | None = field(default=None, metadata={"help": PROMPT_FORMAT_HELP})
 
 
 @dataclass(kw_only=True)

@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lenvm_rl.commands.base import DEVICE_HELP, PROMPT_FORMAT_HELP, CLIError, DType, command, gather_prompts
+from lenvm_rl.commands.base import DEVICE_HELP, CLIError, DType, PromptArguments, command, gather_prompts
 
 NAME = "generate"
 HELP = "generate with LenVM guidance (tilt or a length target)"
@@ -18,17 +18,10 @@ DESCRIPTION = ("Generate with a policy, guided by a LenVM: exponential tilting w
 
 
 @dataclass(kw_only=True)
-class GenerateArguments:
+class GenerateArguments(PromptArguments):
     policy: str = field(metadata={"help": "policy: model directory, Hub id or short name"})
     lenvm: str | None = field(default=None, metadata={
         "help": "LenVM checkpoint (it may be smaller than the policy but must share its vocabulary)"})
-    prompt: list[str] | None = field(default=None, metadata={
-        "action": "extend", "help": "a prompt (text, see --prompt_format); repeat for several"})
-    input: str | None = field(default=None, metadata={
-        "help": "JSONL file, one object per line with 'prompt' (text) or 'messages' (chat)"})
-    prompt_column: str | None = field(default=None, metadata={
-        "help": "JSONL field holding the prompt (default: messages if present, else prompt)"})
-    prompt_format: Literal["raw", "chat"] | None = field(default=None, metadata={"help": PROMPT_FORMAT_HELP})
     constraint: Literal["equal", "at_most", "at_least", "soft_equal"] | None = field(default=None, metadata={
         "help": "length constraint with --target (default: none, tilt with --beta)"})
     target: int | None = field(default=None, metadata={

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Literal
 
 from lenvm_rl.commands.base import (
-    PROMPT_FORMAT_HELP,
     ModelArguments,
+    PromptArguments,
     command,
     gather_prompts,
     load_predictor,
@@ -23,14 +23,7 @@ DESCRIPTION = "Predict the expected number of completion tokens for each prompt.
 
 
 @dataclass(kw_only=True)
-class PredictArguments(ModelArguments):
-    prompt: list[str] | None = field(default=None, metadata={
-        "action": "extend", "help": "a prompt (text, see --prompt_format); repeat for several"})
-    input: str | None = field(default=None, metadata={
-        "help": "JSONL file, one object per line with 'prompt' (text) or 'messages' (chat)"})
-    prompt_column: str | None = field(default=None, metadata={
-        "help": "JSONL field holding the prompt (default: messages if present, else prompt)"})
-    prompt_format: Literal["raw", "chat"] | None = field(default=None, metadata={"help": PROMPT_FORMAT_HELP})
+class PredictArguments(PromptArguments, ModelArguments):
     image: list[str] | None = field(default=None, metadata={
         "action": "extend", "help": "an image file for a vision-language LenVM: each text prompt becomes one user "
                                     "message holding the image(s), then the text; repeat for several"})
