@@ -321,9 +321,10 @@ def single_seed_report(args, seed: int) -> None:
         ax.set_title(title)
         ax.legend()
     figure.tight_layout()
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.plot, dpi=120)
-    print(f"wrote {args.plot}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(args.plot, dpi=120)
+        print(f"wrote {args.plot}")
 
     answers, tokenizer = held_out(args)
     files = {name: out / "eval" / f"{file}.jsonl"
@@ -347,13 +348,15 @@ def single_seed_report(args, seed: int) -> None:
 
 def seeds_report(args, seeds: list[int]) -> None:
     """The report over several seeds (:mod:`lenvm_rl.rl_report`): tables, verdict and --seeds-plot."""
-    from lenvm_rl.rl_report import format_matched, format_seed_differences, format_seed_table, seed_report, verdict
+    from lenvm_rl.rl_report import (dominance, format_matched, format_seed_differences, format_seed_table, seed_report,
+                                     verdict)
 
     arms = args.arms.split(",")
     answers, tokenizer = held_out(args)
-    pairs = [(a, b) for a, b in (("lenvm", "group"), ("lenvm", "plain")) if a in arms and b in arms]
     twins = {arm: arm_settings(arm).get("length_coef", args.length_coef)
              for arm in arms if arm == "group" or arm.startswith("group_s")}
+    pairs = [(a, b) for a, b in (("lenvm", "group"), ("lenvm", "plain"), *(("lenvm", t) for t in twins if t != "group"))
+             if a in arms and b in arms]
     matched = ("lenvm", twins) if "lenvm" in arms and len(twins) == 2 else None
     result = seed_report(args.output_dir, arms, seeds, answers, tokenizer, pairs=pairs, matched=matched)
     print(f"held out: the first {len(answers)} GSM8K test questions; each cell: mean over seeds ± between-seed SE "
@@ -365,7 +368,9 @@ def seeds_report(args, seeds: list[int]) -> None:
     print(format_seed_differences(result))
     print(format_matched(result))
     print(verdict(result))
-    plot_seeds(args, arms, seeds, result)
+    print("\n".join(dominance(result)))
+    if args.seeds_plot:
+        plot_seeds(args, arms, seeds, result)
 
 
 def plot_seeds(args, arms: list[str], seeds: list[int], result) -> None:
@@ -469,9 +474,13 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--max-completion-length", type=int, default=192)
         p.add_argument("--batch-size", type=int, default=64)
         p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
-        p.add_argument("--plot", default="docs/grpo_compare.png", help="report, one seed: where the PNG goes")
+        p.add_argument("--plot", default=None,
+                       help="report, one seed: where the PNG goes (none without it; bench/grpo_compare.sh passes "
+                            "docs/grpo_compare.png)")
         if name == "report":
-            p.add_argument("--seeds-plot", default="docs/grpo_seeds.png", help="report, several seeds: the PNG")
+            p.add_argument("--seeds-plot", default=None,
+                           help="report, several seeds: the PNG (none without it; bench/grpo_compare.sh passes "
+                                "docs/grpo_seeds.png)")
             p.add_argument("--length-coef", type=float, default=0.5,
                            help="the length_coef of an arm without _sX (train's --length-coef): the twin's point")
         p.set_defaults(func=func)

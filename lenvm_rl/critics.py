@@ -2,7 +2,7 @@
 
 The batch layout is TRL's GRPO layout: a left-padded prompt ``(B, P)`` followed by a right-padded
 completion ``(B, T)``. The critic runs the LenVM once over ``prompt ⊕ completion`` and returns
-completion-aligned tensors (LENVM.md §6)::
+completion-aligned tensors (docs/method.md#the-token-level-length-advantage)::
 
     values[:, t]   = V(s_t), the value *before* completion token t: read at the last prompt token
                      for t = 0, else at the token before t (a tool span included)

@@ -1,6 +1,6 @@
-"""Held-out evaluation of a LenVM on rollout records (LENVM.md §4), against a constant baseline, a prompt-length
+"""Held-out evaluation of a LenVM on rollout records, against a constant baseline, a prompt-length
 regression and the noise floor; and of a policy's lengths and GSM8K answers (:func:`evaluate_policy`, the
-before/after table of length-aware RL).
+before/after table of length-aware RL). The metrics: docs/method.md#evaluating-predictions.
 
 >>> from lenvm_rl.data.rollouts import read_rollouts                          # doctest: +SKIP
 >>> train, test = read_rollouts("train.jsonl"), read_rollouts("test.jsonl")   # doctest: +SKIP

@@ -5,9 +5,10 @@
 [LengthPrediction(value=..., length=...)]
 
 A prediction reads the value at ``s_0``, the last prompt token (see :meth:`LengthPredictor.encode_prompt`
-for how a prompt becomes tokens), and inverts it: ``length = ln(1 + V) / ln(gamma)`` (LENVM.md §1). This
+for how a prompt becomes tokens), and inverts it: ``length = ln(1 + V) / ln(gamma)``. This
 is the return-consistent length: on a predicted *mean* value it sits below the mean sampled length
-(Jensen), so compare it with :func:`lenvm_rl.core.return_consistent_length` of sampled lengths.
+(Jensen), so compare it with :func:`lenvm_rl.core.return_consistent_length` of sampled lengths
+(docs/method.md#the-length-value).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from lenvm_rl.evaluation import (
     policy_prompt_means,
 )
 
-__all__ = ["ANSWER_KEY", "LENGTH_KEY", "ArmSummary", "SeedDifference", "SeedReport", "format_matched",
+__all__ = ["ANSWER_KEY", "LENGTH_KEY", "ArmSummary", "SeedDifference", "SeedReport", "dominance", "format_matched",
            "format_seed_differences", "format_seed_table", "read_log_history", "run_name", "seed_report",
            "training_band", "verdict"]
 
@@ -352,6 +352,13 @@ def format_seed_differences(report: SeedReport) -> str:
     return "\n".join(lines)
 
 
+def _extrapolated_seeds(report: SeedReport) -> list[int]:
+    """The seeds at which the matched-length interpolation extrapolates (``w`` outside ``[0, 1]``)."""
+    if report.matched is None:
+        return []
+    return [s for s, w in zip(report.matched.seeds, report.matched_weights) if not 0.0 <= w <= 1.0]
+
+
 def format_matched(report: SeedReport) -> str:
     """One line: how the twin was interpolated to the target's length, and where (warns of extrapolation)."""
     if report.matched is None:
@@ -359,7 +366,7 @@ def format_matched(report: SeedReport) -> str:
     s_a, s_b = report.matched_coefs
     s_star, s_se = report.matched_coef
     weights = ", ".join(f"{w:.2f}" for w in report.matched_weights)
-    outside = [s for s, w in zip(report.matched.seeds, report.matched_weights) if not 0.0 <= w <= 1.0]
+    outside = _extrapolated_seeds(report)
     line = (f"matched length: {report.matched.name}: the twin interpolated per seed, linearly in s between "
             f"s = {s_a:g} and s = {s_b:g}, to the target's mean length, at s* = {s_star:.2f}"
             + ("" if math.isnan(s_se) else f" ± {s_se:.2f}"))
@@ -367,6 +374,25 @@ def format_matched(report: SeedReport) -> str:
     if outside:
         line += f"; EXTRAPOLATED at seeds {outside} (w outside [0, 1]): the twin's lengths do not bracket the target"
     return line
+
+
+def dominance(report: SeedReport, target: str = "lenvm") -> list[str]:
+    """One line per paired difference ``target - B`` in which the target is shorter (``mean_length``) *and*
+    answers more (``answer_rate``) at every seed: a comparison that needs no interpolation, since B is worse on
+    both axes at once. Each line gives both differences as mean ± SE over seeds."""
+    lines = []
+    for row in report.differences:
+        a, _, b = row.name.partition(" - ")
+        if a != target or not ((row.per_seed["mean_length"] < 0).all() and (row.per_seed["answer_rate"] > 0).all()):
+            continue
+        length = f"{row.mean['mean_length']:+.1f}" + ("" if math.isnan(row.se["mean_length"])
+                                                        else f" ± {row.se['mean_length']:.1f}")
+        answers = f"{100 * row.mean['answer_rate']:+.1f}" + ("" if math.isnan(row.se["answer_rate"])
+                                                            else f" ± {100 * row.se['answer_rate']:.1f}")
+        lines.append(f"{target} is shorter and answers more than {b} "
+                     f"{'at its one seed' if len(row.seeds) == 1 else f'at every one of {len(row.seeds)} seeds'}: "
+                     f"{length} tokens, {answers} pp answer rate")
+    return lines
 
 
 def verdict(report: SeedReport, metric: str = "answer_rate", z: float = 2.0) -> str:
@@ -378,6 +404,9 @@ def verdict(report: SeedReport, metric: str = "answer_rate", z: float = 2.0) -> 
     if row is None:
         return "verdict: no paired difference to judge"
     where = "at matched length" if row is report.matched else f"at the same length coefficient ({row.name})"
+    outside = _extrapolated_seeds(report)
+    if row is report.matched and outside:
+        where += f" (extrapolated at seeds {outside}, where the twin's two coefficients do not bracket its length)"
     mean, se, n = 100 * row.mean[metric], 100 * row.se[metric], len(row.seeds)
     if math.isnan(se):
         return f"{where}: Δ = {mean:+.1f} pp from one seed; its run-to-run variance is unknown"

@@ -1,6 +1,6 @@
 """Advantage assembly for length-aware GRPO: group statistics, length advantages, gates, combination.
 
-Everything here is a pure torch function (no model, no I/O). Formulas follow ``LENVM.md`` section 6;
+Everything here is a pure torch function (no model, no I/O). Formulas follow ``docs/method.md#length-in-rl``;
 the value convention ``V = -(1 - gamma**l)`` is that of :mod:`lenvm_rl.core.length_math`.
 
 Conventions
@@ -107,7 +107,7 @@ def group_centered(x: Tensor, num_generations: int) -> Tensor:
 
 def group_length_advantages(lengths: Tensor, gamma: float, num_generations: int,
                             final_values: Tensor | None = None) -> Tensor:
-    """Sequence-level twin of the length advantage (LENVM.md section 6): ``A_i = G_i - mean_group(G)``.
+    """Sequence-level twin of ``A^len`` (docs/method.md#the-sequence-level-twins): ``A_i = G_i - mean_group(G)``.
 
     ``G_i = -(1 - gamma**L_i * (1 + V_i))`` is the discounted length return of completion ``i`` from its first
     state, ``L_i`` its realised length and ``V_i = final_values[i]`` the LenVM's value of the state after its
@@ -160,7 +160,7 @@ def kimi_length_rewards(lengths: Tensor, correct: Tensor, num_generations: int) 
 
 
 def pass_rate_gate(task_rewards: Tensor, num_generations: int, max_reward: float = 1.0) -> Tensor:
-    """Pass-rate gate ``g_i = mean_group(r) / max_reward`` (LENVM.md section 6, after prime-rl).
+    """Pass-rate gate ``g_i = mean_group(r) / max_reward`` (docs/method.md#gates, after prime-rl).
 
     Used as ``s_g = s * g``: the length coefficient is scaled by how often the group succeeds, so a
     group that never succeeds feels no length pressure. The mean ignores NaN rewards; a group whose
@@ -181,7 +181,7 @@ def pass_rate_gate(task_rewards: Tensor, num_generations: int, max_reward: float
 
 
 def correct_gate(task_rewards: Tensor, threshold: float) -> Tensor:
-    """Correctness gate ``g_i = 1[r_i >= threshold]`` (LENVM.md section 6): length pressure only where correct.
+    """Correctness gate ``g_i = 1[r_i >= threshold]`` (docs/method.md#gates): length pressure only where correct.
 
     Args:
         task_rewards: (N,); NaN (unscored) gives 0.
@@ -204,7 +204,7 @@ def combine_advantages(
     action_mask: Tensor,
     gate: Tensor | None = None,
 ) -> Tensor:
-    """Additive length objective (LENVM.md section 6): ``A_t = A^task_t + coef * gate * A^len_t``.
+    """Additive length objective (docs/method.md#length-in-rl): ``A_t = A^task_t + coef * gate * A^len_t``.
 
     ``coef`` is ``s``: ``s > 0`` favours shorter completions, ``s < 0`` longer ones. A ``(B,)``
     tensor is one number per completion broadcast over its tokens: GRPO's task advantage, or a

@@ -1,4 +1,4 @@
-"""Mode math of LenVM-guided decoding (LENVM.md section 5): candidate sets, tilting, length constraints.
+"""Mode math of LenVM-guided decoding (docs/method.md#guided-decoding): candidate sets, tilting, length constraints.
 
 Every function here is a pure torch function over one decoding step of a batch: ``B`` rows, ``V``
 vocabulary entries, ``K`` candidates per row. The machinery that runs the models and keeps the KV

@@ -1,6 +1,6 @@
 """Length-value math for LenVM: returns, inverse maps, TD/GAE, shaping and evaluation metrics.
 
-Everything here is a pure torch function (no model, no I/O). Formulas follow ``LENVM.md``.
+Everything here is a pure torch function (no model, no I/O). Formulas follow ``docs/method.md``.
 
 Conventions
 -----------
@@ -330,7 +330,7 @@ def value_regression_loss(
     num_items: Tensor | int | None = None,
     weights: Tensor | None = None,
 ) -> Tensor:
-    """Token-averaged value loss over every target position of the batch (LENVM.md section 3).
+    """Token-averaged value loss over every target position of the batch (docs/method.md#value-pretraining).
 
     ``mse``: ``sum w (V - G)^2 / N``; ``bce``: ``sum w BCE(sigmoid(z), u) / N`` on the head ``logits``
     with ``u = -G = 1 - gamma**l``. ``N = num_items`` when given (the summed weights of a whole
@@ -485,7 +485,7 @@ def gae(
 def length_gae(
     values: Tensor, completion_mask: Tensor, final_values: Tensor, gamma: float, lam: float
 ) -> tuple[Tensor, Tensor]:
-    """Length advantage ``A^len`` (LENVM.md section 6): :func:`gae` with the length reward.
+    """Length advantage ``A^len`` (docs/method.md#the-token-level-length-advantage): :func:`gae` with the length reward.
 
     ``delta^len_t = -(1 - gamma) + gamma * V(s_{t+1}) - V(s_t)``,
     ``A^len_t = sum_i (gamma * lam)**i * delta^len_{t+i}``; ``values`` is the LenVM critic.

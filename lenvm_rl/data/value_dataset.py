@@ -92,7 +92,7 @@ def dataset_encoding(dataset) -> RolloutEncoding | None:
 
 
 def gamma_from_records(records: list[dict], *, quantile: float = 0.99) -> float:
-    """``gamma = 0.01 ** (1 / L_q)`` from completion lengths (LENVM.md section 1).
+    """``gamma = 0.01 ** (1 / L_q)`` from completion lengths (docs/method.md#choosing-gamma).
 
     Cut completions count at their cut length, a lower bound of their true length, so a data set
     with many cut completions gets a ``gamma`` that is too small; sample with a larger limit.

@@ -1,4 +1,5 @@
-"""LenVM-guided decoding for ``transformers`` ``generate`` (LENVM.md section 5), its evaluation, and length analysis.
+"""LenVM-guided decoding for ``transformers`` ``generate`` (docs/method.md#guided-decoding), its evaluation, and
+length analysis.
 
 - :class:`LenVMLogitsProcessor`: tilting and length constraints as a ``LogitsProcessor``, scoring every
   candidate in one LenVM forward on the LenVM's own KV cache; :func:`guided_generate` wraps ``generate``;

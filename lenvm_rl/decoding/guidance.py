@@ -154,7 +154,7 @@ class GuidanceStep:
 
 
 class LenVMLogitsProcessor(LogitsProcessor):
-    """Re-weights the policy's next-token scores with a :class:`LenVM` (LENVM.md section 5).
+    """Re-weights the policy's next-token scores with a :class:`LenVM` (docs/method.md#guided-decoding).
 
     Returns scores whose softmax is the guided distribution over the candidate set (``-inf``
     elsewhere), so greedy and sampling ``generate`` both work. Hard constraints leave one candidate,

@@ -1,7 +1,7 @@
 """Vision-language backbones under a LenVM: Qwen2.5-VL (and Qwen2-VL, whose model classes share the interface).
 
 A VL LenVM is the same model as a text one: the value head reads the language model's final hidden state at
-every token, the image placeholder tokens included as context (LENVM.md §2). What differs is the trunk's input:
+every token, image placeholders included as context (docs/method.md#the-model). What differs is the trunk's input:
 the image placeholders (``<|image_pad|>``, as many per image as the processor's ``image_grid_thw`` says) are
 filled with the vision encoder's features of ``pixel_values``, and the positions are the family's 3-D rotary
 positions (``get_rope_index``), computed over each row's real tokens only, so a sequence gets the same values

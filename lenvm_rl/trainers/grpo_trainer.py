@@ -1,4 +1,4 @@
-"""Length-aware GRPO: TRL's ``GRPOTrainer`` with a length term beside the task reward (LENVM.md §6).
+"""Length-aware GRPO: TRL's ``GRPOTrainer`` with a length term beside the task reward (docs/method.md#length-in-rl).
 
 The objective is ``J = J_task + s * J_len`` with ``J_len = E[-(1 - gamma^L)]``. The estimators differ
 only in credit assignment:
@@ -48,7 +48,7 @@ from lenvm_rl.core import (
     scale_by_std,
 )
 from lenvm_rl.critics import LenVMCritic, place_critic
-from lenvm_rl.modeling import LenVM
+from lenvm_rl.modeling import LenVM, resolve_model_path
 from lenvm_rl.modeling.lenvm import GAMMA_CONFIG_KEY, VALUE_HEAD_FILE
 from lenvm_rl.trainers.estimators import LENGTH_ESTIMATORS, RolloutBatch, get_length_estimator
 from lenvm_rl.trainers.hardware import warn_if_slow_bf16
@@ -271,6 +271,8 @@ class LengthAwareGRPOTrainer(GRPOTrainer):
                  length_critic: LenVMCritic | LenVM | str | os.PathLike | None = None, **kwargs):
         if args is not None and not isinstance(args, LengthAwareGRPOConfig):
             raise TypeError(f"args must be a LengthAwareGRPOConfig, got {type(args).__name__}")
+        if isinstance(model, str):  # a short name (``smollm2-135m``) is the embedded model's local copy
+            model = resolve_model_path(model)
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = LengthAwareGRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-LengthAwareGRPO")

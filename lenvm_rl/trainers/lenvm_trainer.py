@@ -3,7 +3,7 @@
 The trainer only coordinates; the targets and the loss are pure functions of
 :mod:`lenvm_rl.core` (``monte_carlo_targets`` in the collator, ``lambda_return_targets`` and
 ``value_regression_loss`` here). The loss is token-averaged over every target position of the
-whole optimiser step: all gradient-accumulation micro-batches on all processes (LENVM.md §3).
+whole optimiser step: all gradient-accumulation micro-batches on all processes (docs/method.md#value-pretraining).
 """
 
 from __future__ import annotations

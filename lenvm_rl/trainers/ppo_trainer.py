@@ -1,4 +1,4 @@
-"""PPO with a trained task critic and a frozen LenVM length critic (LENVM.md §6).
+"""PPO with a trained task critic and a frozen LenVM length critic (docs/method.md#ppo-with-a-lenvm-critic).
 
 TRL removed its ``PPOTrainer`` in 1.13; this one keeps TRL's conventions and runs on TRL's GRPO
 machinery (generation with HF or vLLM, reward functions and reward models, PEFT, DeepSpeed, logging,
@@ -52,7 +52,7 @@ from lenvm_rl.core import (
 )
 from lenvm_rl.core.losses import KL_ESTIMATORS
 from lenvm_rl.critics import completion_layout, gather_states
-from lenvm_rl.modeling import TaskValueModel
+from lenvm_rl.modeling import TaskValueModel, resolve_model_path
 from lenvm_rl.trainers.estimators import RolloutBatch
 from lenvm_rl.trainers.grpo_trainer import LengthAwareGRPOConfig, LengthAwareGRPOTrainer, whole_model_loading
 
@@ -290,6 +290,8 @@ class PPOTrainer(LengthAwareGRPOTrainer):
                  processing_class=None, value_model=None, ref_model=None, peft_config=None, callbacks=None, **kwargs):
         if args is not None and not isinstance(args, PPOConfig):
             raise TypeError(f"args must be a PPOConfig, got {type(args).__name__}")
+        if isinstance(model, str):  # a short name (``smollm2-135m``) is the embedded model's local copy
+            model = resolve_model_path(model)
         if reward_funcs is None or (isinstance(reward_funcs, list) and not reward_funcs):
             raise ValueError("PPOTrainer needs reward_funcs: a reward function with GRPO's signature, a reward model, "
                              "or a list of them")

@@ -20,6 +20,7 @@ from lenvm_rl.rl_report import (
     format_matched,
     seed_report,
     training_band,
+    dominance,
     verdict,
 )
 
@@ -200,8 +201,12 @@ def test_verdict_and_matched_line_by_hand():
     # -10, -30 pp at matched length: mean -20 ± 10; |-20| >= 2 x 10: resolved, fewer answers; sd 14.1 -> 2 seeds
     matched = SeedReport(arms={}, base=None, differences=[], matched=difference("m", [0, 4], [-0.1, -0.3]),
                          matched_coef=(0.9, 0.2), matched_coefs=(0.5, 1.0), matched_weights=[0.5, 1.3])
-    assert verdict(matched).startswith("at matched length the token-level critic keeps 20.0 ± 10.0 pp fewer answers "
-                                       "(2 seeds);")
+    assert verdict(matched).startswith(
+        "at matched length (extrapolated at seeds [4], where the twin's two coefficients do not bracket its length) "
+        "the token-level critic keeps 20.0 ± 10.0 pp fewer answers (2 seeds);")
+    matched.matched_weights = [0.5, 1.0]  # both inside [0, 1]: interpolated, no caveat
+    assert verdict(matched).startswith("at matched length the token-level critic keeps 20.0 ± 10.0 pp fewer answers")
+    matched.matched_weights = [0.5, 1.3]
     line = format_matched(matched)
     assert "at s* = 0.90 ± 0.20 (w per seed: 0.50, 1.30;" in line and "EXTRAPOLATED at seeds [4]" in line
     # +1, +3, -1, +1 pp: mean 1, sd sqrt(8/3) = 1.63, se 0.82: unresolved; ceil(4 x (8/3) / 1) = ceil(10.67) = 11
@@ -211,3 +216,22 @@ def test_verdict_and_matched_line_by_hand():
     assert verdict(one) == ("at the same length coefficient (d): Δ = +4.0 pp from one seed; its run-to-run variance "
                             "is unknown")
     assert verdict(SeedReport(arms={}, base=None, differences=[])) == "verdict: no paired difference to judge"
+
+
+def test_dominance_needs_shorter_and_more_answers_at_every_seed():
+    def row(name, lengths, answer_rates):
+        d = difference(name, list(range(len(lengths))), answer_rates)
+        d.per_seed["mean_length"] = torch.tensor(lengths, dtype=torch.float64)
+        d.mean["mean_length"], d.se["mean_length"] = (x.item() for x in seed_mean(d.per_seed["mean_length"]))
+        return d
+
+    # -10, -20 tokens and +10, +30 pp: mean -15 ± 5 tokens, +20 ± 10 pp
+    shorter_better = row("lenvm - group_s2.0", [-10.0, -20.0], [0.1, 0.3])
+    mixed = row("lenvm - group", [-10.0, 2.0], [0.1, 0.3])  # longer at seed 1: no dominance
+    other = row("plain - group", [-10.0, -20.0], [0.1, 0.3])  # not the target
+    one = row("lenvm - plain", [-5.0], [0.02])
+    report = SeedReport(arms={}, base=None, differences=[shorter_better, mixed, other, one])
+    assert dominance(report) == [
+        "lenvm is shorter and answers more than group_s2.0 at every one of 2 seeds: -15.0 ± 5.0 tokens, "
+        "+20.0 ± 10.0 pp answer rate",
+        "lenvm is shorter and answers more than plain at its one seed: -5.0 tokens, +2.0 pp answer rate"]

@@ -447,3 +447,27 @@ def test_a_lenvm_built_in_memory_is_recorded_as_such(tmp_path):
     with pytest.warns(UserWarning, match="length_critic_name_or_path='elsewhere' is replaced by the length critic's"):
         in_memory = make_trainer(tmp_path / "in-memory", length_critic_name_or_path="elsewhere")
     assert in_memory.args.length_critic_name_or_path is None and in_memory.args.length_gamma == 0.9
+
+
+@pytest.mark.parametrize("trainer_type", ["grpo", "ppo"])
+def test_a_short_model_name_loads_the_embedded_copy(tmp_path, monkeypatch, trainer_type):
+    # every model argument takes the short name smollm2-135m: here a tiny stand-in under LENVM_RL_HOME, where
+    # resolve_model_path finds a converted copy (before, TRL looked the name up on the Hub and failed offline)
+    from lenvm_rl import PPOConfig, PPOTrainer
+
+    home = tmp_path / "home"
+    tiny_policy(seed=3).save_pretrained(home / "smollm2-135m")
+    tiny_tokenizer().save_pretrained(home / "smollm2-135m")
+    monkeypatch.setenv("LENVM_RL_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if trainer_type == "grpo":
+        trainer = LengthAwareGRPOTrainer("smollm2-135m", reward_funcs=constant_reward,
+                                         args=make_args(tmp_path / "out"), train_dataset=prompt_dataset(),
+                                         length_critic=tiny_lenvm())
+    else:
+        args = PPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4,
+                         max_completion_length=16, max_steps=1, report_to="none", use_cpu=True, bf16=False)
+        trainer = PPOTrainer("smollm2-135m", reward_funcs=constant_reward, args=args, train_dataset=prompt_dataset(),
+                             value_model=LenVMCritic(tiny_lenvm()))
+    expected = tiny_policy(seed=3).state_dict()["model.embed_tokens.weight"]
+    assert torch.equal(trainer.model.state_dict()["model.embed_tokens.weight"].cpu(), expected)
