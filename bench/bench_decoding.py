@@ -420,7 +420,9 @@ def main() -> None:
                        help="GSM8K: the Hub id (default) or a local test.jsonl / folder (offline machines)")
         add_device_arguments(p)
     sub.choices["speed"].add_argument("--prefix", type=int, default=256)
-    sub.choices["speed"].add_argument("--tokens", type=int, default=32)
+    sub.choices["speed"].add_argument("--tokens", type=int, default=32,
+                                      help="tokens per timed generate, at least 8: the per-later-token time is "
+                                           "(all - first) / (N - 1), which a few tokens leave to timer noise")
     sub.choices["speed"].add_argument("--naive-tokens", type=int, default=2)
     sub.choices["speed"].add_argument("--repeats", type=int, default=3)
     sub.choices["speed"].add_argument("--compile", action="store_true",
@@ -446,6 +448,10 @@ def main() -> None:
     sub.choices["tradeoff"].add_argument("--max-new-tokens", type=int, default=512)
     sub.choices["tradeoff"].add_argument("--png", default=None)
     args = resolve_device_arguments(parser.parse_args())
+    if args.command == "speed" and (args.tokens < 8 or args.naive_tokens < 1):
+        parser.error(f"speed needs --tokens >= 8 and --naive-tokens >= 1, got {args.tokens} and {args.naive_tokens}: "
+                     "the per-later-token time is (all - first) / (N - 1), which a few tokens leave to timer noise "
+                     "(it printed negative times at --tokens 2)")
     GSM8K_TEST = args.data  # read by gsm8k() and prefix_ids()
     torch.set_num_threads(args.threads)
     print(environment_header(args.device, args.dtype), flush=True)

@@ -83,12 +83,20 @@ def test_decoding_speed_on_the_cpu_prints_the_header(tiny_checkpoint, monkeypatc
     real_load = bench.load_models
     monkeypatch.setattr(bench, "load_models", lambda args: loaded.append(args) or real_load(args))
     run_main(bench, ["speed", *CPU, "--policy", str(tiny_checkpoint), "--lenvm", str(tiny_checkpoint),
-                     "--prefix", "8", "--tokens", "3", "--naive-tokens", "1", "--repeats", "1", "--candidates", "4",
+                     "--prefix", "8", "--tokens", "8", "--naive-tokens", "1", "--repeats", "1", "--candidates", "4",
                      "--threads", "1"], monkeypatch)
     printed = capsys.readouterr().out
     check_header(printed)
     assert loaded[0].device == "cpu" and loaded[0].dtype == "float32"
     assert "guided / unguided" in printed and "cpu, float32, 1 threads" in printed
+
+
+def test_decoding_speed_refuses_too_few_tokens(monkeypatch, capsys):
+    # (all - first) / (N - 1) at N = 2 printed negative per-token times; the bench now refuses before loading
+    bench = load_bench("bench_decoding", monkeypatch)
+    with pytest.raises(SystemExit):
+        run_main(bench, ["speed", *CPU, "--tokens", "2"], monkeypatch)
+    assert "speed needs --tokens >= 8" in capsys.readouterr().err
 
 
 def test_decoding_models_load_in_the_dtype(tiny_checkpoint, monkeypatch):
