@@ -97,7 +97,7 @@ def guided_generate(
             step (:class:`~lenvm_rl.decoding.scoring.StaticTrunk`); ``True`` or a dict of ``torch.compile``
             arguments. The first batch of each size compiles (seconds to minutes). The same tokens as eager
             decoding, up to kernel round-off. Off by default: on the CPU compiling takes minutes per model and
-            batch shape and gains little per token (README, Guided decoding).
+            batch shape and gains little per token (docs/decoding.md).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

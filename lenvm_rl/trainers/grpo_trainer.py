@@ -57,8 +57,13 @@ __all__ = ["LengthAwareGRPOConfig", "LengthAwareGRPOTrainer", "restore_deepspeed
 
 logger = logging.getLogger(__name__)
 
-ESTIMATORS = tuple(name for name in LENGTH_ESTIMATORS if not name.endswith("_shaping"))
-"""The values of ``length_estimator``: the registered strategies (:mod:`lenvm_rl.trainers.estimators`) by name."""
+
+
+def estimator_names() -> tuple[str, ...]:
+    """The values of ``length_estimator``: the strategies registered (:mod:`lenvm_rl.trainers.estimators`) by now,
+    so one a user registers after import is accepted too."""
+    return tuple(name for name in LENGTH_ESTIMATORS if not name.endswith("_shaping"))
+
 CRITIC_DIR = "length_critic"
 """Subdirectory of the saved model and of each checkpoint holding the refit critic head (``value_head.safetensors``,
 the file of the LenVM layout), and in checkpoints its optimizer."""
@@ -155,7 +160,7 @@ class LengthAwareGRPOConfig(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         for name, value, allowed in (
-            ("length_estimator", self.length_estimator, ESTIMATORS),
+            ("length_estimator", self.length_estimator, estimator_names()),
             ("length_mode", self.length_mode, ("advantage", "shaping")),
             ("length_normalize", self.length_normalize, ("none", "batch")),
             ("length_gate", self.length_gate, ("none", "pass_rate", "correct")),

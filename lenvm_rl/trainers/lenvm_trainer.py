@@ -36,7 +36,7 @@ class LenVMConfig(TrainingArguments):
     The recommended recipe, on the policy's own rollouts with one sample per prompt of as many prompts as you
     have (thousands), is a head-only fit with the prompt boundary weighted up: ``freeze_backbone=True,
     boundary_weight=100, learning_rate=3e-4, num_train_epochs=3`` with the default linear decay, about 1,000
-    states a step (measured on GSM8K from 200 to 7,473 prompts in the README's Results). The defaults stay the
+    states a step (measured on GSM8K from 200 to 7,473 prompts in docs/results.md). The defaults stay the
     reference's.
 
     Defaults differ from ``TrainingArguments`` where value pretraining wants it: the reference
@@ -57,7 +57,7 @@ class LenVMConfig(TrainingArguments):
     boundary_weight: float = field(default=1.0, metadata={
         "help": "Weight of the prompt-boundary state s_0 (the last prompt token) in the token-mean loss; every "
                 "other target position weighs 1. Values > 1 spend more of the fit on the length predicted from "
-                "the prompt alone. Recommended (measured on GSM8K; README, Results): 100, with --freeze_backbone "
+                "the prompt alone. Recommended (measured on GSM8K; docs/results.md): 100, with --freeze_backbone "
                 "--learning_rate 3e-4 --num_train_epochs 3 and the default linear decay, about 1,000 states a step, "
                 "on one sample per prompt of thousands of prompts (with fewer than about 1,600 prompts the "
                 "prompt-length line of lenvm-rl evaluate predicts the prompt's length as well)."})

@@ -471,3 +471,28 @@ def test_a_short_model_name_loads_the_embedded_copy(tmp_path, monkeypatch, train
                              value_model=LenVMCritic(tiny_lenvm()))
     expected = tiny_policy(seed=3).state_dict()["model.embed_tokens.weight"]
     assert torch.equal(trainer.model.state_dict()["model.embed_tokens.weight"].cpu(), expected)
+
+
+def test_an_estimator_registered_after_import_is_accepted_and_used(tmp_path):
+    # the config checked length_estimator against the names registered at import, so a user's registered
+    # strategy was refused by LengthAwareGRPOConfig
+    from lenvm_rl.trainers import register_length_estimator
+    from lenvm_rl.trainers.estimators import LENGTH_ESTIMATORS, LengthEstimator
+
+    @register_length_estimator("test_minus_length")
+    class MinusLength(LengthEstimator):
+        """(B,): minus the completion's length, a sequence-level term."""
+
+        def __call__(self, batch):
+            return -batch.lengths[batch.local].float()
+
+    try:
+        trainer = make_trainer(tmp_path, critic=None, length_estimator="test_minus_length", length_coef=0.5,
+                               length_normalize="none", reward=constant_reward)
+        torch.manual_seed(3)
+        out = trainer._generate_and_score_completions(generation_batch(trainer))
+        mask = out["completion_mask"].bool()
+        expected = -0.5 * mask.sum(1).float()  # constant reward: A_task = 0
+        torch.testing.assert_close(out["advantages"], torch.where(mask, expected[:, None], 0.0))
+    finally:
+        del LENGTH_ESTIMATORS["test_minus_length"]
