@@ -137,6 +137,20 @@ be shared by a symlink, e.g. the ``variants`` caches of the 200 x 8 files::
 The second table printed has, per row, the recipe head, the constant and the prompt-length regression: prompt MRE
 ± SE on the first held-out file / all of them, RE at 0/25/50/75 % and value MSE on all of them.
 
+``--backend vllm`` (``variants``, ``curve``) extracts the features through vLLM (``lenvm_rl.vllm.VLLMLenVM``, in an
+environment with ``lenvm-rl[vllm]``): ``--model`` is then a LenVM checkpoint directory (its trunk's states; the head is
+not read), run unpadded in float32 (bfloat16 weights with ``--bf16``) with the ``--vllm_*`` options of ``lenvm-rl
+evaluate``; the cache's ``model`` is ``<model>+vllm``, so the two backends' caches do not mix. ``extraction`` times
+both on the same records, back to back (``--repeats`` alternating rounds of ``extract_features`` on the first
+``--records`` training records into a fresh cache, ``--positions``, float32 storage; vLLM's start-up apart) and prints
+trunk tokens/s, the ratio and the largest |hidden| difference::
+
+    # the shipped SmolLM2 LenVM assembled as bench/grpo_compare.sh does (its head files, the embedded trunk linked)
+    VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 nice -n 10 python bench/bench_pretrain.py extraction \
+        --model /tmp/lenvm-smollm2 --train-rollouts bench/rollouts/gsm8k_train1600-3199_n1_t0.7.vllm.jsonl \
+        --records 8 --repeats 2 --vllm-enforce-eager
+    # 2026-12-05, 2 CPU cores at load 7 to 14: 2,342 tokens; hf 12.2 tokens/s, vllm 32.4 (2.64x), start-up 250 s
+
 The feature cache, the head fits, the held-out evaluation, the baselines and the learning curve named above are
 library functions of :mod:`lenvm_rl.analysis`; this script parses the arguments, calls them and prints.
 """
@@ -265,10 +279,25 @@ def feature_cache_root(model: str, rollout_paths) -> Path:
     return Path("bench/results/features") / f"{Path(str(model)).name}-{hashlib.sha256(names.encode()).hexdigest()[:10]}"
 
 
-def _load_lenvm(model_name: str, gamma: float, device: str):
+def _load_lenvm(args, backend: str, gamma: float, device: str):
+    """The trunk of the features: ``--model``'s backbone under a fresh head on ``device`` (``hf``), or the LenVM
+    checkpoint ``--model`` in a vLLM engine (``vllm``: float32, bfloat16 with ``--bf16``; the ``--vllm_*`` options)."""
+    if backend == "vllm":
+        from lenvm_rl.commands.serve import vllm_engine_options
+        from lenvm_rl.vllm.scoring import VLLMLenVM
+
+        engine = argparse.Namespace(**{**vars(args), "dtype": "bfloat16" if args.bf16 else "float32",
+                                       "trust_remote_code": False})
+        # the checkpoint's own gamma: the trunk's states do not depend on it
+        return VLLMLenVM.from_pretrained(args.model, **vllm_engine_options(engine))
     from lenvm_rl.modeling import LenVM
 
-    return LenVM.from_backbone(model_name, gamma=gamma, device=device).eval()
+    return LenVM.from_backbone(args.model, gamma=gamma, device=device).eval()
+
+
+def _feature_model_name(args, backend: str) -> str:
+    """``model`` of the cache's ``meta.json``: ``--model``, with ``+vllm`` for the vLLM backend."""
+    return args.model if backend == "hf" else f"{args.model}+vllm"
 
 
 def _extract_all(args, gamma: float, positions: str, eval_positions: str, train_paths=None, eval_first=False):
@@ -280,10 +309,11 @@ def _extract_all(args, gamma: float, positions: str, eval_positions: str, train_
     """
     eval_paths = args.eval_rollouts or []
     train_paths = args.train_rollouts if train_paths is None else train_paths
-    root = Path(args.cache_dir) if args.cache_dir else feature_cache_root(args.model, args.train_rollouts + eval_paths)
+    model_name = _feature_model_name(args, args.backend)
+    root = Path(args.cache_dir) if args.cache_dir else feature_cache_root(model_name, args.train_rollouts + eval_paths)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    load_model = functools.cache(lambda: _load_lenvm(args.model, gamma, device))
-    settings = dict(gamma=gamma, model_name=args.model, batch_size=args.batch_size, chunk_records=args.chunk_records,
+    load_model = functools.cache(lambda: _load_lenvm(args, args.backend, gamma, device))
+    settings = dict(gamma=gamma, model_name=model_name, batch_size=args.batch_size, chunk_records=args.chunk_records,
                     bf16=args.bf16, feature_dtype=args.feature_dtype)
     start = time.perf_counter()
 
@@ -296,9 +326,53 @@ def _extract_all(args, gamma: float, positions: str, eval_positions: str, train_
     else:
         train_dirs = extract(train_paths, positions)
         eval_dirs = extract(eval_paths, eval_positions)
+    if args.backend == "vllm" and load_model.cache_info().currsize:
+        load_model().close()  # vLLM's engine processes end before the head fits
     print(f"features under {root} (gamma={gamma:.6f}, {time.perf_counter() - start:.0f} s; "
           f"{torch.get_num_threads()} threads)", flush=True)
     return root, train_dirs, eval_dirs
+
+
+def extraction(args) -> None:
+    """``extract_features`` through ``hf`` and ``vllm`` on the same records, back to back (module docstring)."""
+    import tempfile
+
+    from lenvm_rl.data import gamma_from_records, read_rollouts
+
+    records = read_rollouts(args.train_rollouts)[:args.records]
+    gamma = gamma_from_records(records)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    models = {backend: _load_lenvm(args, backend, gamma, device) for backend in ("hf", "vllm")}
+    start = time.perf_counter()
+    models["vllm"].engine  # noqa: B018 (starts it)
+    startup = time.perf_counter() - start
+    # the trunk's tokens: each distinct sequence once (prompt alone for boundary)
+    tokens = sum(map(len, {tuple(r["prompt_ids"] + (r["completion_ids"] if args.positions == "all" else []))
+                           for r in records}))
+    rates, hidden = {backend: [] for backend in models}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "records.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        try:
+            for round_index in range(args.repeats):
+                for backend, model in models.items():
+                    start = time.perf_counter()
+                    folder = extract_features(lambda m=model: m, path, Path(tmp) / f"{backend}-{round_index}",
+                                              positions=args.positions, gamma=gamma, model_name=backend,
+                                              batch_size=args.batch_size, chunk_records=args.chunk_records,
+                                              bf16=args.bf16, feature_dtype="float32", progress=False)
+                    rates[backend].append(tokens / (time.perf_counter() - start))
+                    hidden[backend] = load_features(folder)["hidden"]
+        finally:
+            models["vllm"].close()
+    print(f"model={args.model} records={len(records)} positions={args.positions} tokens={tokens} batch_size="
+          f"{args.batch_size} (hf) bf16={args.bf16} rounds={args.repeats} threads={torch.get_num_threads()}; "
+          f"vLLM start-up {startup:.0f} s")
+    print(f"{'backend':<8} {'tokens/s':>9} {'ratio':>7}")
+    base = statistics.median(rates["hf"])
+    for backend, rate in rates.items():
+        print(f"{backend:<8} {statistics.median(rate):>9.1f} {statistics.median(rate) / base:>6.2f}x")
+    print(f"largest |hidden| difference: {(hidden['vllm'] - hidden['hf']).abs().max().item():.2e}")
 
 
 def _write_json(path, result: dict) -> None:
@@ -551,14 +625,22 @@ def _add_curve_arguments(parser) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["throughput", "pretrain", "variants", "curve"])
+    from lenvm_rl.commands.base import make_parser
+    from lenvm_rl.commands.serve import VLLMEngineArguments
+
+    vllm_options = make_parser(VLLMEngineArguments, "", add_help=False)  # lenvm-rl evaluate's --vllm_* options
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[vllm_options])
+    parser.add_argument("part", choices=["throughput", "pretrain", "variants", "curve", "extraction"])
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf",
+                        help="(variants, curve) the features' trunk: hf, the --model backbone in this process "
+                             "(--device); vllm, the LenVM checkpoint --model in vLLM (--vllm_* options)")
+    parser.add_argument("--records", type=int, default=16, help="(extraction) the first N training records")
     parser.add_argument("--train-rollouts", required=True, nargs="+", help="rollout file(s); shards are merged")
     parser.add_argument("--eval-rollouts", nargs="+", help="held-out rollout file(s) (pretrain, variants)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per trunk batch (all parts)")
     parser.add_argument("--steps", type=int, default=4, help="training steps per round (throughput)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds (throughput)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds (throughput, extraction)")
     parser.add_argument("--epochs", type=float, nargs="+",
                         help="pretrain: one value (default 2, the reference); variants: the list of whole epochs "
                              "after which each head is evaluated (default 1 3)")
@@ -581,4 +663,5 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     arguments = parse_args()
-    {"throughput": throughput, "pretrain": pretrain, "variants": variants, "curve": curve}[arguments.part](arguments)
+    {"throughput": throughput, "pretrain": pretrain, "variants": variants, "curve": curve,
+     "extraction": extraction}[arguments.part](arguments)

@@ -50,9 +50,24 @@ def _chunk_tokens(records: list[dict], positions: str) -> int:
 
 def _trunk_states(model, sequences: list[tuple[int, ...]], *, batch_size: int, bf16: bool,
                   dtype: torch.dtype) -> list[torch.Tensor]:
-    """The trunk's float32 ``(len(s), H)`` hidden states of each token sequence (on the CPU), longest first in
-    batches of ``batch_size`` right-padded sequences; refuses states beyond the float16 range for ``dtype``
-    float16."""
+    """The trunk's float32 ``(len(s), H)`` hidden states of each token sequence (on the CPU), from a
+    :class:`~lenvm_rl.vllm.scoring.VLLMLenVM`'s engine (its ``hidden_states``) or a ``LenVM``'s trunk
+    (:func:`_padded_trunk_states`); refuses states beyond the float16 range for ``dtype`` float16."""
+    from lenvm_rl.vllm.scoring import VLLMLenVM  # does not import vLLM
+
+    if isinstance(model, VLLMLenVM):
+        states = model.hidden_states([list(s) for s in sequences])
+    else:
+        states = _padded_trunk_states(model, sequences, batch_size=batch_size, bf16=bf16)
+    if dtype == torch.float16 and any(s.abs().max() > torch.finfo(torch.float16).max for s in states):
+        raise ValueError("hidden states exceed the float16 range; use --feature-dtype float32")
+    return states
+
+
+def _padded_trunk_states(model, sequences: list[tuple[int, ...]], *, batch_size: int,
+                         bf16: bool) -> list[torch.Tensor]:
+    """``model.trunk``'s float32 ``(len(s), H)`` CPU states of each sequence, longest first in batches of
+    ``batch_size`` right-padded sequences, under bf16 autocast with ``bf16``."""
     from lenvm_rl.data.rollouts import pad_token_ids
 
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
@@ -64,8 +79,6 @@ def _trunk_states(model, sequences: list[tuple[int, ...]], *, batch_size: int, b
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             hidden, _ = model.trunk(input_ids.to(device), attention_mask.to(device))
         hidden = hidden.float().cpu()
-        if dtype == torch.float16 and hidden.abs().max() > torch.finfo(torch.float16).max:
-            raise ValueError("hidden states exceed the float16 range; use --feature-dtype float32")
         for row, i in enumerate(batch):
             states[i] = hidden[row, :len(sequences[i])]
     return states
@@ -81,6 +94,8 @@ def extract_chunk(model, records: list[dict], record_ids: list[int], *, position
     causal attention makes the last prompt token's state independent of the completion). Each distinct token
     sequence runs once, longest first, ``batch_size`` at a time, under bf16 autocast with ``bf16``; ``hidden`` is
     stored in ``dtype``. ``record_ids`` label the rows (``record``). Returns a features dict (module docstring).
+    ``model`` is a ``LenVM`` or a :class:`~lenvm_rl.vllm.scoring.VLLMLenVM`, whose engine runs every distinct
+    sequence unpadded in its own dtype (``batch_size`` and ``bf16`` do not apply).
     """
     prompt_lengths = torch.tensor([len(r["prompt_ids"]) for r in records])
     completion_lengths = torch.tensor([r["completion_length"] for r in records])
@@ -135,8 +150,8 @@ def extract_features(load_model, rollout_path, cache_root, *, positions: str, ga
     ``ranks-<start>-<end>.safetensors`` (:func:`extract_chunk`); a chunk file exists only once complete, so a
     killed run resumes at the first missing chunk. ``meta.json`` (the file's SHA-256, ``model_name``, ``gamma``,
     dtype, chunking) must match the settings or it raises ``ValueError``. Missing chunks only are computed;
-    ``load_model()`` (a no-argument callable returning a ``LenVM``) is called only if one is missing. Returns
-    the folder.
+    ``load_model()`` (a no-argument callable returning a ``LenVM`` or a ``VLLMLenVM``) is called only if one is
+    missing. Returns the folder.
     """
     from safetensors.torch import save_file
     from tqdm.auto import tqdm

