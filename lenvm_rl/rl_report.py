@@ -396,17 +396,29 @@ def dominance(report: SeedReport, target: str = "lenvm") -> list[str]:
 
 
 def verdict(report: SeedReport, metric: str = "answer_rate", z: float = 2.0) -> str:
-    """One sentence on the target's answers against its twin, from the matched difference when there (else the
-    first of ``report.differences``, at the same coefficient), resolved when ``|mean| >= z * SE``; and the
-    number of seeds at which the measured between-seed SD would resolve the measured mean
-    (:func:`~lenvm_rl.core.seeds_to_resolve`)."""
-    row = report.matched or (report.differences[0] if report.differences else None)
-    if row is None:
-        return "verdict: no paired difference to judge"
-    where = "at matched length" if row is report.matched else f"at the same length coefficient ({row.name})"
+    """One sentence on the target's answers against its twin, resolved when ``|mean| >= z * SE``, with the number
+    of seeds at which the measured between-seed SD would resolve the measured mean
+    (:func:`~lenvm_rl.core.seeds_to_resolve`).
+
+    From the matched difference when the twin's two coefficients bracket the target's length at every seed;
+    otherwise (an extrapolation in ``s`` is no measurement) it says where they do not, and judges the first of
+    ``report.differences``, at the same coefficient."""
     outside = _extrapolated_seeds(report)
-    if row is report.matched and outside:
-        where += f" (extrapolated at seeds {outside}, where the twin's two coefficients do not bracket its length)"
+    if report.matched is not None and not outside:
+        return _judge(report.matched, "at matched length", metric, z)
+    preface = ""
+    if report.matched is not None:
+        inside = [s for s in report.matched.seeds if s not in outside]
+        preface = (f"no matched-length verdict: the twin's two coefficients bracket the target's length at "
+                   f"{f'seeds {inside}' if inside else 'no seed'} of {report.matched.seeds} only; ")
+    if not report.differences:
+        return preface + "verdict: no paired difference to judge"
+    row = report.differences[0]
+    return preface + _judge(row, f"at the same length coefficient ({row.name})", metric, z)
+
+
+def _judge(row: SeedDifference, where: str, metric: str, z: float) -> str:
+    """``where``, then the difference ``row`` of ``metric`` (in pp) judged at ``z`` SE over seeds."""
     mean, se, n = 100 * row.mean[metric], 100 * row.se[metric], len(row.seeds)
     if math.isnan(se):
         return f"{where}: Δ = {mean:+.1f} pp from one seed; its run-to-run variance is unknown"

@@ -78,7 +78,7 @@ def test_predict_on_the_embedded_smollm2_prints_a_predicted_length():
 
 
 def test_demo_pipeline_end_to_end_on_smollm2_at_a_small_scale(tmp_path):
-    # The README's main job with every size turned down: rollouts, value pretraining, predictions.
+    # The demo (python -m lenvm_rl demo) with every size turned down: rollouts, value pretraining, predictions.
     args = ["demo", "--output_dir", str(tmp_path), "--train_prompts", "2", "--eval_prompts", "2", "-n", "2",
             "--eval_completions", "2", "--max_new_tokens", "8", "--epochs", "1"]
     result = run_cli(*args)

@@ -201,10 +201,12 @@ def test_verdict_and_matched_line_by_hand():
     # -10, -30 pp at matched length: mean -20 ± 10; |-20| >= 2 x 10: resolved, fewer answers; sd 14.1 -> 2 seeds
     matched = SeedReport(arms={}, base=None, differences=[], matched=difference("m", [0, 4], [-0.1, -0.3]),
                          matched_coef=(0.9, 0.2), matched_coefs=(0.5, 1.0), matched_weights=[0.5, 1.3])
+    # extrapolated at seed 4 (w = 1.3): no matched-length verdict; the same-coefficient difference is judged
+    matched.differences = [difference("lenvm - group", [0, 4], [0.02, 0.04])]
     assert verdict(matched).startswith(
-        "at matched length (extrapolated at seeds [4], where the twin's two coefficients do not bracket its length) "
-        "the token-level critic keeps 20.0 ± 10.0 pp fewer answers (2 seeds);")
-    matched.matched_weights = [0.5, 1.0]  # both inside [0, 1]: interpolated, no caveat
+        "no matched-length verdict: the twin's two coefficients bracket the target's length at seeds [0] of [0, 4] "
+        "only; at the same length coefficient (lenvm - group) the token-level critic keeps 3.0 ± 1.0 pp more")
+    matched.matched_weights = [0.5, 1.0]  # both inside [0, 1]: interpolated, judged at matched length
     assert verdict(matched).startswith("at matched length the token-level critic keeps 20.0 ± 10.0 pp fewer answers")
     matched.matched_weights = [0.5, 1.3]
     line = format_matched(matched)
