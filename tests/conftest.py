@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-# No test may reach a model hub: everything it needs is built here or ships in a package.
+# No test may reach a model hub: everything it needs is built here or ships in a package. Set before
+# transformers imports huggingface_hub, which reads the variable once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 SMOLLM2 = "smollm2-135m"
 TINY_KW = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
