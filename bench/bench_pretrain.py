@@ -191,6 +191,7 @@ from lenvm_rl.analysis import (
     plot_curve,
     recipe_train_files,
     reference_cells,
+    trunk_tokens,
     variant_references,
 )
 
@@ -346,9 +347,7 @@ def extraction(args) -> None:
     start = time.perf_counter()
     models["vllm"].engine  # noqa: B018 (starts it)
     startup = time.perf_counter() - start
-    # the trunk's tokens: each distinct sequence once (prompt alone for boundary)
-    tokens = sum(map(len, {tuple(r["prompt_ids"] + (r["completion_ids"] if args.positions == "all" else []))
-                           for r in records}))
+    tokens = trunk_tokens(records, args.positions)
     rates, hidden = {backend: [] for backend in models}, {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "records.jsonl"

@@ -51,6 +51,7 @@ from lenvm_rl.analysis.features import (
     load_features,
     record_steps,
     state_weights,
+    trunk_tokens,
 )
 from lenvm_rl.analysis.heads import fit_ridge, fit_value_head, head_values
 from lenvm_rl.analysis.heldout import HeldOut, held_out_sets
@@ -107,5 +108,6 @@ __all__ = [
     "recipe_train_files",
     "reference_cells",
     "state_weights",
+    "trunk_tokens",
     "variant_references",
 ]

@@ -30,7 +30,7 @@ import torch
 from lenvm_rl.core import boundary_weights, monte_carlo_targets
 
 __all__ = ["FEATURE_DTYPES", "FEATURE_KEYS", "boundary_rows", "concat_features", "extract_chunk", "extract_features",
-           "load_features", "record_steps", "state_weights"]
+           "load_features", "record_steps", "state_weights", "trunk_tokens"]
 
 FEATURE_KEYS = ("hidden", "targets", "is_s0", "terminated", "prompt_index", "sample_index", "record")
 FEATURE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -43,8 +43,8 @@ def _sequence(record: dict, positions: str) -> list[int]:
     return list(record["prompt_ids"]) + completion
 
 
-def _chunk_tokens(records: list[dict], positions: str) -> int:
-    """Tokens the trunk runs over for one chunk: each distinct sequence once."""
+def trunk_tokens(records: list[dict], positions: str) -> int:
+    """Tokens the trunk runs over for ``records`` at ``positions``: each distinct sequence once."""
     return sum(len(s) for s in {tuple(_sequence(r, positions)) for r in records})
 
 
@@ -174,7 +174,7 @@ def extract_features(load_model, rollout_path, cache_root, *, positions: str, ga
     chunks = [order[start:start + chunk_records] for start in range(0, len(order), chunk_records)]
     paths = [directory / f"ranks-{k * chunk_records:06d}-{k * chunk_records + len(c):06d}.safetensors"
              for k, c in enumerate(chunks)]
-    tokens = [_chunk_tokens([records[i] for i in c], positions) for c in chunks]
+    tokens = [trunk_tokens([records[i] for i in c], positions) for c in chunks]
     todo = [k for k, path in enumerate(paths) if not path.is_file()]
     if not todo:
         return directory
