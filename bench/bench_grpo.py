@@ -348,8 +348,14 @@ def single_seed_report(args, seed: int) -> None:
 
 def seeds_report(args, seeds: list[int]) -> None:
     """The report over several seeds (:mod:`lenvm_rl.rl_report`): tables, verdict and --seeds-plot."""
-    from lenvm_rl.rl_report import (dominance, format_matched, format_seed_differences, format_seed_table, seed_report,
-                                     verdict)
+    from lenvm_rl.rl_report import (
+        dominance,
+        format_matched,
+        format_seed_differences,
+        format_seed_table,
+        seed_report,
+        verdict,
+    )
 
     arms = args.arms.split(",")
     answers, tokenizer = held_out(args)

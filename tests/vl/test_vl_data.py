@@ -77,9 +77,6 @@ def test_hf_sampler_writes_image_records_and_resumes(policy, processor, tmp_path
     assert n_image_tokens == [4, 6, 0]
     # resuming samples nothing new (the prompts compare equal to the stored, embedded ones)
     assert sample_rollouts(policy, processor, prompts, out, config, model_name="tiny-vl", progress=False) == records
-    with pytest.raises(ValueError, match="image prompts are sampled with backend='hf'"):
-        sample_rollouts("some/model", processor, prompts, tmp_path / "v.jsonl",
-                        RolloutConfig(num_completions=1, backend="vllm"), progress=False)
 
 
 def records_of(processor, prompts, completions, finished=None):

@@ -63,12 +63,16 @@ def tiny_processor(padding_side: str = "right", max_pixels: int = 112 * 112) -> 
     return TinyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def tiny_vl_config(hidden_size: int = 32, num_hidden_layers: int = 2) -> Qwen2_5_VLConfig:
+def tiny_vl_config(hidden_size: int = 32, num_hidden_layers: int = 2, num_attention_heads: int = 4,
+                   **text_kwargs) -> Qwen2_5_VLConfig:
+    """``num_attention_heads`` sets the head size (``hidden_size // num_attention_heads``; vLLM's CPU attention takes
+    32 and up); ``text_kwargs`` (``initializer_range``, ...) go to the text config."""
     tokenizer = _tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS}
-    head_dim = hidden_size // 4
+    head_dim = hidden_size // num_attention_heads
     text = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                num_hidden_layers=num_hidden_layers, num_attention_heads=4, num_key_value_heads=2,
+                num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                num_key_value_heads=max(1, num_attention_heads // 2), head_dim=head_dim, **text_kwargs,
                 max_position_embeddings=1024, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
