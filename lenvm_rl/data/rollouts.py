@@ -320,71 +320,31 @@ def sample_rollouts(
     """
     from tqdm.auto import tqdm
 
+    from lenvm_rl.data.images import image_refs, jsonable_prompt  # here: images imports value_dataset, which imports us
+
     config = config or RolloutConfig()
-    if not prompts:
-        raise ValueError("prompts is empty: nothing to sample")
     backend = resolve_backend(config.backend, model)
-    from lenvm_rl.data.images import encode_vision_prompt, image_refs, is_processor, jsonable_prompt, load_image
-
-    if backend == "vllm" and any(image_refs(p) for p in prompts) and importlib.util.find_spec("torchvision") is None:
-        raise ImportError("image prompts through vLLM need torchvision: vLLM 0.32's Qwen2.5-VL imports transformers' "
-                          "Qwen2-VL image processor, which imports it. Install the torchvision of your torch, or "
-                          "sample with backend='hf'")
-
-    if backend == "hf" and not isinstance(model, torch.nn.Module):
-        raise ValueError(f"the hf backend takes a loaded transformers model, got {type(model).__name__}; load it "
-                         "with lenvm_rl.modeling.load_backbone, or pass backend='vllm' for a name or path")
-    if backend == "vllm" and not isinstance(model, (str, os.PathLike, _import_vllm().LLM)):
-        raise ValueError(f"the vllm backend takes a vllm.LLM or a model name or path, got {type(model).__name__}")
-    if model_name is None:
-        model_name = (str(model) if isinstance(model, (str, os.PathLike)) else
-                      model.config.name_or_path if backend == "hf" else model.llm_engine.model_config.model)
-    from lenvm_rl.modeling.vocabulary import vocabulary_hash
-
-    formats = {prompt_format(p) for p in prompts}
-    if len(formats) > 1:
-        raise ValueError("prompts mix raw strings and chat messages; TRL formats a whole dataset one way: make them "
-                         "all chat messages (lenvm_rl.data.to_messages) or all strings")
-    chat = formats == {"chat"}
+    chat = _check_inputs(model, prompts, backend)
     prompts = [jsonable_prompt(p) for p in prompts]  # in-memory images embedded, so records are JSON
-    sampler = {
-        "model": model_name,
-        "temperature": config.temperature, "top_p": config.top_p,
-        "max_new_tokens": config.max_new_tokens, "seed": config.seed, "backend": backend,
-        "vocabulary_hash": vocabulary_hash(tokenizer),
-        "chat_template_hash": chat_template_hash(tokenizer, chat_template_kwargs=config.chat_template_kwargs)
-        if chat else None,
-    }
+    sampler = _sampler_settings(model, tokenizer, config, backend, model_name, chat)
     path = Path(output_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     finished = _resume(path, config.num_completions, sampler)
-    for rec in finished:
-        i = rec["prompt_index"] - offset
-        if not 0 <= i < len(prompts) or rec["prompt"] != prompts[i]:
-            raise ValueError(f"{path} holds another prompt at prompt_index {rec['prompt_index']} than the prompts "
-                             "given now; resume with the same prompts and offset, or use another output file")
-    done = {rec["prompt_index"] - offset for rec in finished}
-    todo = [i for i in range(len(prompts)) if i not in done]
+    todo = _unsampled(path, finished, prompts, offset)
     if not todo:
         return sorted(finished, key=itemgetter("prompt_index", "sample_index"))
-    most_images = max(len(image_refs(prompts[i])) for i in todo)
     if backend == "vllm" and isinstance(model, (str, os.PathLike)):  # vLLM's defaults otherwise
+        most_images = max(len(image_refs(prompts[i])) for i in todo)
         model = vllm_engine(model, seed=config.seed,
                             limit_mm_per_prompt={"image": most_images, "video": 0} if most_images else None)
-    encoded, images = {}, {}
-    for i in todo:  # a VL policy's processor encodes as TRL does for VLMs, with the image inputs beside the ids
-        encoded[i], images[i] = (
-            encode_vision_prompt(tokenizer, prompts[i], tools=tools, chat_template_kwargs=config.chat_template_kwargs)
-            if is_processor(tokenizer) else
-            (encode_prompt(tokenizer, prompts[i], tools=tools, chat_template_kwargs=config.chat_template_kwargs), None))
-        if backend == "vllm" and images[i] is not None:  # vLLM processes the images itself
-            images[i] = [load_image(ref) for ref in image_refs(prompts[i])]
+    encoded, images = _encode_prompts(tokenizer, prompts, todo, backend, config, tools)
     generate = _vllm_generate if backend == "vllm" else _hf_generate
     eos_ids = _eos_ids(model.generation_config.eos_token_id if backend == "hf" else
                        model.llm_engine.model_config.try_get_generation_config().get("eos_token_id"), tokenizer)
 
     per_call = max(1, config.batch_size // config.num_completions)
-    bar = tqdm(total=len(prompts), initial=len(done), desc="rollouts", unit="prompt", disable=not progress)
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="rollouts", unit="prompt",
+               disable=not progress)
     tokens, start = 0, time.perf_counter()
     for first in range(0, len(todo), per_call):
         group = todo[first : first + per_call]
@@ -406,6 +366,73 @@ def sample_rollouts(
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
     bar.close()
     return sorted(read_rollouts(path), key=itemgetter("prompt_index", "sample_index"))
+
+
+def _check_inputs(model, prompts: list, backend: str) -> bool:
+    """Refuse what ``backend`` cannot sample; return whether the prompts are chat messages (else raw strings)."""
+    from lenvm_rl.data.images import image_refs
+
+    if not prompts:
+        raise ValueError("prompts is empty: nothing to sample")
+    if backend == "vllm" and any(image_refs(p) for p in prompts) and importlib.util.find_spec("torchvision") is None:
+        raise ImportError("image prompts through vLLM need torchvision: vLLM 0.32's Qwen2.5-VL imports transformers' "
+                          "Qwen2-VL image processor, which imports it. Install the torchvision of your torch, or "
+                          "sample with backend='hf'")
+    if backend == "hf" and not isinstance(model, torch.nn.Module):
+        raise ValueError(f"the hf backend takes a loaded transformers model, got {type(model).__name__}; load it "
+                         "with lenvm_rl.modeling.load_backbone, or pass backend='vllm' for a name or path")
+    if backend == "vllm" and not isinstance(model, (str, os.PathLike, _import_vllm().LLM)):
+        raise ValueError(f"the vllm backend takes a vllm.LLM or a model name or path, got {type(model).__name__}")
+    formats = {prompt_format(p) for p in prompts}
+    if len(formats) > 1:
+        raise ValueError("prompts mix raw strings and chat messages; TRL formats a whole dataset one way: make them "
+                         "all chat messages (lenvm_rl.data.to_messages) or all strings")
+    return formats == {"chat"}
+
+
+def _sampler_settings(model, tokenizer, config: RolloutConfig, backend: str, model_name: str | None,
+                      chat: bool) -> dict:
+    """The ``sampler`` of every record: what must match for a file to be resumed or to train one LenVM."""
+    from lenvm_rl.modeling.vocabulary import vocabulary_hash
+
+    if model_name is None:
+        model_name = (str(model) if isinstance(model, (str, os.PathLike)) else
+                      model.config.name_or_path if backend == "hf" else model.llm_engine.model_config.model)
+    return {
+        "model": model_name,
+        "temperature": config.temperature, "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens, "seed": config.seed, "backend": backend,
+        "vocabulary_hash": vocabulary_hash(tokenizer),
+        "chat_template_hash": chat_template_hash(tokenizer, chat_template_kwargs=config.chat_template_kwargs)
+        if chat else None,
+    }
+
+
+def _unsampled(path: Path, finished: list[dict], prompts: list, offset: int) -> list[int]:
+    """Positions in ``prompts`` with no records in ``path`` yet; its records must hold the same prompts."""
+    for rec in finished:
+        i = rec["prompt_index"] - offset
+        if not 0 <= i < len(prompts) or rec["prompt"] != prompts[i]:
+            raise ValueError(f"{path} holds another prompt at prompt_index {rec['prompt_index']} than the prompts "
+                             "given now; resume with the same prompts and offset, or use another output file")
+    done = {rec["prompt_index"] - offset for rec in finished}
+    return [i for i in range(len(prompts)) if i not in done]
+
+
+def _encode_prompts(tokenizer, prompts: list, todo: list[int], backend: str, config: RolloutConfig,
+                    tools: list | None) -> tuple[dict, dict]:
+    """``s_0`` ids of the prompts at ``todo``, encoded as TRL's GRPO encodes them, and their images: a VL policy's
+    image inputs for ``hf``, the PIL images for ``vllm`` (which processes them itself), ``None`` without images."""
+    from lenvm_rl.data.images import encode_vision_prompt, image_refs, is_processor, load_image
+
+    encoded, images = {}, {}
+    kwargs = dict(tools=tools, chat_template_kwargs=config.chat_template_kwargs)
+    for i in todo:
+        encoded[i], images[i] = (encode_vision_prompt(tokenizer, prompts[i], **kwargs) if is_processor(tokenizer)
+                                 else (encode_prompt(tokenizer, prompts[i], **kwargs), None))
+        if backend == "vllm" and images[i] is not None:
+            images[i] = [load_image(ref) for ref in image_refs(prompts[i])]
+    return encoded, images
 
 
 def _hf_generate(model, tokenizer, prompt_ids, config: RolloutConfig, eos_ids, *, seed: int, images=None):
