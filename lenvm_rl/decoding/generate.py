@@ -117,16 +117,10 @@ def guided_generate(
             policy_tokenizer=tokenizer, lenvm_tokenizer=lenvm_tokenizer, compile=compile,
         )
         decoder = _shared_trunk_decoder(shared_trunk, policy, processor, do_sample)
-        sampling = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=None)  # the processor applies them
     elif shared_trunk:
         raise ValueError("shared_trunk=True needs a lenvm")
-    else:
-        sampling = dict(temperature=guidance.temperature, top_k=guidance.top_k, top_p=guidance.top_p,
-                        min_p=guidance.min_p or None)
-    if not do_sample:
-        sampling = {}
-    if compile:
-        sampling |= static_generate_kwargs(compile, device)
+    sampling = _sampling_kwargs(guidance, guided=lenvm is not None, do_sample=do_sample, compile=compile,
+                                device=device)
     string_format = resolve_prompt_format(prompt_format, lenvm, tokenizer)
     formatted = [apply_prompt_format(p, string_format) for p in prompts]
     why = lenvm is not None and formatted and prompt_mismatch(lenvm, formatted[0], tokenizer,
@@ -154,15 +148,35 @@ def guided_generate(
             )
         if processor is not None:
             processor.reset()  # frees the LenVM's cache
-        generated = out[:, input_ids.shape[1] :].cpu()
-        lengths, ended = finish_reasons(generated, eos_ids)
-        for row, prompt in enumerate(batch):
-            ids = generated[row, : lengths[row]].tolist()
-            results.append(GuidedCompletion(
-                prompt=prompt, text=tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
-                length=int(lengths[row]), finish_reason="eos" if ended[row] else "length",
-            ))
+        results += _completions(batch, out[:, input_ids.shape[1] :].cpu(), tokenizer, eos_ids)
     return results
+
+
+def _sampling_kwargs(guidance: GuidanceConfig, *, guided: bool, do_sample: bool, compile: bool | dict,
+                     device) -> dict:
+    """``generate``'s sampling arguments: the guidance's temperature and candidate set unguided (guided, the
+    processor applies them), none when greedy, and the static-cache arguments when compiling."""
+    sampling = {}
+    if do_sample:
+        sampling = (dict(temperature=1.0, top_k=0, top_p=1.0, min_p=None) if guided else
+                    dict(temperature=guidance.temperature, top_k=guidance.top_k, top_p=guidance.top_p,
+                         min_p=guidance.min_p or None))
+    if compile:
+        sampling |= static_generate_kwargs(compile, device)
+    return sampling
+
+
+def _completions(prompts: list, generated: torch.Tensor, tokenizer, eos_ids: list[int]) -> list[GuidedCompletion]:
+    """One :class:`GuidedCompletion` per row of ``generated`` (B, T): the tokens up to the first EOS, included."""
+    lengths, ended = finish_reasons(generated, eos_ids)
+    completions = []
+    for row, prompt in enumerate(prompts):
+        ids = generated[row, : lengths[row]].tolist()
+        completions.append(GuidedCompletion(
+            prompt=prompt, text=tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
+            length=int(lengths[row]), finish_reason="eos" if ended[row] else "length",
+        ))
+    return completions
 
 
 def _shared_trunk_decoder(shared_trunk: bool | None, policy, processor: LenVMLogitsProcessor,
