@@ -110,14 +110,10 @@ def create_app(
         max_wait_s: how long the batcher waits for more requests after the first of a batch.
         max_padding: the largest fraction of padding in a batch (padding costs as much as real tokens).
     """
-    predictor = model if isinstance(model, LengthPredictor) else None
-    lenvm = predictor.model if predictor is not None else model
-    vocab_size = lenvm.config.get_text_config().vocab_size  # a VL config keeps it in its text_config
-    placeholders = placeholder_token_ids(lenvm.config)  # a VL LenVM's image tokens: refused, no pixels come
+    lenvm = model.model if isinstance(model, LengthPredictor) else model
     if engine is None:
         engine = DynamicBatcher(lenvm, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                                 max_wait_s=max_wait_s, max_padding=max_padding)
-    created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -129,109 +125,122 @@ def create_app(
 
     app = FastAPI(title="lenvm-rl serve", summary="LenVM length prediction", lifespan=lifespan)
     app.state.engine = engine
+    app.add_exception_handler(RequestError, lambda request, err: _error(err.status, err.message))
+    app.add_exception_handler(HTTPException,  # unknown path, wrong method
+                              lambda request, err: _error(err.status_code, str(err.detail)))
+    app.add_exception_handler(Exception, _internal_error)
+    routes = _Routes(model, engine, max_batch_tokens)
+    for path, endpoint, methods in (
+        ("/encode", routes.encode, ["POST", "PUT"]),
+        ("/tree_value", routes.tree_value, ["POST", "PUT"]),
+        ("/token_value", routes.token_value, ["POST", "PUT"]),
+        ("/candidate_value", routes.candidate_value, ["POST", "PUT"]),
+        ("/flush_cache", routes.flush_cache, ["GET", "POST"]),
+        ("/predict", routes.predict, ["POST"]),
+        ("/v1/models", routes.models, ["GET"]),
+        ("/health", routes.health, ["GET"]),
+    ):
+        app.add_api_route(path, endpoint, methods=methods)
+    return app
 
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, err: RequestError):
-        return _error(err.status, err.message)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, err: HTTPException):  # unknown path, wrong method
-        return _error(err.status_code, str(err.detail))
+def _internal_error(request: Request, err: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s", request.url.path)
+    return _error(500, f"{type(err).__name__}: {err}")
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, err: Exception):
-        logger.exception("unhandled error on %s", request.url.path)
-        return _error(500, f"{type(err).__name__}: {err}")
 
-    async def read_body(request: Request) -> dict:
+class _Routes:
+    """The endpoints of :func:`create_app` over one engine; each reads its request body and answers as the module
+    docstring says."""
+
+    def __init__(self, model: LenVM | LengthPredictor, engine, max_batch_tokens: int):
+        self.predictor = model if isinstance(model, LengthPredictor) else None
+        self.lenvm = self.predictor.model if self.predictor is not None else model
+        self.engine = engine
+        self.max_batch_tokens = max_batch_tokens
+        self.vocab_size = self.lenvm.config.get_text_config().vocab_size  # a VL config keeps it in its text_config
+        self.placeholders = placeholder_token_ids(self.lenvm.config)  # a VL LenVM's image tokens: refused
+        self.created = int(time.time())
+
+    async def _body(self, request: Request) -> dict:
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > _BYTES_PER_TOKEN * max_batch_tokens + 65536:
-            raise RequestError(f"a {declared}-byte body cannot fit the batch budget of {max_batch_tokens} tokens",
-                               status=413)
+        if declared.isdigit() and int(declared) > _BYTES_PER_TOKEN * self.max_batch_tokens + 65536:
+            raise RequestError(f"a {declared}-byte body cannot fit the batch budget of {self.max_batch_tokens} "
+                               "tokens", status=413)
         return parse_body(await request.body())
 
-    async def run(kind: str, rows: list) -> list[torch.Tensor]:
+    async def _run(self, kind: str, rows: list) -> list[torch.Tensor]:
         try:
-            return await engine.run(kind, rows)
+            return await self.engine.run(kind, rows)
         except EngineStopped as err:
             raise RequestError(str(err), status=503) from None
 
-    async def run_encode(request: Request) -> tuple[list[torch.Tensor], list[int], bool]:
-        sequences, single = parse_encode(await read_body(request), vocab_size=vocab_size,
-                                         max_tokens=max_batch_tokens)
-        check_placeholders(sequences, placeholders)
-        return await run("encode", sequences), [len(seq) for seq in sequences], single
+    async def _run_encode(self, request: Request) -> tuple[list[torch.Tensor], list[int], bool]:
+        sequences, single = parse_encode(await self._body(request), vocab_size=self.vocab_size,
+                                         max_tokens=self.max_batch_tokens)
+        check_placeholders(sequences, self.placeholders)
+        return await self._run("encode", sequences), [len(seq) for seq in sequences], single
 
-    async def run_tree(request: Request) -> tuple[list[torch.Tensor], list[int], bool]:
-        rows, single = parse_tree_value(await read_body(request), vocab_size=vocab_size,
-                                        max_tokens=max_batch_tokens)
-        check_placeholders([prefix + cands for prefix, cands in rows], placeholders)
-        return await run("tree", rows), [len(prefix) + len(cands) for prefix, cands in rows], single
+    async def _run_tree(self, request: Request) -> tuple[list[torch.Tensor], list[int], bool]:
+        rows, single = parse_tree_value(await self._body(request), vocab_size=self.vocab_size,
+                                        max_tokens=self.max_batch_tokens)
+        check_placeholders([prefix + cands for prefix, cands in rows], self.placeholders)
+        return await self._run("tree", rows), [len(prefix) + len(cands) for prefix, cands in rows], single
 
-    @app.api_route("/encode", methods=["POST", "PUT"])
-    async def encode(request: Request):
-        return _items(*await run_encode(request))
+    async def encode(self, request: Request):
+        return _items(*await self._run_encode(request))
 
-    @app.api_route("/tree_value", methods=["POST", "PUT"])
-    async def tree_value(request: Request):
-        return _items(*await run_tree(request))
+    async def tree_value(self, request: Request):
+        return _items(*await self._run_tree(request))
 
-    @app.api_route("/token_value", methods=["POST", "PUT"])
-    async def token_value(request: Request):
-        return _values(*await run_encode(request))
+    async def token_value(self, request: Request):
+        return _values(*await self._run_encode(request))
 
-    @app.api_route("/candidate_value", methods=["POST", "PUT"])
-    async def candidate_value(request: Request):
-        return _values(*await run_tree(request))
+    async def candidate_value(self, request: Request):
+        return _values(*await self._run_tree(request))
 
-    @app.api_route("/flush_cache", methods=["GET", "POST"])
-    async def flush_cache():
-        success, message = await engine.flush_cache()
+    async def flush_cache(self):
+        success, message = await self.engine.flush_cache()
         return {"success": success, "message": message}
 
-    @app.post("/predict")
-    async def predict(request: Request):
-        if predictor is None:
+    async def predict(self, request: Request):
+        if self.predictor is None:
             raise RequestError("/predict needs a tokenizer and this server has none (its checkpoint holds no "
                                "tokenizer files): restart it with --tokenizer PATH, or send token ids to /encode",
                                status=400)
-        prompts = parse_predict(await read_body(request))
+        prompts = parse_predict(await self._body(request))
         try:
-            encoded = [predictor.encode_prompt(p) for p in prompts]
+            encoded = [self.predictor.encode_prompt(p) for p in prompts]
         except Exception as err:  # a chat template rejecting the messages, ...
             raise RequestError(f"could not tokenize the prompts: {err}") from None
-        check_budget(sum(map(len, encoded)), max_batch_tokens)
-        last = torch.stack([z[-1] for z in await run("encode", encoded)])
-        values, lengths = logits_to_value(last).tolist(), logits_to_length(last, lenvm.gamma).tolist()
+        check_budget(sum(map(len, encoded)), self.max_batch_tokens)
+        last = torch.stack([z[-1] for z in await self._run("encode", encoded)])
+        values, lengths = logits_to_value(last).tolist(), logits_to_length(last, self.lenvm.gamma).tolist()
         return {
-            "gamma": lenvm.gamma,
-            "untrained": predictor.untrained,
+            "gamma": self.lenvm.gamma,
+            "untrained": self.predictor.untrained,
             "predictions": [{"value": v, "length": n, "prompt_tokens": len(ids)}
                             for v, n, ids in zip(values, lengths, encoded)],
         }
 
-    @app.get("/v1/models")
-    async def models():  # OpenAI-style, as the reference server; its launch scripts poll it until it answers
-        name = str(lenvm.config.name_or_path)
+    async def models(self):  # OpenAI-style, as the reference server; its launch scripts poll it until it answers
+        name = str(self.lenvm.config.name_or_path)
         return {"object": "list", "data": [{
-            "id": name, "object": "model", "created": created, "owned_by": "lenvm-rl", "root": name,
-            "max_model_len": getattr(lenvm.config, "max_position_embeddings", None)}]}
+            "id": name, "object": "model", "created": self.created, "owned_by": "lenvm-rl", "root": name,
+            "max_model_len": getattr(self.lenvm.config, "max_position_embeddings", None)}]}
 
-    @app.get("/health")
-    async def health():
-        running = engine.running
+    async def health(self):
+        running = self.engine.running
         body = {
             "status": "ok" if running else "unavailable",
-            "model": str(lenvm.config.name_or_path),
-            "gamma": lenvm.gamma,
-            "vocab_size": vocab_size,
-            "max_batch_tokens": max_batch_tokens,
-            "predict": predictor is not None,
-            **engine.health(),
+            "model": str(self.lenvm.config.name_or_path),
+            "gamma": self.lenvm.gamma,
+            "vocab_size": self.vocab_size,
+            "max_batch_tokens": self.max_batch_tokens,
+            "predict": self.predictor is not None,
+            **self.engine.health(),
         }
         return JSONResponse(body, status_code=200 if running else 503)
-
-    return app
 
 
 def serve(
