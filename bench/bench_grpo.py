@@ -346,6 +346,22 @@ def single_seed_report(args, seed: int) -> None:
                 print(f"{a + ' - ' + b:<36} " + " ".join(f"{c:>15}" if i else f"{c:>13}" for i, c in enumerate(cells)))
 
 
+def matched_sides(args, arms: list[str], twins: list[str]):
+    """``--matched TARGET:TWIN`` as :func:`lenvm_rl.rl_report.seed_report` takes it: a side naming two arms
+    (``A,B``) becomes ``{arm: length_coef}``. Default: lenvm against the group twin when it ran at two
+    coefficients."""
+    def side(arms: list[str]):
+        return arms[0] if len(arms) == 1 else {arm: arm_settings(arm).get("length_coef", args.length_coef)
+                                                for arm in arms}
+
+    if args.matched is None:
+        return ("lenvm", side(twins)) if "lenvm" in arms and len(twins) == 2 else None
+    sides = args.matched.split(":")
+    if len(sides) != 2 or not all(sides):
+        raise SystemExit(f"--matched {args.matched!r}: expected TARGET:TWIN, e.g. lenvm:group,group_s2.0")
+    return tuple(side(s.split(",")) for s in sides)
+
+
 def seeds_report(args, seeds: list[int]) -> None:
     """The report over several seeds (:mod:`lenvm_rl.rl_report`): tables, verdict and --seeds-plot."""
     from lenvm_rl.rl_report import (
@@ -359,11 +375,10 @@ def seeds_report(args, seeds: list[int]) -> None:
 
     arms = args.arms.split(",")
     answers, tokenizer = held_out(args)
-    twins = {arm: arm_settings(arm).get("length_coef", args.length_coef)
-             for arm in arms if arm == "group" or arm.startswith("group_s")}
+    twins = [arm for arm in arms if arm == "group" or arm.startswith("group_s")]
     pairs = [(a, b) for a, b in (("lenvm", "group"), ("lenvm", "plain"), *(("lenvm", t) for t in twins if t != "group"))
              if a in arms and b in arms]
-    matched = ("lenvm", twins) if "lenvm" in arms and len(twins) == 2 else None
+    matched = matched_sides(args, arms, twins)
     result = seed_report(args.output_dir, arms, seeds, answers, tokenizer, pairs=pairs, matched=matched)
     print(f"held out: the first {len(answers)} GSM8K test questions; each cell: mean over seeds ± between-seed SE "
           "(within-run SE over prompts, pooled over seeds)")
@@ -489,6 +504,11 @@ def main(argv: list[str] | None = None) -> None:
                                 "docs/grpo_seeds.png)")
             p.add_argument("--length-coef", type=float, default=0.5,
                            help="the length_coef of an arm without _sX (train's --length-coef): the twin's point")
+            p.add_argument("--matched", default=None,
+                           help="several seeds: TARGET:TWIN, one side an arm and the other two arms 'A,B' of one "
+                                "estimator at two length coefficients, interpolated in s to the first's length, e.g. "
+                                "lenvm:group,group_s2.0 (the default when those two group arms are given) or "
+                                "lenvm_s0.25,lenvm:group_s4.0")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
     if args.command == "overhead":

@@ -1,5 +1,6 @@
 """The report of an RL comparison repeated over training seeds: per-arm held-out means with two errors, paired
-differences per seed, and a matched-length comparison against a twin arm run at two length coefficients.
+differences per seed, and a matched-length comparison: one arm against another run at two length coefficients and
+interpolated to its length.
 
 Layout (``bench/bench_grpo.py``): run ``ARM-seedN`` of arm ``ARM`` at training seed ``N`` keeps its checkpoints in
 ``OUTPUT_DIR/ARM-seedN/checkpoint-*/`` (``trainer_state.json`` holds the training log) and its held-out samples
@@ -104,11 +105,11 @@ class SeedDifference:
 
 @dataclass
 class SeedReport:
-    """What :func:`seed_report` found (see there). ``matched`` is the target arm minus its twin interpolated to
-    the target's length (``per_seed_se`` NaN); ``matched_coef`` ``(mean, se)`` over seeds of the coefficient
-    ``s*`` at which the twin reaches that length, ``matched_coefs`` the twin's ``(s_a, s_b)`` and
-    ``matched_weights`` the per-seed ``w`` of :func:`~lenvm_rl.core.interpolate_at_length` (outside ``[0, 1]``:
-    extrapolated)."""
+    """What :func:`seed_report` found (see there). ``matched`` is the target arm minus its twin at one arm's length,
+    ``matched_to``, with the arm run at two coefficients, ``matched_pair`` (``"A/B"``), interpolated to it
+    (``per_seed_se`` NaN); ``matched_coef`` ``(mean, se)`` over seeds of the coefficient ``s*`` at which the pair
+    reaches that length, ``matched_coefs`` the pair's ``(s_a, s_b)`` and ``matched_weights`` the per-seed ``w`` of
+    :func:`~lenvm_rl.core.interpolate_at_length` (outside ``[0, 1]``: extrapolated)."""
 
     arms: dict[str, ArmSummary]
     base: PolicyEvaluation | None
@@ -117,6 +118,8 @@ class SeedReport:
     matched_coef: tuple[float, float] | None = None
     matched_coefs: tuple[float, float] | None = None
     matched_weights: list[float] = field(default_factory=list)
+    matched_pair: str = "the twin"
+    matched_to: str = "the target"
     missing: list[str] = field(default_factory=list)
 
 
@@ -172,34 +175,42 @@ def _difference(name: str, a: dict[int, dict], b: dict[int, dict]) -> SeedDiffer
                             {m: torch.tensor([p[m][1] for p in paired], dtype=torch.float64) for m in metrics})
 
 
-def _matched(report: SeedReport, runs: dict[str, dict[int, dict]], target: str, twins: Mapping[str, float]) -> None:
-    """Fill ``report.matched*``: ``target`` minus its twin (two arms, ``{arm: coefficient}``) at its length."""
-    if len(twins) != 2:
-        raise ValueError(f"matched needs the twin at exactly two coefficients, got {dict(twins)}")
-    (arm_a, s_a), (arm_b, s_b) = sorted(twins.items(), key=lambda item: item[1])
-    seeds = sorted(set(runs[target]) & set(runs[arm_a]) & set(runs[arm_b]))
+def _matched(report: SeedReport, runs: dict[str, dict[int, dict]], target: str | Mapping[str, float],
+             twin: str | Mapping[str, float]) -> None:
+    """Fill ``report.matched*``: ``target - twin`` at one side's length, the other side (two arms, ``{arm: s}``)
+    interpolated in ``s`` to it."""
+    pair, fixed = (twin, target) if isinstance(twin, Mapping) else (target, twin)
+    if not isinstance(pair, Mapping) or len(pair) != 2 or isinstance(fixed, Mapping):
+        raise ValueError(f"matched needs one arm and one pair of arms at two coefficients ({{arm: s}}), got "
+                         f"{target!r} and {twin!r}")
+    (arm_a, s_a), (arm_b, s_b) = sorted(pair.items(), key=lambda item: item[1])
+    seeds = sorted(set(runs[fixed]) & set(runs[arm_a]) & set(runs[arm_b]))
     if not seeds:
         return
     metrics = list(POLICY_COLUMNS)
-    values = {arm: _stack([vars(runs[arm][s]["evaluation"]) for s in seeds], metrics)
-              for arm in (target, arm_a, arm_b)}
+    values = {arm: _stack([vars(runs[arm][s]["evaluation"]) for s in seeds], metrics) for arm in (fixed, arm_a, arm_b)}
     length = metrics.index("mean_length")
     try:
-        s_star, at_target, w = interpolate_at_length(
+        s_star, interpolated, w = interpolate_at_length(
             (s_a, s_b), torch.stack([values[arm_a][:, length], values[arm_b][:, length]]),
-            torch.stack([values[arm_a], values[arm_b]]), values[target][:, length])
+            torch.stack([values[arm_a], values[arm_b]]), values[fixed][:, length])
     except ValueError as err:
-        raise ValueError(f"matched length of {target} against {arm_a} and {arm_b}, seed rows of seeds {seeds}: "
+        raise ValueError(f"matched length of {fixed} against {arm_a} and {arm_b}, seed rows of seeds {seeds}: "
                          f"{err}") from None
-    report.matched = _seed_difference(f"{target} - {arm_a}/{arm_b} at {target}'s length", seeds, values[target],
-                                      at_target)
+    report.matched_pair, report.matched_to = f"{arm_a}/{arm_b}", fixed
+    if pair is twin:
+        report.matched = _seed_difference(f"{fixed} - {arm_a}/{arm_b} at {fixed}'s length", seeds, values[fixed],
+                                          interpolated)
+    else:
+        report.matched = _seed_difference(f"{arm_a}/{arm_b} - {fixed} at {fixed}'s length", seeds, interpolated,
+                                          values[fixed])
     report.matched_coef = tuple(x.item() for x in seed_mean(s_star))
     report.matched_coefs, report.matched_weights = (s_a, s_b), w.tolist()
 
 
 def seed_report(output_dir, arms: Sequence[str], seeds: Sequence[int], answers, tokenizer, *,
-                pairs: Sequence[tuple[str, str]] = (), matched: tuple[str, Mapping[str, float]] | None = None
-                ) -> SeedReport:
+                pairs: Sequence[tuple[str, str]] = (),
+                matched: tuple[str | Mapping[str, float], str | Mapping[str, float]] | None = None) -> SeedReport:
     """Held-out metrics of every arm over its seeds, paired differences, and a matched-length comparison.
 
     Args:
@@ -210,16 +221,19 @@ def seed_report(output_dir, arms: Sequence[str], seeds: Sequence[int], answers, 
             list of ``P`` entries means held-out prompts ``0 .. P-1``.
         tokenizer: decodes the completions.
         pairs: ``(A, B)`` arm pairs: ``A - B`` per seed (both runs present) and over seeds.
-        matched: ``(target, {twin_a: s_a, twin_b: s_b})``: the target arm minus the twin arm interpolated per
-            seed, linearly in ``s`` between its two coefficients, to the target run's mean length
-            (:func:`~lenvm_rl.core.interpolate_at_length`), over the seeds all three have.
+        matched: ``(target, twin)``, one of them an arm and the other an arm run at two length coefficients,
+            ``{arm_a: s_a, arm_b: s_b}``: target minus twin, with the pair interpolated per seed, linearly in ``s``,
+            to the single arm's mean length (:func:`~lenvm_rl.core.interpolate_at_length`), over the seeds all
+            three have. ``("lenvm", {"group": 0.5, "group_s2.0": 2.0})`` moves the twin to lenvm's length;
+            ``({"lenvm_s0.25": 0.25, "lenvm": 0.5}, "group_s4.0")`` moves lenvm to the twin's.
     Returns:
         A :class:`SeedReport`; ``base`` from ``eval/base.jsonl`` when there.
     Raises:
         ValueError: an arm of ``pairs`` or ``matched`` not in ``arms``, or malformed records.
     """
     output_dir = Path(output_dir)
-    named = {a for pair in pairs for a in pair} | ({matched[0], *matched[1]} if matched else set())
+    named = {a for pair in pairs for a in pair}
+    named |= {arm for side in matched or () for arm in ([side] if isinstance(side, str) else side)}
     if named - set(arms):
         raise ValueError(f"pairs and matched name arms that are not in arms {list(arms)}: {sorted(named - set(arms))}")
     prompts = set(answers) if isinstance(answers, Mapping) else set(range(len(answers)))
@@ -360,19 +374,20 @@ def _extrapolated_seeds(report: SeedReport) -> list[int]:
 
 
 def format_matched(report: SeedReport) -> str:
-    """One line: how the twin was interpolated to the target's length, and where (warns of extrapolation)."""
+    """One line: how the pair was interpolated to the other arm's length, and where (warns of extrapolation)."""
     if report.matched is None:
         return "matched length: not available (needs the target and the twin at two coefficients, at a common seed)"
     s_a, s_b = report.matched_coefs
     s_star, s_se = report.matched_coef
     weights = ", ".join(f"{w:.2f}" for w in report.matched_weights)
     outside = _extrapolated_seeds(report)
-    line = (f"matched length: {report.matched.name}: the twin interpolated per seed, linearly in s between "
-            f"s = {s_a:g} and s = {s_b:g}, to the target's mean length, at s* = {s_star:.2f}"
+    line = (f"matched length: {report.matched.name}: {report.matched_pair} interpolated per seed, linearly in s "
+            f"between s = {s_a:g} and s = {s_b:g}, to {report.matched_to}'s mean length, at s* = {s_star:.2f}"
             + ("" if math.isnan(s_se) else f" ± {s_se:.2f}"))
     line += f" (w per seed: {weights}; error: SE over seeds of the per-seed differences)"
     if outside:
-        line += f"; EXTRAPOLATED at seeds {outside} (w outside [0, 1]): the twin's lengths do not bracket the target"
+        line += (f"; EXTRAPOLATED at seeds {outside} (w outside [0, 1]): the lengths of {report.matched_pair} do not "
+                 f"bracket {report.matched_to}'s")
     return line
 
 
@@ -400,7 +415,7 @@ def verdict(report: SeedReport, metric: str = "answer_rate", z: float = 2.0) -> 
     of seeds at which the measured between-seed SD would resolve the measured mean
     (:func:`~lenvm_rl.core.seeds_to_resolve`).
 
-    From the matched difference when the twin's two coefficients bracket the target's length at every seed;
+    From the matched difference when the pair's two coefficients bracket the other arm's length at every seed;
     otherwise (an extrapolation in ``s`` is no measurement) it says where they do not, and judges the first of
     ``report.differences``, at the same coefficient."""
     outside = _extrapolated_seeds(report)
@@ -409,8 +424,9 @@ def verdict(report: SeedReport, metric: str = "answer_rate", z: float = 2.0) -> 
     preface = ""
     if report.matched is not None:
         inside = [s for s in report.matched.seeds if s not in outside]
-        preface = (f"no matched-length verdict: the twin's two coefficients bracket the target's length at "
-                   f"{f'seeds {inside}' if inside else 'no seed'} of {report.matched.seeds} only; ")
+        preface = (f"no matched-length verdict: the two coefficients of {report.matched_pair} bracket "
+                   f"{report.matched_to}'s length at {f'seeds {inside}' if inside else 'no seed'} of "
+                   f"{report.matched.seeds} only; ")
     if not report.differences:
         return preface + "verdict: no paired difference to judge"
     row = report.differences[0]

@@ -47,6 +47,7 @@ RUNS = {
     "group_s1.0-seed0": (8, [1, 0, 0, 0]), "group_s1.0-seed1": (10, [1, 0, 0, 0]),
     "group_s1.0-seed2": (9, [1, 0, 0, 0]),
     "lenvm-seed0": (10, [1, 1, 0, 0]), "lenvm-seed1": (12, [1, 1, 1, 0]), "lenvm-seed2": (11, [1, 0, 1, 0]),
+    "lenvm_s1.0-seed0": (6, [1, 0, 0, 0]), "lenvm_s1.0-seed1": (8, [1, 0, 0, 0]), "lenvm_s1.0-seed2": (7, [1, 0, 0, 0]),
     "lenvm_pass_rate-seed0": (14, [1, 1, 1, 1]),
     "base": (LIMIT, [0, 0, 0, 0]),  # every completion cut at the limit
 }
@@ -134,12 +135,33 @@ def test_seeds_report_end_to_end(output_dir, smollm2_dir, tmp_path, capsys):
     assert f"| {matched} | answer rate | +12.5 pp | +37.5 pp | +12.5 pp | +20.8 pp ± 8.3 (3 seeds) |" in out
     assert f"| {matched} | accuracy | +12.5 pp | +12.5 pp | -12.5 pp | +4.2 pp ± 8.3 (3 seeds) |" in out
     assert f"| {matched} | mean length |" not in out
-    assert "between s = 0.5 and s = 1, to the target's mean length, at s* = 0.75 ± 0.00 (w per seed: 0.50, 0.50, " \
-           "0.50;" in out
+    assert "group/group_s1.0 interpolated per seed, linearly in s between s = 0.5 and s = 1, to lenvm's mean length, at " \
+           "s* = 0.75 ± 0.00 (w per seed: 0.50, 0.50, 0.50;" in out
     assert "EXTRAPOLATED" not in out
     # 20.8 >= 2 x 8.3: resolved; sd = sqrt(3) x 8.3 = 14.4 pp; (2 x 14.4 / 20.8)**2 = 1.9 -> 2 seeds
     assert ("at matched length the token-level critic keeps 20.8 ± 8.3 pp more answers (3 seeds); with the measured "
             "between-seed SD (14.4 pp) a difference of 20.8 pp is resolved at 2 SE by 2 seeds.") in out
+
+
+def test_seeds_report_matches_lenvm_at_two_coefficients_to_the_twins_length(output_dir, smollm2_dir, capsys):
+    bench.main(["report", "--output-dir", str(output_dir), "--model", smollm2_dir, "--arms",
+                "plain,group,lenvm,lenvm_s1.0,group_s1.0", "--seeds", "0,1,2", "--eval-prompts", "2",
+                "--matched", "lenvm,lenvm_s1.0:group_s1.0"])
+    out = capsys.readouterr().out
+    # lenvm's lengths (10, 6), (12, 8), (11, 7) at s = 0.5, 1 put the twin's 8, 10, 9 half way (w = 0.5, s* = 0.75);
+    # there lenvm answers (0.5 + 0.25) / 2, (0.75 + 0.25) / 2, (0.5 + 0.25) / 2 against the twin's 0.25: +1/8, +1/4,
+    # +1/8 -> mean 1/6, SE sd(12.5, 25, 12.5 pp) / sqrt(3) = 7.22 / sqrt(3) = 4.2 pp
+    matched = "lenvm/lenvm_s1.0 - group_s1.0 at group_s1.0's length"
+    assert f"| {matched} | answer rate | +12.5 pp | +25.0 pp | +12.5 pp | +16.7 pp ± 4.2 (3 seeds) |" in out
+    assert ("lenvm/lenvm_s1.0 interpolated per seed, linearly in s between s = 0.5 and s = 1, to group_s1.0's mean "
+            "length, at s* = 0.75 ± 0.00 (w per seed: 0.50, 0.50, 0.50;") in out
+    assert "at matched length the token-level critic keeps 16.7 ± 4.2 pp more answers (3 seeds)" in out
+    with pytest.raises(SystemExit, match="expected TARGET:TWIN"):
+        bench.main(["report", "--output-dir", str(output_dir), "--model", smollm2_dir, "--arms", "lenvm,group",
+                    "--seeds", "0,1", "--eval-prompts", "2", "--matched", "lenvm"])
+    with pytest.raises(ValueError, match="matched needs one arm and one pair of arms"):
+        bench.main(["report", "--output-dir", str(output_dir), "--model", smollm2_dir, "--arms", "lenvm,group",
+                    "--seeds", "0,1", "--eval-prompts", "2", "--matched", "lenvm:group"])
 
 
 def test_training_band_over_seeds(output_dir):
@@ -204,8 +226,8 @@ def test_verdict_and_matched_line_by_hand():
     # extrapolated at seed 4 (w = 1.3): no matched-length verdict; the same-coefficient difference is judged
     matched.differences = [difference("lenvm - group", [0, 4], [0.02, 0.04])]
     assert verdict(matched).startswith(
-        "no matched-length verdict: the twin's two coefficients bracket the target's length at seeds [0] of [0, 4] "
-        "only; at the same length coefficient (lenvm - group) the token-level critic keeps 3.0 ± 1.0 pp more")
+        "no matched-length verdict: the two coefficients of the twin bracket the target's length at seeds [0] of "
+        "[0, 4] only; at the same length coefficient (lenvm - group) the token-level critic keeps 3.0 ± 1.0 pp more")
     matched.matched_weights = [0.5, 1.0]  # both inside [0, 1]: interpolated, judged at matched length
     assert verdict(matched).startswith("at matched length the token-level critic keeps 20.0 ± 10.0 pp fewer answers")
     matched.matched_weights = [0.5, 1.3]
