@@ -433,6 +433,13 @@ def plot_seeds(args, arms: list[str], seeds: list[int], result) -> None:
                                                           100 * summary.seed_se["answer_rate"]))
         right.errorbar(summary.mean["mean_length"], 100 * summary.mean["answer_rate"], xerr=xerr, yerr=yerr,
                        fmt="o", capsize=3, color=colors[arm], label=label(arm, len(summary.seeds)))
+    for family in ("group", "lenvm"):  # one estimator at several s: a dashed line in the order of s
+        points = sorted([(arm_settings(arm).get("length_coef", args.length_coef), summary.mean)
+                         for arm, summary in result.arms.items() if arm == family or arm.startswith(family + "_s")],
+                        key=lambda point: point[0])
+        if len(points) > 1:
+            right.plot([m["mean_length"] for _, m in points], [100 * m["answer_rate"] for _, m in points], "--",
+                       color="gray", linewidth=0.8, zorder=0)
     if result.base is not None:
         right.plot(result.base.mean_length, 100 * result.base.answer_rate, "s", color="gray", label="base")
     right.set_xlabel("held-out mean length (tokens)")

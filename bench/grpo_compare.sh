@@ -3,8 +3,10 @@
 #  1. a LenVM for the policy: value head on the frozen SmolLM2-135M-Instruct, pretrained on the committed
 #     GSM8K rollouts of the policy itself at the RL temperature (200 questions x 8, T 0.7), 1 epoch;
 #  2. the RL runs, seed by seed (bench_grpo.py train skips finished runs and resumes from the last checkpoint):
-#     plain, group, lenvm and the group twin at s = GROUP2_COEF (default 2.0: at 1.0 the twin stayed longer than
-#     lenvm at seed 0) at every seed of SEEDS (default 0,1,2), and lenvm + pass-rate gate at seed 0 only;
+#     plain, group, lenvm, the group twin at each s of TWIN_COEFS (default 2.0,4.0) and lenvm at s = LENVM2_COEF
+#     (default 0.25) at every seed of SEEDS (default 0,1,2), and lenvm + pass-rate gate at seed 0 only. The twin's
+#     length stopped falling with s (at 1, 2 and 4 it stayed longer than lenvm), so the matched-length comparison
+#     moves lenvm instead: lenvm at LENVM2_COEF and LENGTH_COEF, interpolated in s to the last twin's length;
 #  3. held-out samples of every run and of the base policy, then the tables over seeds and docs/grpo_seeds.png.
 # OUT (default bench/results/grpo) holds checkpoints; LENVM (default $OUT/critic) the critic; LENGTH_COEF
 # (default 0.5) is the s of the arms without _sX, in train and report; PLOT the PNG; DATA the GSM8K source. Extra
@@ -18,7 +20,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/grpo}
 LENVM=${LENVM:-$OUT/critic}
 SEEDS=${SEEDS:-0,1,2}
-GROUP2_COEF=${GROUP2_COEF:-2.0}
+TWIN_COEFS=${TWIN_COEFS:-2.0,4.0}
+LENVM2_COEF=${LENVM2_COEF:-0.25}
 LENGTH_COEF=${LENGTH_COEF:-0.5}
 DATA=${DATA:-openai/gsm8k}  # GSM8K: the Hub id, or a local folder of train.jsonl/test.jsonl (offline)
 TRAIN="bench/rollouts/gsm8k_train200_n8_t0.7.rows0-139.jsonl bench/rollouts/gsm8k_train200_n8_t0.7.rows140-199.jsonl"
@@ -46,7 +49,9 @@ if [ -n "${ARMS:-}" ]; then
   python bench/bench_grpo.py report --data "$DATA" --output-dir "$OUT" --arms "$ARMS" --plot "${PLOT:-docs/grpo_compare.png}"
   exit 0
 fi
-SEEDED=plain,group,lenvm,group_s$GROUP2_COEF
+twins=$(printf 'group_s%s,' ${TWIN_COEFS//,/ })
+SEEDED=plain,group,lenvm,${twins}lenvm_s$LENVM2_COEF
+MATCHED=lenvm,lenvm_s$LENVM2_COEF:group_s${TWIN_COEFS##*,}
 GATED=lenvm_pass_rate
 # seed by seed, so that a partial run already has every arm at the first seeds; the gated arm runs at seed 0 only
 for seed in ${SEEDS//,/ }; do
@@ -60,7 +65,7 @@ done
 python bench/bench_grpo.py evaluate --data "$DATA" --output-dir "$OUT" --arms "$SEEDED" --seeds "$SEEDS"
 python bench/bench_grpo.py evaluate --data "$DATA" --output-dir "$OUT" --arms "$GATED" --seeds 0
 python bench/bench_grpo.py report --data "$DATA" --output-dir "$OUT" --arms "$SEEDED,$GATED" --seeds "$SEEDS" \
-  --length-coef "$LENGTH_COEF" --seeds-plot "${PLOT:-docs/grpo_seeds.png}"
+  --length-coef "$LENGTH_COEF" --matched "$MATCHED" --seeds-plot "${PLOT:-docs/grpo_seeds.png}"
 # The record to commit (ARCHIVE, default bench/grpo_seeds): each finished run's training log (the last checkpoint's
 # trainer_state.json, no weights) and held-out samples, in $OUT's layout, so that `report --output-dir $ARCHIVE`
 # rebuilds the tables and the plot without any checkpoint.
