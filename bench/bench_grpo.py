@@ -347,12 +347,15 @@ def single_seed_report(args, seed: int) -> None:
 
 
 def matched_sides(args, arms: list[str], twins: list[str]):
-    """``--matched TARGET:TWIN`` as :func:`lenvm_rl.rl_report.seed_report` takes it: a side naming two arms
-    (``A,B``) becomes ``{arm: length_coef}``. Default: lenvm against the group twin when it ran at two
-    coefficients."""
+    """``--matched TARGET:TWIN`` as :func:`lenvm_rl.rl_report.seed_report` takes it: a side naming several arms
+    (``A,B,...``) becomes ``{arm: length_coef}``, plain GRPO at ``s = 0``. Default: lenvm against the group twin
+    when it ran at two coefficients."""
+    def coef(arm: str) -> float:  # plain GRPO is any estimator at s = 0
+        settings = arm_settings(arm)
+        return 0.0 if settings.get("length_estimator") == "none" else settings.get("length_coef", args.length_coef)
+
     def side(arms: list[str]):
-        return arms[0] if len(arms) == 1 else {arm: arm_settings(arm).get("length_coef", args.length_coef)
-                                                for arm in arms}
+        return arms[0] if len(arms) == 1 else {arm: coef(arm) for arm in arms}
 
     if args.matched is None:
         return ("lenvm", side(twins)) if "lenvm" in arms and len(twins) == 2 else None
@@ -512,10 +515,10 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--length-coef", type=float, default=0.5,
                            help="the length_coef of an arm without _sX (train's --length-coef): the twin's point")
             p.add_argument("--matched", default=None,
-                           help="several seeds: TARGET:TWIN, one side an arm and the other two arms 'A,B' of one "
-                                "estimator at two length coefficients, interpolated in s to the first's length, e.g. "
-                                "lenvm:group,group_s2.0 (the default when those two group arms are given) or "
-                                "lenvm_s0.25,lenvm:group_s4.0")
+                           help="several seeds: TARGET:TWIN, one side an arm and the other the arms 'A,B,...' of one "
+                                "estimator at several length coefficients (plain: s = 0), interpolated in s to the "
+                                "arm's length, e.g. lenvm:group,group_s2.0 (the default when those two group arms "
+                                "are given) or plain,lenvm_s0.25,lenvm:group_s4.0")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
     if args.command == "overhead":

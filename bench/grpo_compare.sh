@@ -6,7 +6,8 @@
 #     plain, group, lenvm, the group twin at each s of TWIN_COEFS (default 2.0,4.0) and lenvm at s = LENVM2_COEF
 #     (default 0.25) at every seed of SEEDS (default 0,1,2), and lenvm + pass-rate gate at seed 0 only. The twin's
 #     length stopped falling with s (at 1, 2 and 4 it stayed longer than lenvm), so the matched-length comparison
-#     moves lenvm instead: lenvm at LENVM2_COEF and LENGTH_COEF, interpolated in s to the last twin's length;
+#     moves lenvm instead: plain (s = 0), lenvm at LENVM2_COEF and at LENGTH_COEF, piecewise linear in s, to the
+#     last twin's length;
 #  3. held-out samples of every run and of the base policy, then the tables over seeds and docs/grpo_seeds.png.
 # OUT (default bench/results/grpo) holds checkpoints; LENVM (default $OUT/critic) the critic; LENGTH_COEF
 # (default 0.5) is the s of the arms without _sX, in train and report; PLOT the PNG; DATA the GSM8K source. Extra
@@ -51,7 +52,7 @@ if [ -n "${ARMS:-}" ]; then
 fi
 twins=$(printf 'group_s%s,' ${TWIN_COEFS//,/ })
 SEEDED=plain,group,lenvm,${twins}lenvm_s$LENVM2_COEF
-MATCHED=lenvm,lenvm_s$LENVM2_COEF:group_s${TWIN_COEFS##*,}
+MATCHED=plain,lenvm_s$LENVM2_COEF,lenvm:group_s${TWIN_COEFS##*,}
 GATED=lenvm_pass_rate
 # seed by seed, so that a partial run already has every arm at the first seeds; the gated arm runs at seed 0 only
 for seed in ${SEEDS//,/ }; do

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lenvm_rl.core import (
-    interpolate_at_length,
+    interpolate_piecewise_at_length,
     paired_seed_differences,
     pooled_standard_error,
     seed_mean,
@@ -177,35 +177,35 @@ def _difference(name: str, a: dict[int, dict], b: dict[int, dict]) -> SeedDiffer
 
 def _matched(report: SeedReport, runs: dict[str, dict[int, dict]], target: str | Mapping[str, float],
              twin: str | Mapping[str, float]) -> None:
-    """Fill ``report.matched*``: ``target - twin`` at one side's length, the other side (two arms, ``{arm: s}``)
-    interpolated in ``s`` to it."""
+    """Fill ``report.matched*``: ``target - twin`` at one side's length, the other side (an estimator's arms at two
+    or more coefficients, ``{arm: s}``) interpolated in ``s`` to it."""
     pair, fixed = (twin, target) if isinstance(twin, Mapping) else (target, twin)
-    if not isinstance(pair, Mapping) or len(pair) != 2 or isinstance(fixed, Mapping):
+    if not isinstance(pair, Mapping) or len(pair) < 2 or isinstance(fixed, Mapping):
         raise ValueError(f"matched needs one arm and one pair of arms at two coefficients ({{arm: s}}), got "
                          f"{target!r} and {twin!r}")
-    (arm_a, s_a), (arm_b, s_b) = sorted(pair.items(), key=lambda item: item[1])
-    seeds = sorted(set(runs[fixed]) & set(runs[arm_a]) & set(runs[arm_b]))
+    pair = dict(sorted(pair.items(), key=lambda item: item[1]))
+    seeds = sorted(set(runs[fixed]).intersection(*(runs[arm] for arm in pair)))
     if not seeds:
         return
     metrics = list(POLICY_COLUMNS)
-    values = {arm: _stack([vars(runs[arm][s]["evaluation"]) for s in seeds], metrics) for arm in (fixed, arm_a, arm_b)}
+    values = {arm: _stack([vars(runs[arm][s]["evaluation"]) for s in seeds], metrics) for arm in (fixed, *pair)}
     length = metrics.index("mean_length")
     try:
-        s_star, interpolated, w = interpolate_at_length(
-            (s_a, s_b), torch.stack([values[arm_a][:, length], values[arm_b][:, length]]),
-            torch.stack([values[arm_a], values[arm_b]]), values[fixed][:, length])
+        s_star, interpolated, w, _ = interpolate_piecewise_at_length(
+            list(pair.values()), torch.stack([values[arm][:, length] for arm in pair]),
+            torch.stack([values[arm] for arm in pair]), values[fixed][:, length])
     except ValueError as err:
-        raise ValueError(f"matched length of {fixed} against {arm_a} and {arm_b}, seed rows of seeds {seeds}: "
+        raise ValueError(f"matched length of {fixed} against {', '.join(pair)}, seed rows of seeds {seeds}: "
                          f"{err}") from None
-    report.matched_pair, report.matched_to = f"{arm_a}/{arm_b}", fixed
-    if pair is twin:
-        report.matched = _seed_difference(f"{fixed} - {arm_a}/{arm_b} at {fixed}'s length", seeds, values[fixed],
-                                          interpolated)
+    report.matched_pair, report.matched_to = "/".join(pair), fixed
+    if isinstance(twin, Mapping):  # the twin moves to the target's length
+        report.matched = _seed_difference(f"{fixed} - {report.matched_pair} at {fixed}'s length", seeds,
+                                          values[fixed], interpolated)
     else:
-        report.matched = _seed_difference(f"{arm_a}/{arm_b} - {fixed} at {fixed}'s length", seeds, interpolated,
-                                          values[fixed])
+        report.matched = _seed_difference(f"{report.matched_pair} - {fixed} at {fixed}'s length", seeds,
+                                          interpolated, values[fixed])
     report.matched_coef = tuple(x.item() for x in seed_mean(s_star))
-    report.matched_coefs, report.matched_weights = (s_a, s_b), w.tolist()
+    report.matched_coefs, report.matched_weights = tuple(pair.values()), w.tolist()
 
 
 def seed_report(output_dir, arms: Sequence[str], seeds: Sequence[int], answers, tokenizer, *,
@@ -221,11 +221,12 @@ def seed_report(output_dir, arms: Sequence[str], seeds: Sequence[int], answers, 
             list of ``P`` entries means held-out prompts ``0 .. P-1``.
         tokenizer: decodes the completions.
         pairs: ``(A, B)`` arm pairs: ``A - B`` per seed (both runs present) and over seeds.
-        matched: ``(target, twin)``, one of them an arm and the other an arm run at two length coefficients,
-            ``{arm_a: s_a, arm_b: s_b}``: target minus twin, with the pair interpolated per seed, linearly in ``s``,
-            to the single arm's mean length (:func:`~lenvm_rl.core.interpolate_at_length`), over the seeds all
-            three have. ``("lenvm", {"group": 0.5, "group_s2.0": 2.0})`` moves the twin to lenvm's length;
-            ``({"lenvm_s0.25": 0.25, "lenvm": 0.5}, "group_s4.0")`` moves lenvm to the twin's.
+        matched: ``(target, twin)``, one of them an arm and the other an estimator run at two or more length
+            coefficients, ``{arm_a: s_a, arm_b: s_b, ...}``: target minus twin, with the latter interpolated per
+            seed, (piecewise) linearly in ``s``, to the single arm's mean length
+            (:func:`~lenvm_rl.core.interpolate_piecewise_at_length`), over the seeds they all have.
+            ``("lenvm", {"group": 0.5, "group_s2.0": 2.0})`` moves the twin to lenvm's length;
+            ``({"plain": 0.0, "lenvm_s0.25": 0.25, "lenvm": 0.5}, "group_s4.0")`` moves lenvm to the twin's.
     Returns:
         A :class:`SeedReport`; ``base`` from ``eval/base.jsonl`` when there.
     Raises:
@@ -377,13 +378,14 @@ def format_matched(report: SeedReport) -> str:
     """One line: how the pair was interpolated to the other arm's length, and where (warns of extrapolation)."""
     if report.matched is None:
         return "matched length: not available (needs the target and the twin at two coefficients, at a common seed)"
-    s_a, s_b = report.matched_coefs
+    coefs = report.matched_coefs
     s_star, s_se = report.matched_coef
     weights = ", ".join(f"{w:.2f}" for w in report.matched_weights)
     outside = _extrapolated_seeds(report)
-    line = (f"matched length: {report.matched.name}: {report.matched_pair} interpolated per seed, linearly in s "
-            f"between s = {s_a:g} and s = {s_b:g}, to {report.matched_to}'s mean length, at s* = {s_star:.2f}"
-            + ("" if math.isnan(s_se) else f" ± {s_se:.2f}"))
+    how = (f"linearly in s between s = {coefs[0]:g} and s = {coefs[1]:g}" if len(coefs) == 2 else
+           f"piecewise linearly in s through s = {', '.join(f'{c:g}' for c in coefs)}")
+    line = (f"matched length: {report.matched.name}: {report.matched_pair} interpolated per seed, {how}, to "
+            f"{report.matched_to}'s mean length, at s* = {s_star:.2f}" + ("" if math.isnan(s_se) else f" ± {s_se:.2f}"))
     line += f" (w per seed: {weights}; error: SE over seeds of the per-seed differences)"
     if outside:
         line += (f"; EXTRAPOLATED at seeds {outside} (w outside [0, 1]): the lengths of {report.matched_pair} do not "

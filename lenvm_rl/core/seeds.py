@@ -26,8 +26,8 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["interpolate_at_length", "paired_seed_differences", "pooled_standard_error", "seed_mean",
-           "seeds_to_resolve"]
+__all__ = ["interpolate_at_length", "interpolate_piecewise_at_length", "paired_seed_differences",
+           "pooled_standard_error", "seed_mean", "seeds_to_resolve"]
 
 
 def _per_seed(name: str, x: Tensor) -> Tensor:
@@ -150,6 +150,49 @@ def interpolate_at_length(coefs: tuple[float, float], lengths: Tensor, metrics: 
     s_star = coefs[0] + w * (coefs[1] - coefs[0])
     w_metric = w.reshape(-1, *([1] * (metrics.dim() - 2)))
     return s_star, metrics[0] + w_metric * (metrics[1] - metrics[0]), w
+
+
+def interpolate_piecewise_at_length(coefs, lengths: Tensor, metrics: Tensor, target_lengths: Tensor
+                                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`interpolate_at_length` for an arm run at ``K >= 2`` length coefficients: length and metric are
+    piecewise linear in ``s`` between adjacent coefficients (in increasing ``s``).
+
+    Per seed ``i`` the segment ``k`` (between the ``k``-th and ``k+1``-th smallest coefficient) is the first, in
+    increasing ``s``, whose two lengths bracket ``L*_i`` (``0 <= w <= 1``), i.e. the smallest ``s`` at which the
+    line reaches the target; when none brackets it, the segment whose ``w`` lies nearest to ``[0, 1]``
+    extrapolates, and its ``w`` says so. With ``K = 2`` this is :func:`interpolate_at_length`.
+
+    Args:
+        coefs: ``K`` different finite coefficients, in any order.
+        lengths: ``(K, S)``; metrics: ``(K, S, *)``; target_lengths: ``(S,)``: as in :func:`interpolate_at_length`,
+            row ``k`` at ``coefs[k]``.
+    Returns:
+        ``(s_star, m_star, w, segment)``: ``(S,)``, ``(S, *)``, ``(S,)`` float64 and ``(S,)`` long, ``w`` within
+        the chosen segment and ``segment`` its index in increasing ``s``.
+    Raises:
+        ValueError: fewer than two or repeated coefficients, bad shapes, or equal lengths at both ends of a
+            segment (naming it).
+    """
+    coefs = [float(c) for c in coefs]
+    if len(coefs) < 2 or len(set(coefs)) != len(coefs):
+        raise ValueError(f"coefs must be at least two different coefficients, got {coefs}")
+    lengths, metrics = torch.as_tensor(lengths).double(), torch.as_tensor(metrics).double()
+    if lengths.dim() != 2 or lengths.shape[0] != len(coefs) or tuple(metrics.shape[:2]) != tuple(lengths.shape):
+        raise ValueError(f"lengths must have shape (K, S) and metrics (K, S, *) with K = {len(coefs)} coefficients, "
+                         f"got {tuple(lengths.shape)} and {tuple(metrics.shape)}")
+    order = sorted(range(len(coefs)), key=coefs.__getitem__)
+    segments = []
+    for k, (a, b) in enumerate(zip(order, order[1:])):
+        try:
+            segments.append(interpolate_at_length((coefs[a], coefs[b]), lengths[[a, b]], metrics[[a, b]],
+                                                  target_lengths))
+        except ValueError as err:
+            raise ValueError(f"segment {k} (s = {coefs[a]:g} to {coefs[b]:g}): {err}") from None
+    s_star, m_star, w = (torch.stack(parts) for parts in zip(*segments))  # (K-1, S), (K-1, S, *), (K-1, S)
+    outside = torch.maximum(-w, w - 1).clamp(min=0)  # 0 where the segment brackets the target
+    segment = outside.argmin(dim=0)  # the first of equals: the smallest s
+    seeds = torch.arange(w.shape[1])
+    return s_star[segment, seeds], m_star[segment, seeds], w[segment, seeds], segment
 
 
 def seeds_to_resolve(difference: Tensor, sd: Tensor, z: float = 2.0) -> Tensor:

@@ -156,6 +156,16 @@ def test_seeds_report_matches_lenvm_at_two_coefficients_to_the_twins_length(outp
     assert ("lenvm/lenvm_s1.0 interpolated per seed, linearly in s between s = 0.5 and s = 1, to group_s1.0's mean "
             "length, at s* = 0.75 ± 0.00 (w per seed: 0.50, 0.50, 0.50;") in out
     assert "at matched length the token-level critic keeps 16.7 ± 4.2 pp more answers (3 seeds)" in out
+    # lenvm through plain (s = 0), lenvm and lenvm_s1.0 at group's lengths 12, 14, 13: on the segment from plain's 16
+    # to lenvm's 10, 12, 11 (w = 2/3, 1/2, 3/5), answering 1/4 + w/4, 1/2 + w/4, 1/4 + w/4 against group's 1/2
+    bench.main(["report", "--output-dir", str(output_dir), "--model", smollm2_dir, "--arms",
+                "plain,group,lenvm,lenvm_s1.0", "--seeds", "0,1,2", "--eval-prompts", "2",
+                "--matched", "plain,lenvm,lenvm_s1.0:group"])
+    out = capsys.readouterr().out
+    matched = "plain/lenvm/lenvm_s1.0 - group at group's length"
+    assert f"| {matched} | answer rate | -8.3 pp | +12.5 pp | -10.0 pp | -1.9 pp ± 7.2 (3 seeds) |" in out
+    assert ("interpolated per seed, piecewise linearly in s through s = 0, 0.5, 1, to group's mean length, at "
+            "s* = 0.29 ± 0.02 (w per seed: 0.67, 0.50, 0.60;") in out
     with pytest.raises(SystemExit, match="expected TARGET:TWIN"):
         bench.main(["report", "--output-dir", str(output_dir), "--model", smollm2_dir, "--arms", "lenvm,group",
                     "--seeds", "0,1", "--eval-prompts", "2", "--matched", "lenvm"])

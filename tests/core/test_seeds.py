@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from lenvm_rl.core import (
     interpolate_at_length,
+    interpolate_piecewise_at_length,
     paired_seed_differences,
     pooled_standard_error,
     seed_mean,
@@ -81,6 +82,26 @@ def test_interpolate_at_length_by_hand():
     close(m_star, [0.625])
 
 
+def test_interpolate_piecewise_at_length_by_hand():
+    # an arm at s = 0, 0.25, 0.5 (given out of order): lengths 130, 110, 90, answers 0.5, 0.6, 0.4 at every seed.
+    # 120 lies half way on segment 0 (s* = 0.125, answer 0.55), 100 half way on segment 1 (s* = 0.375, 0.5);
+    # 140 is beyond s = 0 (segment 0, w = -0.5: s* = -0.125, 0.45), 80 beyond s = 0.5 (segment 1, w = 1.5: 0.3)
+    order = [1, 0, 2]
+    lengths = t([[130.0] * 4, [110.0] * 4, [90.0] * 4])[order]
+    metrics = t([[[0.5]] * 4, [[0.6]] * 4, [[0.4]] * 4])[order]
+    s_star, m_star, w, segment = interpolate_piecewise_at_length((0.25, 0.0, 0.5), lengths, metrics,
+                                                                 t([120.0, 100.0, 140.0, 80.0]))
+    close(s_star, [0.125, 0.375, -0.125, 0.625])
+    close(m_star, [[0.55], [0.5], [0.45], [0.3]])
+    close(w, [0.5, 0.5, -0.5, 1.5])
+    assert segment.tolist() == [0, 1, 0, 1]
+    # a non-monotone arm (lengths 100, 90, 95): 92 is reached on both segments; the smaller s wins (segment 0)
+    _, _, w, segment = interpolate_piecewise_at_length((0.0, 1.0, 2.0), t([[100.0], [90.0], [95.0]]),
+                                                       t([[0.0], [1.0], [2.0]]), t([92.0]))
+    close(w, [0.8])
+    assert segment.tolist() == [0]
+
+
 def test_seeds_to_resolve_by_hand():
     # (2 * 3 / 1)**2 = 36; (2 * 2.5 / 1)**2 = 25 exactly; a tiny sd still needs 2 seeds; 0 never; NaN unknown
     close(seeds_to_resolve(t([1.0, -1.0, 1.0, 0.2, 0.0, 1.0]), t([3.0, 2.5, 0.0, 0.01, 1.0, NAN])),
@@ -137,6 +158,29 @@ def test_interpolation_hits_both_points_and_stays_on_the_line(rows, coefs, fract
 
 
 @FAST
+@given(st.lists(st.tuples(finite, finite, finite, finite, finite, finite), min_size=1, max_size=6),
+       st.floats(-2, 3))
+def test_piecewise_interpolation_is_the_two_point_one_on_its_segment(rows, fraction):
+    l0, l1, l2, m0, m1, m2 = (t(list(col)) for col in zip(*rows))
+    assume(bool(((l1 - l0).abs() > 1e-3).all() and ((l2 - l1).abs() > 1e-3).all()))
+    lengths, metrics, coefs = torch.stack([l0, l1, l2]), torch.stack([m0, m1, m2]), (0.0, 0.5, 1.5)
+    target = l1 + fraction * (l2 - l1)
+    s_star, m_star, w, segment = interpolate_piecewise_at_length(coefs, lengths, metrics, target)
+    for k in (0, 1):
+        s_k, m_k, w_k = interpolate_at_length(coefs[k : k + 2], lengths[k : k + 2], metrics[k : k + 2], target)
+        chosen = segment == k
+        torch.testing.assert_close(s_star[chosen], s_k[chosen])
+        torch.testing.assert_close(m_star[chosen], m_k[chosen])
+        torch.testing.assert_close(w[chosen], w_k[chosen])
+        if k == 0:  # segment 0 is taken whenever it brackets the target
+            assert bool((chosen | (w_k < 0) | (w_k > 1)).all())
+    # two coefficients: exactly interpolate_at_length
+    two = interpolate_piecewise_at_length(coefs[:2], lengths[:2], metrics[:2], target)
+    for a, b in zip(two[:3], interpolate_at_length(coefs[:2], lengths[:2], metrics[:2], target)):
+        torch.testing.assert_close(a, b)
+
+
+@FAST
 @given(st.floats(1e-3, 1e2), st.floats(1e-3, 1e2), st.floats(0.5, 4))
 def test_seeds_to_resolve_is_the_smallest_sufficient_number(difference, sd, z):
     n = int(seeds_to_resolve(t(difference), t(sd), z).item())
@@ -163,6 +207,13 @@ def test_bad_inputs_are_refused():
         interpolate_at_length((0.5, 1.0), t([[1.0, 2.0]]), t([[0.0, 1.0]]), t([1.5, 1.5]))
     with pytest.raises(ValueError, match=r"metrics must have shape \(2, S, \*\)"):
         interpolate_at_length((0.5, 1.0), t([[1.0, 2.0], [3.0, 4.0]]), t([0.0, 1.0]), t([1.5, 1.5]))
+    with pytest.raises(ValueError, match="at least two different coefficients"):
+        interpolate_piecewise_at_length((0.5, 0.5, 1.0), t([[1.0], [2.0], [3.0]]), t([[0.0], [1.0], [2.0]]), t([1.5]))
+    with pytest.raises(ValueError, match=r"lengths must have shape \(K, S\).*K = 3"):
+        interpolate_piecewise_at_length((0.0, 0.5, 1.0), t([[1.0], [2.0]]), t([[0.0], [1.0]]), t([1.5]))
+    with pytest.raises(ValueError, match=r"segment 1 \(s = 0.5 to 1\): seed row 0: the same mean length 2.0"):
+        interpolate_piecewise_at_length((0.0, 0.5, 1.0), t([[1.0], [2.0], [2.0]]), t([[0.0], [1.0], [2.0]]),
+                                        t([1.5]))
     with pytest.raises(ValueError, match="seed row 1: the same mean length 7.0"):
         interpolate_at_length((0.5, 1.0), t([[1.0, 7.0], [3.0, 7.0]]), t([[0.0, 0.0], [1.0, 1.0]]), t([2.0, 7.0]))
     with pytest.raises(ValueError, match="z must be > 0"):
