@@ -144,10 +144,12 @@ def test_seeds_report_end_to_end(output_dir, smollm2_dir, tmp_path, capsys):
 
 
 def test_seeds_report_matches_lenvm_at_two_coefficients_to_the_twins_length(output_dir, smollm2_dir, capsys):
-    bench.main(["report", "--output-dir", str(output_dir), "--model", smollm2_dir, "--arms",
-                "plain,group,lenvm,lenvm_s1.0,group_s1.0", "--seeds", "0,1,2", "--eval-prompts", "2",
-                "--matched", "lenvm,lenvm_s1.0:group_s1.0"])
-    out = capsys.readouterr().out
+    def report(arms: str, matched: str, seeds: str = "0,1,2") -> str:
+        bench.main(["report", "--output-dir", str(output_dir), "--model", smollm2_dir, "--arms", arms,
+                    "--seeds", seeds, "--eval-prompts", "2", "--matched", matched])
+        return capsys.readouterr().out
+
+    out = report("plain,group,lenvm,lenvm_s1.0,group_s1.0", "lenvm,lenvm_s1.0:group_s1.0")
     # lenvm's lengths (10, 6), (12, 8), (11, 7) at s = 0.5, 1 put the twin's 8, 10, 9 half way (w = 0.5, s* = 0.75);
     # there lenvm answers (0.5 + 0.25) / 2, (0.75 + 0.25) / 2, (0.5 + 0.25) / 2 against the twin's 0.25: +1/8, +1/4,
     # +1/8 -> mean 1/6, SE sd(12.5, 25, 12.5 pp) / sqrt(3) = 7.22 / sqrt(3) = 4.2 pp
@@ -158,20 +160,15 @@ def test_seeds_report_matches_lenvm_at_two_coefficients_to_the_twins_length(outp
     assert "at matched length the token-level critic keeps 16.7 ± 4.2 pp more answers (3 seeds)" in out
     # lenvm through plain (s = 0), lenvm and lenvm_s1.0 at group's lengths 12, 14, 13: on the segment from plain's 16
     # to lenvm's 10, 12, 11 (w = 2/3, 1/2, 3/5), answering 1/4 + w/4, 1/2 + w/4, 1/4 + w/4 against group's 1/2
-    bench.main(["report", "--output-dir", str(output_dir), "--model", smollm2_dir, "--arms",
-                "plain,group,lenvm,lenvm_s1.0", "--seeds", "0,1,2", "--eval-prompts", "2",
-                "--matched", "plain,lenvm,lenvm_s1.0:group"])
-    out = capsys.readouterr().out
+    out = report("plain,group,lenvm,lenvm_s1.0", "plain,lenvm,lenvm_s1.0:group")
     matched = "plain/lenvm/lenvm_s1.0 - group at group's length"
     assert f"| {matched} | answer rate | -8.3 pp | +12.5 pp | -10.0 pp | -1.9 pp ± 7.2 (3 seeds) |" in out
     assert ("interpolated per seed, piecewise linearly in s through s = 0, 0.5, 1, to group's mean length, at "
             "s* = 0.29 ± 0.02 (w per seed: 0.67, 0.50, 0.60;") in out
     with pytest.raises(SystemExit, match="expected TARGET:TWIN"):
-        bench.main(["report", "--output-dir", str(output_dir), "--model", smollm2_dir, "--arms", "lenvm,group",
-                    "--seeds", "0,1", "--eval-prompts", "2", "--matched", "lenvm"])
+        report("lenvm,group", "lenvm", seeds="0,1")
     with pytest.raises(ValueError, match="matched needs one arm and one pair of arms"):
-        bench.main(["report", "--output-dir", str(output_dir), "--model", smollm2_dir, "--arms", "lenvm,group",
-                    "--seeds", "0,1", "--eval-prompts", "2", "--matched", "lenvm:group"])
+        report("lenvm,group", "lenvm:group", seeds="0,1")
 
 
 def test_training_band_over_seeds(output_dir):
