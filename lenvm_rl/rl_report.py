@@ -426,7 +426,7 @@ def verdict(report: SeedReport, metric: str = "answer_rate", z: float = 2.0) -> 
     preface = ""
     if report.matched is not None:
         inside = [s for s in report.matched.seeds if s not in outside]
-        preface = (f"no matched-length verdict: the two coefficients of {report.matched_pair} bracket "
+        preface = (f"no matched-length verdict: the coefficients of {report.matched_pair} bracket "
                    f"{report.matched_to}'s length at {f'seeds {inside}' if inside else 'no seed'} of "
                    f"{report.matched.seeds} only; ")
     if not report.differences:

@@ -233,8 +233,8 @@ def test_verdict_and_matched_line_by_hand():
     # extrapolated at seed 4 (w = 1.3): no matched-length verdict; the same-coefficient difference is judged
     matched.differences = [difference("lenvm - group", [0, 4], [0.02, 0.04])]
     assert verdict(matched).startswith(
-        "no matched-length verdict: the two coefficients of the twin bracket the target's length at seeds [0] of "
-        "[0, 4] only; at the same length coefficient (lenvm - group) the token-level critic keeps 3.0 ± 1.0 pp more")
+        "no matched-length verdict: the coefficients of the twin bracket the target's length at seeds [0] of [0, 4] "
+        "only; at the same length coefficient (lenvm - group) the token-level critic keeps 3.0 ± 1.0 pp more")
     matched.matched_weights = [0.5, 1.0]  # both inside [0, 1]: interpolated, judged at matched length
     assert verdict(matched).startswith("at matched length the token-level critic keeps 20.0 ± 10.0 pp fewer answers")
     matched.matched_weights = [0.5, 1.3]
