@@ -155,6 +155,12 @@ def arm_settings(arm: str) -> dict:
                      "length_coef X")
 
 
+def arm_coef(arm: str, default: float) -> float:
+    """An arm's length coefficient ``s``: its ``_sX``, else ``default``; plain GRPO is any estimator at ``s = 0``."""
+    settings = arm_settings(arm)
+    return 0.0 if settings.get("length_estimator") == "none" else settings.get("length_coef", default)
+
+
 def run_names(arms: str, seeds: str) -> list[str]:
     """One run per arm and training seed: ``ARM-seedN`` (its folder under --output-dir and its eval file)."""
     return [f"{arm}-seed{int(seed)}" for arm in arms.split(",") for seed in seeds.split(",")]
@@ -350,12 +356,8 @@ def matched_sides(args, arms: list[str], twins: list[str]):
     """``--matched TARGET:TWIN`` as :func:`lenvm_rl.rl_report.seed_report` takes it: a side naming several arms
     (``A,B,...``) becomes ``{arm: length_coef}``, plain GRPO at ``s = 0``. Default: lenvm against the group twin
     when it ran at two coefficients."""
-    def coef(arm: str) -> float:  # plain GRPO is any estimator at s = 0
-        settings = arm_settings(arm)
-        return 0.0 if settings.get("length_estimator") == "none" else settings.get("length_coef", args.length_coef)
-
     def side(arms: list[str]):
-        return arms[0] if len(arms) == 1 else {arm: coef(arm) for arm in arms}
+        return arms[0] if len(arms) == 1 else {arm: arm_coef(arm, args.length_coef) for arm in arms}
 
     if args.matched is None:
         return ("lenvm", side(twins)) if "lenvm" in arms and len(twins) == 2 else None
@@ -437,7 +439,7 @@ def plot_seeds(args, arms: list[str], seeds: list[int], result) -> None:
         right.errorbar(summary.mean["mean_length"], 100 * summary.mean["answer_rate"], xerr=xerr, yerr=yerr,
                        fmt="o", capsize=3, color=colors[arm], label=label(arm, len(summary.seeds)))
     for family in ("group", "lenvm"):  # one estimator at several s: a dashed line in the order of s
-        points = sorted([(arm_settings(arm).get("length_coef", args.length_coef), summary.mean)
+        points = sorted([(arm_coef(arm, args.length_coef), summary.mean)
                          for arm, summary in result.arms.items() if arm == family or arm.startswith(family + "_s")],
                         key=lambda point: point[0])
         if len(points) > 1:

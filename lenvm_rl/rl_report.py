@@ -417,7 +417,7 @@ def verdict(report: SeedReport, metric: str = "answer_rate", z: float = 2.0) -> 
     of seeds at which the measured between-seed SD would resolve the measured mean
     (:func:`~lenvm_rl.core.seeds_to_resolve`).
 
-    From the matched difference when the pair's two coefficients bracket the other arm's length at every seed;
+    From the matched difference when the pair's coefficients bracket the other arm's length at every seed;
     otherwise (an extrapolation in ``s`` is no measurement) it says where they do not, and judges the first of
     ``report.differences``, at the same coefficient."""
     outside = _extrapolated_seeds(report)

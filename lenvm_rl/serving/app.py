@@ -110,7 +110,8 @@ def create_app(
         max_wait_s: how long the batcher waits for more requests after the first of a batch.
         max_padding: the largest fraction of padding in a batch (padding costs as much as real tokens).
     """
-    lenvm = model.model if isinstance(model, LengthPredictor) else model
+    predictor = model if isinstance(model, LengthPredictor) else None
+    lenvm = predictor.model if predictor is not None else model
     if engine is None:
         engine = DynamicBatcher(lenvm, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                                 max_wait_s=max_wait_s, max_padding=max_padding)
@@ -125,11 +126,10 @@ def create_app(
 
     app = FastAPI(title="lenvm-rl serve", summary="LenVM length prediction", lifespan=lifespan)
     app.state.engine = engine
-    app.add_exception_handler(RequestError, lambda request, err: _error(err.status, err.message))
-    app.add_exception_handler(HTTPException,  # unknown path, wrong method
-                              lambda request, err: _error(err.status_code, str(err.detail)))
+    app.add_exception_handler(RequestError, _request_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    routes = _Routes(model, engine, max_batch_tokens)
+    routes = _Routes(lenvm, predictor, engine, max_batch_tokens)
     for path, endpoint, methods in (
         ("/encode", routes.encode, ["POST", "PUT"]),
         ("/tree_value", routes.tree_value, ["POST", "PUT"]),
@@ -144,7 +144,15 @@ def create_app(
     return app
 
 
-def _internal_error(request: Request, err: Exception) -> JSONResponse:
+async def _request_error(request: Request, err: RequestError) -> JSONResponse:
+    return _error(err.status, err.message)
+
+
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:  # unknown path, wrong method
+    return _error(err.status_code, str(err.detail))
+
+
+async def _internal_error(request: Request, err: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s", request.url.path)
     return _error(500, f"{type(err).__name__}: {err}")
 
@@ -153,10 +161,8 @@ class _Routes:
     """The endpoints of :func:`create_app` over one engine; each reads its request body and answers as the module
     docstring says."""
 
-    def __init__(self, model: LenVM | LengthPredictor, engine, max_batch_tokens: int):
-        self.predictor = model if isinstance(model, LengthPredictor) else None
-        self.lenvm = self.predictor.model if self.predictor is not None else model
-        self.engine = engine
+    def __init__(self, lenvm: LenVM, predictor: LengthPredictor | None, engine, max_batch_tokens: int):
+        self.lenvm, self.predictor, self.engine = lenvm, predictor, engine
         self.max_batch_tokens = max_batch_tokens
         self.vocab_size = self.lenvm.config.get_text_config().vocab_size  # a VL config keeps it in its text_config
         self.placeholders = placeholder_token_ids(self.lenvm.config)  # a VL LenVM's image tokens: refused
