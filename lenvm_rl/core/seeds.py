@@ -157,10 +157,16 @@ def interpolate_piecewise_at_length(coefs, lengths: Tensor, metrics: Tensor, tar
     """:func:`interpolate_at_length` for an arm run at ``K >= 2`` length coefficients: length and metric are
     piecewise linear in ``s`` between adjacent coefficients (in increasing ``s``).
 
-    Per seed ``i`` the segment ``k`` (between the ``k``-th and ``k+1``-th smallest coefficient) is the first, in
-    increasing ``s``, whose two lengths bracket ``L*_i`` (``0 <= w <= 1``), i.e. the smallest ``s`` at which the
-    line reaches the target; when none brackets it, the segment whose ``w`` lies nearest to ``[0, 1]``
-    extrapolates, and its ``w`` says so. With ``K = 2`` this is :func:`interpolate_at_length`.
+    With the coefficients sorted, ``s_0 < ... < s_{K-1}``, segment ``k`` joins ``s_k`` and ``s_{k+1}``::
+
+        w_k,i = (L*_i - L_k,i) / (L_k+1,i - L_k,i)
+        d_k,i = max(0, -w_k,i, w_k,i - 1)                  (0 when segment k brackets L*_i)
+        k_i   = the smallest k minimising d_k,i
+        s*_i, m*_i, w_i = those of :func:`interpolate_at_length` on segment k_i
+
+    So per seed the first segment, in increasing ``s``, that brackets the target is used (the smallest ``s`` at
+    which the line reaches it); when none does, the segment whose ``w`` lies nearest to ``[0, 1]`` extrapolates,
+    and its ``w`` says so. With ``K = 2`` this is :func:`interpolate_at_length`.
 
     Args:
         coefs: ``K`` different finite coefficients, in any order.
