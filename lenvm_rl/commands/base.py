@@ -122,7 +122,8 @@ def command(name: str, arguments: type, description: str, run) -> tuple:
 
 def run_script(parser, pipeline, argv: list[str]) -> int:
     """Parse ``argv`` (and its ``--config`` YAML) with a script's ``parser`` and run its ``pipeline`` (a
-    :mod:`lenvm_rl.scripts` ``main``), then end a launched run's processes; returns 0."""
+    :mod:`lenvm_rl.scripts` ``main``); returns 0. A launched run with a process group ends in
+    :func:`~lenvm_rl.scripts.end_processes`, which exits each process with status 0 instead."""
     from lenvm_rl.scripts import end_processes
 
     pipeline(*parse(parser, argv))

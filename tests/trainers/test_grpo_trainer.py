@@ -268,7 +268,7 @@ def launch(out: Path, procs: int, mode: str, *extra: str, launcher: tuple[str, .
         command += ["--multi_gpu"] if procs > 1 else ["--cpu"]
     result = subprocess.run([*command, str(script), str(out), mode, *extra], capture_output=True, text=True,
                             env=env, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, (result.stdout[-1500:], result.stderr[-3000:])
     rows = [row for path in sorted(out.glob("rank*.json")) for row in json.loads(path.read_text())]
     assert len({r["rank"] for r in rows}) == procs
     return sorted(rows, key=lambda r: r["index"])

@@ -161,7 +161,7 @@ def test_two_processes_train_and_stay_in_sync(tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                str(script), str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, (result.stdout[-1500:], result.stderr[-3000:])
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks[0]["policy"] == ranks[1]["policy"]  # DDP
     assert ranks[0]["critic"] == ranks[1]["critic"]  # the critic's all-reduced gradients
