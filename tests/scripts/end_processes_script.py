@@ -2,12 +2,15 @@
 
     accelerate launch --multi_gpu --num_processes 2 tests/scripts/end_processes_script.py OUT_DIR
 
-Each process registers an exit handler that writes ``exit{rank}`` and, after ``end_processes()``, writes
-``after{rank}``: with a process group the first must exist and the second must not.
+Each process starts a thread that writes ``thread{rank}`` after 0.5 s, registers an exit handler that
+writes ``exit{rank}`` and, after ``end_processes()``, writes ``after{rank}``: with a process group the first
+two must exist and the last must not.
 """
 
 import atexit
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +24,7 @@ def main(out: Path) -> None:
     rank = accelerator.process_index
     model = accelerator.prepare(torch.nn.Linear(3, 1))  # DistributedDataParallel with 2 processes
     accelerator.backward(model(torch.ones(2, 3)).sum())
+    threading.Thread(target=lambda: (time.sleep(0.5), (out / f"thread{rank}").write_text("joined"))).start()
     atexit.register(lambda: (out / f"exit{rank}").write_text("ran"))
     end_processes()
     (out / f"after{rank}").write_text("returned")
