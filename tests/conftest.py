@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # No test may reach a model hub: everything it needs is built here or ships in a package. Set before
 # transformers imports huggingface_hub, which reads the variable once, at import.
@@ -12,9 +13,17 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
+from lenvm_rl.serving.client import free_port  # noqa: E402
+
 SMOLLM2 = "smollm2-135m"
 TINY_KW = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+
+
+def accelerate_launch(*args: str) -> list[str]:
+    """The command ``accelerate launch ARGS`` with a free ``--main_process_port``: two launches at once on one
+    machine (another test run, a job) would otherwise both take the default port 29500 (EADDRINUSE)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port()), *args]
 
 
 def pytest_configure(config):

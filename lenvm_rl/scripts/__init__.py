@@ -13,9 +13,10 @@ def end_processes() -> None:
     Call it last in anything ``accelerate launch`` starts; with a process group it does not return. A
     no-op in a single process without a process group.
 
-    Why the process exits here instead of returning: torch's ``DistributedDataParallel`` keeps a reference
-    to the gloo process group after ``destroy_process_group``, so gloo's worker threads outlive it, and the
-    interpreter's teardown can then abort on them ("terminate called without an active exception",
+    Why the process exits here instead of returning: importing ``torch._dynamo`` after the process group
+    exists, as the first ``DistributedDataParallel`` does, leaves 10 references to the group that are never
+    released (torch 2.13). ``destroy_process_group`` then cannot free it, gloo's worker threads outlive it,
+    and the interpreter's teardown can abort on them ("terminate called without an active exception",
     SIGABRT, with no Python frame left on the stack) after every file was written: the launcher fails the
     whole run. It happened in 2 of about 170 runs of the two-process GRPO test here (torch 2.13, CPU), and
     to both such tests in one CI run. So the steps of Python's shutdown that user code relies on run now,

@@ -3,8 +3,9 @@ exit handlers run); alone it returns."""
 
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from conftest import accelerate_launch
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "scripts" / "end_processes_script.py"
@@ -12,7 +13,7 @@ SCRIPT = REPO / "tests" / "scripts" / "end_processes_script.py"
 
 def launch(out: Path, *launcher: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, str(SCRIPT), str(out)]
+    command = accelerate_launch(*launcher, str(SCRIPT), str(out))
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
 
 

@@ -4,12 +4,11 @@ before/after table, one and two accelerate processes; and the shipped CPU config
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_backbone
+from conftest import accelerate_launch, tiny_backbone
 
 from lenvm_rl.scripts.grpo import (
     INSTRUCTION,
@@ -111,8 +110,7 @@ def test_main_end_to_end_then_reuses_the_cached_lenvm(tiny_policy_dir, tmp_path,
 
 def launch(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *args], capture_output=True, text=True,
-                            env=env, timeout=600, cwd=REPO)
+    result = subprocess.run(accelerate_launch(*args), capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert result.returncode == 0, first_error(result.stderr)
     return result
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_backbone
+from conftest import accelerate_launch, tiny_backbone
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
@@ -50,9 +50,8 @@ def ddp_run(workdir):
     # On a CPU-only machine `--multi_gpu` starts real processes (torchrun, gloo backend); `--cpu` alone
     # runs a single process whatever --num_processes says (accelerate 1.15).
     out = workdir / "ddp"
-    result = run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  *recipe_args(workdir, out, "--gamma", "0.8")])
+    result = run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+                                   "no", "--dynamo_backend", "no", *recipe_args(workdir, out, "--gamma", "0.8")))
     return result, out
 
 
@@ -77,9 +76,9 @@ def test_zero3_recipe_config_trains_exactly_like_ddp_and_saves_whole_weights(wor
     ddp_result, ddp_out = ddp_run
     out = workdir / "zero3"
     # The shipped ZeRO-3 config, on two CPU processes (DeepSpeed's CPU accelerator, gloo), in fp32.
-    result = run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                  str(REPO / "recipes" / "accelerate" / "zero3.yaml"), "--num_processes", "2", "--mixed_precision",
-                  "no", *recipe_args(workdir, out, "--gamma", "0.8")])
+    result = run(accelerate_launch("--config_file", str(REPO / "recipes" / "accelerate" / "zero3.yaml"),
+                                   "--num_processes", "2", "--mixed_precision", "no",
+                                   *recipe_args(workdir, out, "--gamma", "0.8")))
     logs = [line for line in result.stdout.splitlines() if "'loss'" in line]
     assert logs == [line for line in ddp_result.stdout.splitlines() if "'loss'" in line] and len(logs) == 3
     # Parameters sharded across the two processes are gathered into whole tensors on save.

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import accelerate_launch  # noqa: E402
 from grpo_fixtures import (  # noqa: E402
     EOS_ID,
     constant_reward,
@@ -263,7 +264,7 @@ def launch(out: Path, procs: int, mode: str, *extra: str, launcher: tuple[str, .
     """Run grpo_multiprocess.py on ``procs`` real processes (gloo on CPU); returns every rank's rows by index."""
     script = REPO / "tests" / "trainers" / "grpo_multiprocess.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(procs)]
+    command = accelerate_launch(*launcher, "--num_processes", str(procs))
     if not launcher:
         command += ["--multi_gpu"] if procs > 1 else ["--cpu"]
     result = subprocess.run([*command, str(script), str(out), mode, *extra], capture_output=True, text=True,

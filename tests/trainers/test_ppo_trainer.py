@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import accelerate_launch  # noqa: E402
 from grpo_fixtures import constant_reward, prompt_dataset, tiny_lenvm, tiny_policy, tiny_tokenizer  # noqa: E402
 
 from lenvm_rl import LenVMCritic, PPOConfig, PPOTrainer, TaskValueModel  # noqa: E402
@@ -158,8 +159,7 @@ def test_resume_gives_the_same_losses_and_weights_as_an_uninterrupted_run(tmp_pa
 def test_two_processes_train_and_stay_in_sync(tmp_path):
     script = REPO / "tests" / "trainers" / "ppo_multiprocess.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               str(script), str(tmp_path)]
+    command = accelerate_launch("--multi_gpu", "--num_processes", "2", str(script), str(tmp_path))
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert result.returncode == 0, (result.stdout[-1500:], result.stderr[-3000:])
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
