@@ -161,6 +161,11 @@ def arm_coef(arm: str, default: float) -> float:
     return 0.0 if settings.get("length_estimator") == "none" else settings.get("length_coef", default)
 
 
+def estimator_arms(arms, estimator: str) -> list[str]:
+    """The arms of ``arms`` that run ``estimator`` (an arm of ARMS) at any ``s``: itself and its ``_sX`` arms."""
+    return [arm for arm in arms if arm == estimator or arm.startswith(estimator + "_s")]
+
+
 def run_names(arms: str, seeds: str) -> list[str]:
     """One run per arm and training seed: ``ARM-seedN`` (its folder under --output-dir and its eval file)."""
     return [f"{arm}-seed{int(seed)}" for arm in arms.split(",") for seed in seeds.split(",")]
@@ -380,7 +385,7 @@ def seeds_report(args, seeds: list[int]) -> None:
 
     arms = args.arms.split(",")
     answers, tokenizer = held_out(args)
-    twins = [arm for arm in arms if arm == "group" or arm.startswith("group_s")]
+    twins = estimator_arms(arms, "group")
     pairs = [(a, b) for a, b in (("lenvm", "group"), ("lenvm", "plain"), *(("lenvm", t) for t in twins if t != "group"))
              if a in arms and b in arms]
     matched = matched_sides(args, arms, twins)
@@ -439,9 +444,8 @@ def plot_seeds(args, arms: list[str], seeds: list[int], result) -> None:
         right.errorbar(summary.mean["mean_length"], 100 * summary.mean["answer_rate"], xerr=xerr, yerr=yerr,
                        fmt="o", capsize=3, color=colors[arm], label=label(arm, len(summary.seeds)))
     for family in ("group", "lenvm"):  # one estimator at several s: a dashed line in the order of s
-        points = sorted([(arm_coef(arm, args.length_coef), summary.mean)
-                         for arm, summary in result.arms.items() if arm == family or arm.startswith(family + "_s")],
-                        key=lambda point: point[0])
+        points = sorted([(arm_coef(arm, args.length_coef), result.arms[arm].mean)
+                         for arm in estimator_arms(result.arms, family)], key=lambda point: point[0])
         if len(points) > 1:
             right.plot([m["mean_length"] for _, m in points], [100 * m["answer_rate"] for _, m in points], "--",
                        color="gray", linewidth=0.8, zorder=0)

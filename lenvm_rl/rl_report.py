@@ -106,17 +106,18 @@ class SeedDifference:
 @dataclass
 class SeedReport:
     """What :func:`seed_report` found (see there). ``matched`` is the target arm minus its twin at one arm's length,
-    ``matched_to``, with the arm run at two coefficients, ``matched_pair`` (``"A/B"``), interpolated to it
-    (``per_seed_se`` NaN); ``matched_coef`` ``(mean, se)`` over seeds of the coefficient ``s*`` at which the pair
-    reaches that length, ``matched_coefs`` the pair's ``(s_a, s_b)`` and ``matched_weights`` the per-seed ``w`` of
-    :func:`~lenvm_rl.core.interpolate_at_length` (outside ``[0, 1]``: extrapolated)."""
+    ``matched_to``, with the estimator run at two or more coefficients, ``matched_pair`` (``"A/B/..."``),
+    interpolated to it (``per_seed_se`` NaN); ``matched_coef`` ``(mean, se)`` over seeds of the coefficient ``s*``
+    at which the pair reaches that length, ``matched_coefs`` the pair's coefficients in increasing ``s`` and
+    ``matched_weights`` the per-seed ``w`` of :func:`~lenvm_rl.core.interpolate_piecewise_at_length` (outside
+    ``[0, 1]``: extrapolated)."""
 
     arms: dict[str, ArmSummary]
     base: PolicyEvaluation | None
     differences: list[SeedDifference]
     matched: SeedDifference | None = None
     matched_coef: tuple[float, float] | None = None
-    matched_coefs: tuple[float, float] | None = None
+    matched_coefs: tuple[float, ...] | None = None
     matched_weights: list[float] = field(default_factory=list)
     matched_pair: str = "the twin"
     matched_to: str = "the target"
